@@ -1,0 +1,62 @@
+# gmb-sync-queue: every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BUF := node_modules/.bin/buf
+
+export DATABASE_URL ?= sqlite:///./var/gmbsync.db
+# Tests and benchmarks need a real PostgreSQL; each test session makes its own database in it.
+export TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+
+.PHONY: help install protos protos-check lint format test bench run migrate postgres clean
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install the project with its dev tools.
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $(BUF)
+
+protos: $(STAMP)  ## Regenerate gmbsync/ from protos/.
+	$(PY) scripts/gen_protos.py
+
+protos-check: protos  ## Fail if the committed generated code is stale.
+	@git diff --exit-code --stat -- gmbsync || { echo "gmbsync/ is stale: run 'make protos' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- gmbsync)" || { echo "gmbsync/ has untracked generated files: run 'make protos' and commit"; exit 1; }
+
+lint: $(STAMP) $(BUF)  ## ruff (lint and format) and buf lint.
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cd protos && ../$(BUF) lint
+
+format: $(STAMP)  ## Apply ruff's fixes and formatting.
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+postgres:  ## Start the local PostgreSQL if it is not accepting connections.
+	@scripts/ensure_postgres.sh
+
+test: $(STAMP) postgres  ## Run the whole test suite against PostgreSQL (and SQLite where it applies).
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) postgres  ## Measure enqueue, pick+complete throughput and wake-up latency.
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+migrate: $(STAMP)  ## Bring DATABASE_URL to the newest schema.
+	$(PY) -m migrations
+
+run: $(STAMP)  ## Run the whole system locally (SQLite by default; set DATABASE_URL for PostgreSQL).
+	$(PY) -m scripts.run_local
+
+clean:  ## Remove the virtualenv, caches and local databases.
+	rm -rf $(VENV) node_modules var .pytest_cache .ruff_cache

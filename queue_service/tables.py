@@ -1,0 +1,120 @@
+"""Tables owned by QueueService: the job queue and the record of worker runs."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+
+from service_runtime.sqltypes import JsonDocument, UtcDateTime, metadata
+
+JOB_STATUSES = ("pending", "processing", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("pending", "processing")
+SYNC_TYPES = ("full", "incremental")
+WORKER_RUN_STATUSES = ("running", "completed", "failed")
+
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+MAX_ATTEMPTS_LIMIT = 25
+
+sync_queue = Table(
+    "sync_queue",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("user_id", Uuid, nullable=False),
+    Column(
+        "account_id",
+        Uuid,
+        ForeignKey("gmb_accounts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("sync_type", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False, server_default="3"),
+    # NULL means "as soon as possible", as in the seed.
+    Column("scheduled_at", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("metadata", JsonDocument, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("started_at", UtcDateTime, nullable=True),
+    Column("completed_at", UtcDateTime, nullable=True),
+    # The lease: only the holder of `lease_token` may extend, complete or fail the job.
+    Column("lease_token", Uuid, nullable=True),
+    Column("lease_expires_at", UtcDateTime, nullable=True),
+    Column("worker_id", Text, nullable=True),
+    Column("worker_run_id", Uuid, nullable=True),
+    # W3C trace context of the enqueue request, so the worker's span can link to it.
+    Column("trace_context", JsonDocument, nullable=False),
+    # One entry per failed attempt: {attempt, error, failed_at, worker_id, permanent}.
+    Column("errors", JsonDocument, nullable=False),
+    CheckConstraint(f"status IN {JOB_STATUSES!r}", name="status"),
+    CheckConstraint(f"sync_type IN {SYNC_TYPES!r}", name="sync_type"),
+    CheckConstraint(f"priority BETWEEN {PRIORITY_MIN} AND {PRIORITY_MAX}", name="priority"),
+    CheckConstraint(f"max_attempts BETWEEN 1 AND {MAX_ATTEMPTS_LIMIT}", name="max_attempts"),
+    CheckConstraint("attempts >= 0", name="attempts"),
+    CheckConstraint(
+        "(status = 'processing') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)",
+        name="lease_iff_processing",
+    ),
+    # One pending or processing job per account, enforced by the database itself.
+    Index(
+        "uq_sync_queue_active_account",
+        "account_id",
+        unique=True,
+        postgresql_where=text("status IN ('pending', 'processing')"),
+        sqlite_where=text("status IN ('pending', 'processing')"),
+    ),
+    # The pick path: pending jobs in pick order, so the cost stays flat as finished jobs pile up.
+    Index(
+        "ix_sync_queue_pick",
+        text("priority DESC"),
+        "created_at",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    # The reaper's path: leases by expiry.
+    Index(
+        "ix_sync_queue_lease_expiry",
+        "lease_expires_at",
+        postgresql_where=text("status = 'processing'"),
+        sqlite_where=text("status = 'processing'"),
+    ),
+    Index("ix_sync_queue_user_created", "user_id", "created_at"),
+    Index("ix_sync_queue_created", "created_at"),
+    Index(
+        "ix_sync_queue_completed",
+        "completed_at",
+        postgresql_where=text("completed_at IS NOT NULL"),
+        sqlite_where=text("completed_at IS NOT NULL"),
+    ),
+)
+
+sync_worker_runs = Table(
+    "sync_worker_runs",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("worker_id", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="running"),
+    Column("jobs_picked", Integer, nullable=False, server_default="0"),
+    Column("jobs_processed", Integer, nullable=False, server_default="0"),
+    Column("jobs_succeeded", Integer, nullable=False, server_default="0"),
+    Column("jobs_failed", Integer, nullable=False, server_default="0"),
+    Column("jobs_released", Integer, nullable=False, server_default="0"),
+    Column("notes", Text, nullable=True),
+    Column("metadata", JsonDocument, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
+    CheckConstraint(f"status IN {WORKER_RUN_STATUSES!r}", name="status"),
+    Index("ix_sync_worker_runs_started", "started_at"),
+)

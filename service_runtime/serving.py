@@ -1,0 +1,188 @@
+"""Serving a gRPC service: health, reflection, interceptors, background tasks, graceful stop.
+
+Both services start the same way: `GrpcServer(...).start()` in tests (port 0), and
+`run_until_signal()` in `python -m ...`, where SIGTERM or SIGINT drains in-flight RPCs for a
+grace period, stops background tasks and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import sqlalchemy.exc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+log = logging.getLogger(__name__)
+
+# Let clients keep idle channels alive with pings every 10 s or more without being sent GOAWAY.
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+]
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """One gRPC service to serve: its full name and the generated `add_..._to_server` call."""
+
+    name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+BackgroundTask = Callable[[], Awaitable[None]]
+HealthProbe = Callable[[], Awaitable[bool]]
+
+
+class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
+    """Turns an unexpected exception into INTERNAL (or UNAVAILABLE for a lost database).
+
+    The client gets a short message with an incident id; the traceback goes to the log only.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+        method = handler_call_details.method
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError) as exc:
+                log.warning("%s: database unavailable: %s", method, exc)
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "database unavailable; retry with backoff"
+                )
+            except Exception:
+                incident = uuid.uuid4().hex[:12]
+                log.exception("%s failed (incident %s)", method, incident)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+@dataclass
+class GrpcServer:
+    """A grpc.aio server with health, reflection and the project's interceptors."""
+
+    listen_addr: str
+    services: Sequence[ServiceRegistration]
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    health_probe: HealthProbe | None = None
+    health_probe_interval: float = 5.0
+    background: Sequence[BackgroundTask] = ()
+    _server: grpc.aio.Server | None = field(default=None, init=False)
+    _health: HealthServicer | None = field(default=None, init=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    port: int = field(default=0, init=False)
+
+    async def start(self) -> int:
+        """Binds, starts serving and returns the bound port."""
+        server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), ErrorBoundaryInterceptor(), *self.interceptors],
+            options=SERVER_OPTIONS,
+        )
+        for service in self.services:
+            service.add_to_server(server)
+        self._health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [s.name for s in self.services] + [reflection.SERVICE_NAME, "grpc.health.v1.Health"],
+            server,
+        )
+        self.port = server.add_insecure_port(self.listen_addr)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.listen_addr}")
+        await server.start()
+        self._server = server
+        await self._set_health(serving=True)
+        if self.health_probe is not None:
+            self._tasks.append(asyncio.create_task(self._probe_health(), name="health-probe"))
+        for task in self.background:
+            self._tasks.append(asyncio.create_task(task(), name=getattr(task, "__name__", "bg")))
+        return self.port
+
+    async def _set_health(self, *, serving: bool) -> None:
+        assert self._health is not None
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *(s.name for s in self.services)]:
+            await self._health.set(name, status)
+
+    async def _probe_health(self) -> None:
+        assert self.health_probe is not None
+        healthy = True
+        while True:
+            await asyncio.sleep(self.health_probe_interval)
+            try:
+                ok = await asyncio.wait_for(self.health_probe(), self.health_probe_interval)
+            except Exception as exc:  # a probe that raises means unhealthy, never a dead task
+                log.warning("health probe failed: %s", exc)
+                ok = False
+            if ok != healthy:
+                log.warning("health: %s", "SERVING" if ok else "NOT_SERVING")
+                healthy = ok
+                await self._set_health(serving=ok)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Reports NOT_SERVING, drains in-flight RPCs for `grace` seconds, stops background work."""
+        if self._server is None:
+            return
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self._server = None
+
+    async def run_until_signal(self, grace: float = 10.0) -> None:
+        """Serves until SIGTERM or SIGINT, then stops gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        log.info("serving %s on port %d", ", ".join(s.name for s in self.services), self.port)
+        await stop.wait()
+        log.info("shutting down: draining in-flight RPCs for up to %.0f s", grace)
+        await self.stop(grace)
+        log.info("stopped")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
