@@ -1,0 +1,97 @@
+"""QueueService settings, from environment variables with safe defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from service_runtime.auth import AuthSettings
+from service_runtime.config import Env
+from service_runtime.database import database_url_from_env
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    listen_addr: str = "127.0.0.1:50051"
+    database_url: str = ""
+    auth: AuthSettings = AuthSettings(jwt_secret="", trigger_secret="")
+    # Backoff after the n-th failed attempt: base * 2^(n-1), jittered by +-retry_jitter.
+    retry_delay_base: timedelta = timedelta(minutes=1)
+    retry_jitter: float = 0.1
+    default_max_attempts: int = 3
+    default_lease: timedelta = timedelta(seconds=60)
+    # How often the leader reaps expired leases.
+    reaper_interval: timedelta = timedelta(seconds=5)
+    # A waiting picker re-checks this often even without a notification.
+    pick_fallback_interval: timedelta = timedelta(seconds=1)
+    stale_threshold: timedelta = timedelta(minutes=10)
+    # Alert thresholds of GetDiagnostics (the seed's "Alerts").
+    alert_failure_rate: float = 0.20
+    alert_processing_age: timedelta = timedelta(minutes=15)
+    alert_pending_backlog: int = 50
+    grace_period: timedelta = timedelta(seconds=10)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> QueueSettings:
+        env = env or Env()
+        return cls(
+            listen_addr=env.str("QUEUE_LISTEN_ADDR", cls.listen_addr),
+            database_url=database_url_from_env(),
+            auth=AuthSettings(
+                jwt_secret=env.str("JWT_SECRET", ""),
+                trigger_secret=env.str("TRIGGER_SECRET", ""),
+            ),
+            retry_delay_base=env.duration(
+                "RETRY_DELAY_BASE",
+                cls.retry_delay_base,
+                minimum=timedelta(milliseconds=10),
+                maximum=timedelta(hours=24),
+            ),
+            default_max_attempts=env.int(
+                "DEFAULT_MAX_ATTEMPTS", cls.default_max_attempts, minimum=1, maximum=25
+            ),
+            default_lease=env.duration(
+                "LEASE_DURATION",
+                cls.default_lease,
+                minimum=timedelta(seconds=5),
+                maximum=timedelta(hours=1),
+            ),
+            reaper_interval=env.duration(
+                "REAPER_INTERVAL",
+                cls.reaper_interval,
+                minimum=timedelta(milliseconds=50),
+                maximum=timedelta(minutes=10),
+            ),
+            pick_fallback_interval=env.duration(
+                "PICK_FALLBACK_INTERVAL",
+                cls.pick_fallback_interval,
+                minimum=timedelta(milliseconds=10),
+                maximum=timedelta(minutes=1),
+            ),
+            stale_threshold=env.duration(
+                "STALE_JOB_THRESHOLD",
+                cls.stale_threshold,
+                minimum=timedelta(minutes=1),
+                maximum=timedelta(days=7),
+            ),
+            alert_failure_rate=env.float(
+                "ALERT_FAILURE_RATE", cls.alert_failure_rate, minimum=0.0, maximum=1.0
+            ),
+            alert_processing_age=env.duration(
+                "ALERT_PROCESSING_AGE",
+                cls.alert_processing_age,
+                minimum=timedelta(minutes=1),
+                maximum=timedelta(days=7),
+            ),
+            alert_pending_backlog=env.int(
+                "ALERT_PENDING_BACKLOG", cls.alert_pending_backlog, minimum=1, maximum=10_000_000
+            ),
+            grace_period=env.duration(
+                "GRACE_PERIOD",
+                cls.grace_period,
+                minimum=timedelta(0),
+                maximum=timedelta(minutes=10),
+            ),
+            log_level=env.str("LOG_LEVEL", cls.log_level),
+        )
