@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from service_runtime.auth import AuthSettings
@@ -14,7 +14,9 @@ from service_runtime.database import database_url_from_env
 class QueueSettings:
     listen_addr: str = "127.0.0.1:50051"
     database_url: str = ""
-    auth: AuthSettings = AuthSettings(jwt_secret="", trigger_secret="")
+    auth: AuthSettings = field(
+        default_factory=lambda: AuthSettings(jwt_secret="", trigger_secret="")
+    )
     # Backoff after the n-th failed attempt: base * 2^(n-1), jittered by +-retry_jitter.
     retry_delay_base: timedelta = timedelta(minutes=1)
     retry_jitter: float = 0.1
@@ -30,6 +32,8 @@ class QueueSettings:
     alert_processing_age: timedelta = timedelta(minutes=15)
     alert_pending_backlog: int = 50
     grace_period: timedelta = timedelta(seconds=10)
+    # Finished jobs older than this are deleted by the leader; None keeps them forever.
+    job_retention: timedelta | None = timedelta(days=30)
     log_level: str = "INFO"
 
     @classmethod
@@ -93,5 +97,12 @@ class QueueSettings:
                 minimum=timedelta(0),
                 maximum=timedelta(minutes=10),
             ),
+            job_retention=env.duration(
+                "JOB_RETENTION",
+                timedelta(days=30),
+                minimum=timedelta(0),
+                maximum=timedelta(days=3650),
+            )
+            or None,
             log_level=env.str("LOG_LEVEL", cls.log_level),
         )

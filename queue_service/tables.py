@@ -57,6 +57,8 @@ sync_queue = Table(
     Column("trace_context", JsonDocument, nullable=False),
     # One entry per failed attempt: {attempt, error, failed_at, worker_id, permanent}.
     Column("errors", JsonDocument, nullable=False),
+    # What the successful sync reported (counts).
+    Column("result", JsonDocument, nullable=True),
     CheckConstraint(f"status IN {JOB_STATUSES!r}", name="status"),
     CheckConstraint(f"sync_type IN {SYNC_TYPES!r}", name="sync_type"),
     CheckConstraint(f"priority BETWEEN {PRIORITY_MIN} AND {PRIORITY_MAX}", name="priority"),

@@ -126,6 +126,7 @@ def upgrade() -> None:
         sa.Column("worker_run_id", sa.Uuid(), nullable=True),
         sa.Column("trace_context", JSON_DOCUMENT, nullable=False),
         sa.Column("errors", JSON_DOCUMENT, nullable=False),
+        sa.Column("result", JSON_DOCUMENT, nullable=True),
         sa.CheckConstraint(
             "(status = 'processing') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)",
             name=op.f("ck_sync_queue_lease_iff_processing"),

@@ -198,6 +198,7 @@ class Job(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     WORKER_RUN_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Job id (UUID)."""
     user_id: _builtins.str
@@ -260,6 +261,10 @@ class Job(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the job last changed."""
 
+    @_builtins.property
+    def result(self) -> _struct_pb2.Struct:
+        """What the successful sync reported (counts), from CompleteJob."""
+
     def __init__(
         self,
         *,
@@ -285,10 +290,11 @@ class Job(_message.Message):
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         worker_run_id: _builtins.str = ...,
+        result: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "metadata", b"metadata", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "metadata", b"metadata", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_name", b"account_name", "attempts", b"attempts", "completed_at", b"completed_at", "created_at", b"created_at", "errors", b"errors", "id", b"id", "last_error", b"last_error", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "max_attempts", b"max_attempts", "metadata", b"metadata", "priority", b"priority", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "sync_type", b"sync_type", "trace_context", b"trace_context", "updated_at", b"updated_at", "user_id", b"user_id", "worker_id", b"worker_id", "worker_run_id", b"worker_run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_name", b"account_name", "attempts", b"attempts", "completed_at", b"completed_at", "created_at", b"created_at", "errors", b"errors", "id", b"id", "last_error", b"last_error", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "max_attempts", b"max_attempts", "metadata", b"metadata", "priority", b"priority", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "sync_type", b"sync_type", "trace_context", b"trace_context", "updated_at", b"updated_at", "user_id", b"user_id", "worker_id", b"worker_id", "worker_run_id", b"worker_run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -855,7 +861,7 @@ class CompleteJobRequest(_message.Message):
     """The lease token given by PickJobs."""
     @_builtins.property
     def result(self) -> _struct_pb2.Struct:
-        """What the sync produced (counts), kept in the job's metadata under `result`."""
+        """What the sync produced (counts), kept as the job's `result` (at most 16 KiB as JSON)."""
 
     def __init__(
         self,
@@ -1349,11 +1355,11 @@ class GetDiagnosticsResponse(_message.Message):
     FINISHED_LAST_HOUR_FIELD_NUMBER: _builtins.int
     GENERATED_AT_FIELD_NUMBER: _builtins.int
     failure_rate_last_hour: _builtins.float
-    """Failed attempts / finished attempts over the last hour, 0..1."""
+    """Failed jobs / finished (succeeded or failed) jobs over the last hour, 0..1."""
     success_rate_7d: _builtins.float
-    """Succeeded / finished jobs over the last 7 days, 0..1."""
+    """Succeeded jobs / finished (succeeded or failed) jobs over the last 7 days, 0..1."""
     finished_last_hour: _builtins.int
-    """Jobs finished in the last hour (denominator of the failure rate)."""
+    """Jobs succeeded or failed in the last hour (denominator of the failure rate)."""
     @_builtins.property
     def stats(self) -> Global___QueueStats:
         """Counts by status, all users."""

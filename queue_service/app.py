@@ -1,0 +1,78 @@
+"""QueueService assembled: engine, store, wake-up signal, maintenance and the gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
+from queue_service.lifecycle import RetryPolicy
+from queue_service.maintenance import Maintenance
+from queue_service.notifier import JobSignal, PostgresListener
+from queue_service.servicer import POLICY, SERVICE_NAME, QueueServicer
+from queue_service.settings import QueueSettings
+from queue_service.store import JobStore
+from service_runtime.auth import AuthInterceptor
+from service_runtime.database import create_engine_async, database_url_from_env
+from service_runtime.serving import GrpcServer, ServiceRegistration
+
+log = logging.getLogger(__name__)
+
+
+class QueueApp:
+    """One QueueService process. `start()` returns the bound port (0 in the address = any)."""
+
+    def __init__(self, settings: QueueSettings) -> None:
+        if not settings.database_url:
+            settings = replace(settings, database_url=database_url_from_env())
+        self.settings = settings
+        self.engine = create_engine_async(settings.database_url)
+        self.signal = JobSignal()
+        self.store = JobStore(
+            self.engine,
+            retry_policy=RetryPolicy(base=settings.retry_delay_base, jitter=settings.retry_jitter),
+            on_jobs_available=self.signal.notify,
+        )
+        self.maintenance = Maintenance(
+            self.store,
+            database_url=settings.database_url,
+            interval=settings.reaper_interval,
+            retention=settings.job_retention,
+        )
+        background = [self.maintenance.run]
+        self.listener: PostgresListener | None = None
+        if self.store.is_postgres:
+            self.listener = PostgresListener(settings.database_url, self.signal)
+            background.append(self.listener.run)
+        servicer = QueueServicer(self.store, self.signal, settings)
+        self.server = GrpcServer(
+            listen_addr=settings.listen_addr,
+            services=[
+                ServiceRegistration(
+                    SERVICE_NAME, lambda s: pb_grpc.add_QueueServiceServicer_to_server(servicer, s)
+                )
+            ],
+            interceptors=[AuthInterceptor(settings.auth, POLICY)],
+            health_probe=self.store.ping,
+            background=background,
+        )
+
+    async def start(self) -> int:
+        if not self.settings.auth.jwt_secret and not self.settings.auth.trigger_secret:
+            log.warning("neither JWT_SECRET nor TRIGGER_SECRET is set: every RPC will be refused")
+        port = await self.server.start()
+        if self.listener is not None:
+            # Serve only once pickers can be woken; otherwise the first enqueue could be missed
+            # until the fallback poll.
+            await self.listener.connected.wait()
+        return port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.server.stop(grace)
+        await self.engine.dispose()
+
+    async def run_until_signal(self) -> None:
+        try:
+            await self.server.run_until_signal(self.settings.grace_period.total_seconds())
+        finally:
+            await self.engine.dispose()

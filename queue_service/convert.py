@@ -1,0 +1,128 @@
+"""Domain values of the queue as protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from gmbsync.queue.v1 import queue_service_pb2 as pb
+from queue_service.models import (
+    Alert,
+    Diagnostics,
+    Job,
+    JobStatus,
+    QueueStats,
+    SyncType,
+    WorkerRun,
+    WorkerRunStatus,
+)
+from service_runtime.protoconv import to_duration, to_struct, to_timestamp
+
+SYNC_TYPE_TO_PB = {SyncType.FULL: pb.SYNC_TYPE_FULL, SyncType.INCREMENTAL: pb.SYNC_TYPE_INCREMENTAL}
+JOB_STATUS_TO_PB = {
+    JobStatus.PENDING: pb.JOB_STATUS_PENDING,
+    JobStatus.PROCESSING: pb.JOB_STATUS_PROCESSING,
+    JobStatus.SUCCEEDED: pb.JOB_STATUS_SUCCEEDED,
+    JobStatus.FAILED: pb.JOB_STATUS_FAILED,
+    JobStatus.CANCELLED: pb.JOB_STATUS_CANCELLED,
+}
+RUN_STATUS_TO_PB = {
+    WorkerRunStatus.RUNNING: pb.WORKER_RUN_STATUS_RUNNING,
+    WorkerRunStatus.COMPLETED: pb.WORKER_RUN_STATUS_COMPLETED,
+    WorkerRunStatus.FAILED: pb.WORKER_RUN_STATUS_FAILED,
+}
+
+
+def job_to_pb(job: Job, *, with_lease_token: bool = False) -> pb.Job:
+    """The job as a message. The lease token is a capability: only its holder is given it."""
+    message = pb.Job(
+        id=str(job.id),
+        user_id=str(job.user_id),
+        account_id=str(job.account_id),
+        account_name=job.account_name,
+        sync_type=SYNC_TYPE_TO_PB[job.sync_type],
+        status=JOB_STATUS_TO_PB[job.status],
+        priority=job.priority,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        last_error=job.last_error or "",
+        metadata=to_struct(job.metadata),
+        created_at=to_timestamp(job.created_at),
+        updated_at=to_timestamp(job.updated_at),
+        worker_id=job.worker_id or "",
+        worker_run_id=str(job.worker_run_id) if job.worker_run_id else "",
+        trace_context=job.trace_context,
+        lease_token=str(job.lease_token) if (with_lease_token and job.lease_token) else "",
+    )
+    for field, value in (
+        ("scheduled_at", job.scheduled_at),
+        ("started_at", job.started_at),
+        ("completed_at", job.completed_at),
+        ("lease_expires_at", job.lease_expires_at),
+    ):
+        if value is not None:
+            getattr(message, field).CopyFrom(to_timestamp(value))
+    if job.result is not None:
+        message.result.CopyFrom(to_struct(job.result))
+    for entry in job.errors:
+        error = message.errors.add(
+            attempt=int(entry.get("attempt", 0)),
+            error=str(entry.get("error", "")),
+            worker_id=entry.get("worker_id") or "",
+            permanent=bool(entry.get("permanent", False)),
+        )
+        if entry.get("failed_at"):
+            error.failed_at.CopyFrom(to_timestamp(datetime.fromisoformat(entry["failed_at"])))
+    return message
+
+
+def stats_to_pb(stats: QueueStats) -> pb.QueueStats:
+    return pb.QueueStats(
+        total=stats.total,
+        pending=stats.pending,
+        processing=stats.processing,
+        succeeded=stats.succeeded,
+        failed=stats.failed,
+        cancelled=stats.cancelled,
+    )
+
+
+def worker_run_to_pb(run: WorkerRun) -> pb.WorkerRun:
+    message = pb.WorkerRun(
+        id=str(run.id),
+        worker_id=run.worker_id,
+        status=RUN_STATUS_TO_PB[run.status],
+        jobs_picked=run.jobs_picked,
+        jobs_processed=run.jobs_processed,
+        jobs_succeeded=run.jobs_succeeded,
+        jobs_failed=run.jobs_failed,
+        jobs_released=run.jobs_released,
+        notes=run.notes or "",
+        metadata=to_struct(run.metadata),
+        started_at=to_timestamp(run.started_at),
+    )
+    if run.finished_at is not None:
+        message.finished_at.CopyFrom(to_timestamp(run.finished_at))
+    return message
+
+
+def alert_to_pb(alert: Alert) -> pb.Alert:
+    return pb.Alert(
+        name=alert.name, message=alert.message, value=alert.value, threshold=alert.threshold
+    )
+
+
+def diagnostics_to_pb(diag: Diagnostics) -> pb.GetDiagnosticsResponse:
+    return pb.GetDiagnosticsResponse(
+        stats=stats_to_pb(diag.stats),
+        oldest_pending_age=to_duration(diag.oldest_pending_age),
+        stale_jobs=[job_to_pb(j) for j in diag.stale_jobs],
+        failure_rate_last_hour=diag.failure_rate_last_hour,
+        finished_last_hour=diag.finished_last_hour,
+        success_rate_7d=diag.success_rate_7d,
+        avg_duration=to_duration(diag.avg_duration),
+        p95_duration=to_duration(diag.p95_duration),
+        recent_failures=[job_to_pb(j) for j in diag.recent_failures],
+        recent_worker_runs=[worker_run_to_pb(r) for r in diag.recent_worker_runs],
+        alerts=[alert_to_pb(a) for a in diag.alerts],
+        generated_at=to_timestamp(diag.generated_at),
+    )

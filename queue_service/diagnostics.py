@@ -1,0 +1,102 @@
+"""GetDiagnostics: the seed's monitoring queries and alerts, computed from one snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from queue_service.models import Alert, Diagnostics, JobStatus
+from queue_service.store import percentile
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """The seed's alert thresholds, configurable."""
+
+    failure_rate: float = 0.20
+    processing_age: timedelta = timedelta(minutes=15)
+    pending_backlog: int = 50
+
+
+def _rate(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def build_diagnostics(snapshot: dict[str, Any], thresholds: AlertThresholds) -> Diagnostics:
+    now = snapshot["now"]
+    stats = snapshot["stats"]
+    hour, week = snapshot["last_hour"], snapshot["last_week"]
+    succeeded, failed = JobStatus.SUCCEEDED.value, JobStatus.FAILED.value
+    finished_hour = hour.get(succeeded, 0) + hour.get(failed, 0)
+    failure_rate = _rate(hour.get(failed, 0), finished_hour)
+    success_rate = _rate(week.get(succeeded, 0), week.get(succeeded, 0) + week.get(failed, 0))
+    durations: list[float] = snapshot["durations"]
+    oldest = snapshot["oldest_ready_at"]
+    oldest_age = max(now - oldest, timedelta(0)) if oldest is not None else timedelta(0)
+    stale_jobs = snapshot["stale_jobs"]
+
+    alerts: list[Alert] = []
+    if finished_hour and failure_rate > thresholds.failure_rate:
+        alerts.append(
+            Alert(
+                name="high_failure_rate",
+                message=(
+                    f"{failure_rate:.0%} of the {finished_hour} jobs finished in the last hour "
+                    f"failed (threshold {thresholds.failure_rate:.0%}); see recent_failures"
+                ),
+                value=failure_rate,
+                threshold=thresholds.failure_rate,
+            )
+        )
+    if stale_jobs:
+        alerts.append(
+            Alert(
+                name="stale_processing_jobs",
+                message=(
+                    f"{len(stale_jobs)} jobs have been processing for more than "
+                    f"{thresholds.processing_age}; their workers may be stuck (MarkStaleJobs "
+                    "recovers them)"
+                ),
+                value=float(len(stale_jobs)),
+                threshold=thresholds.processing_age.total_seconds(),
+            )
+        )
+    if stats.pending > thresholds.pending_backlog:
+        alerts.append(
+            Alert(
+                name="queue_backlog",
+                message=(
+                    f"{stats.pending} jobs are pending (threshold {thresholds.pending_backlog}): "
+                    "add workers or raise their concurrency"
+                ),
+                value=float(stats.pending),
+                threshold=float(thresholds.pending_backlog),
+            )
+        )
+    failed_runs = snapshot["failed_worker_runs_24h"]
+    if failed_runs:
+        alerts.append(
+            Alert(
+                name="failed_worker_runs",
+                message=f"{failed_runs} worker runs failed in the last 24 hours; see recent_worker_runs",
+                value=float(failed_runs),
+                threshold=0.0,
+            )
+        )
+    return Diagnostics(
+        stats=stats,
+        oldest_pending_age=oldest_age,
+        stale_jobs=stale_jobs,
+        failure_rate_last_hour=failure_rate,
+        finished_last_hour=finished_hour,
+        success_rate_7d=success_rate,
+        avg_duration=timedelta(seconds=sum(durations) / len(durations))
+        if durations
+        else timedelta(0),
+        p95_duration=timedelta(seconds=percentile(durations, 0.95)),
+        recent_failures=snapshot["recent_failures"],
+        recent_worker_runs=snapshot["recent_worker_runs"],
+        alerts=alerts,
+        generated_at=now,
+    )

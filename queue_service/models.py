@@ -1,0 +1,197 @@
+"""The queue's domain values: jobs, worker runs and the requests that change them."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class SyncType(enum.StrEnum):
+    FULL = "full"
+    INCREMENTAL = "incremental"
+
+
+class WorkerRunStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of `sync_queue`, with the account's name."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    account_id: uuid.UUID
+    account_name: str
+    sync_type: SyncType
+    status: JobStatus
+    priority: int
+    attempts: int
+    max_attempts: int
+    scheduled_at: datetime | None
+    last_error: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    lease_token: uuid.UUID | None
+    lease_expires_at: datetime | None
+    worker_id: str | None
+    worker_run_id: uuid.UUID | None
+    trace_context: dict[str, str]
+    errors: list[dict[str, Any]]
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRun:
+    """One row of `sync_worker_runs`."""
+
+    id: uuid.UUID
+    worker_id: str
+    status: WorkerRunStatus
+    jobs_picked: int
+    jobs_processed: int
+    jobs_succeeded: int
+    jobs_failed: int
+    jobs_released: int
+    notes: str | None
+    metadata: dict[str, Any]
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Whose view of the queue an operation takes: one user's, or everyone's."""
+
+    user_id: uuid.UUID | None
+    sees_everything: bool
+
+    @classmethod
+    def everyone(cls) -> Caller:
+        return cls(user_id=None, sees_everything=True)
+
+    @classmethod
+    def user(cls, user_id: uuid.UUID) -> Caller:
+        return cls(user_id=user_id, sees_everything=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    account_id: uuid.UUID
+    sync_type: SyncType
+    priority: int = 0
+    scheduled_at: datetime | None = None
+    max_attempts: int = 3
+    metadata: dict[str, Any] = field(default_factory=dict)
+    trace_context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    job: Job
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    status: JobStatus | None = None
+    account_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Keyset position: the last job of the previous page (newest first)."""
+
+    created_at: datetime
+    job_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    error: str
+    permanent: bool = False
+    retry_after: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailOutcome:
+    job: Job
+    will_retry: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResultAck:
+    """The answer to one result of a batch: the job after it, or the error that refused it."""
+
+    job_id: uuid.UUID
+    job: Job | None = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredJobs:
+    requeued: list[uuid.UUID]
+    failed: list[uuid.UUID]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    pending: int = 0
+    processing: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.processing + self.succeeded + self.failed + self.cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    name: str
+    message: str
+    value: float
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostics:
+    stats: QueueStats
+    oldest_pending_age: timedelta
+    stale_jobs: list[Job]
+    failure_rate_last_hour: float
+    finished_last_hour: int
+    success_rate_7d: float
+    avg_duration: timedelta
+    p95_duration: timedelta
+    recent_failures: list[Job]
+    recent_worker_runs: list[WorkerRun]
+    alerts: list[Alert]
+    generated_at: datetime

@@ -1,0 +1,336 @@
+"""QueueService over gRPC: requests to domain calls, domain errors to status codes.
+
+Nothing here touches SQL or decides a job's fate; it reads requests (`requests`), calls the
+store, and writes responses (`convert`). Who may call what is the POLICY table, enforced by the
+auth interceptor before a handler runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import grpc
+
+from gmbsync.queue.v1 import queue_service_pb2 as pb
+from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
+from queue_service import convert, requests
+from queue_service.diagnostics import AlertThresholds, build_diagnostics
+from queue_service.errors import (
+    AccountInactive,
+    AccountNotFound,
+    ActiveJobExists,
+    IllegalTransition,
+    JobNotFound,
+    LeaseLost,
+    QueueError,
+    WorkerRunNotFound,
+)
+from queue_service.models import Caller, JobFilter, PageCursor
+from queue_service.notifier import JobSignal
+from queue_service.picking import pick_with_wait
+from queue_service.settings import QueueSettings
+from queue_service.store import JobStore
+from service_runtime import errors
+from service_runtime.auth import OPERATOR, USER, WORKER, Role, current_principal
+from service_runtime.telemetry import current_trace_context
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QueueService"].full_name
+
+_RPC_ROLES = {
+    "EnqueueSync": USER,
+    "EnqueueSyncBatch": USER,
+    "GetJob": USER,
+    "ListJobs": USER,
+    "GetQueueStatus": USER,
+    "CancelJob": USER,
+    "RetryJob": USER,
+    "PickJobs": WORKER,
+    "ExtendLease": WORKER,
+    "CompleteJob": WORKER,
+    "FailJob": WORKER,
+    "ReleaseJob": WORKER,
+    "ReportResults": WORKER,
+    "StartWorkerRun": WORKER,
+    "FinishWorkerRun": WORKER,
+    "MarkStaleJobs": OPERATOR,
+    "GetDiagnostics": OPERATOR,
+}
+POLICY: dict[str, frozenset[Role]] = {
+    f"/{SERVICE_NAME}/{rpc}": roles for rpc, roles in _RPC_ROLES.items()
+}
+
+_STATUS_OF: dict[type[QueueError], grpc.StatusCode] = {
+    JobNotFound: grpc.StatusCode.NOT_FOUND,
+    AccountNotFound: grpc.StatusCode.NOT_FOUND,
+    WorkerRunNotFound: grpc.StatusCode.NOT_FOUND,
+    AccountInactive: grpc.StatusCode.FAILED_PRECONDITION,
+    LeaseLost: grpc.StatusCode.FAILED_PRECONDITION,
+    IllegalTransition: grpc.StatusCode.FAILED_PRECONDITION,
+    ActiveJobExists: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_of(error: QueueError) -> grpc.StatusCode:
+    for kind, code in _STATUS_OF.items():
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+Response = TypeVar("Response")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def translated(handler: Handler[Response]) -> Handler[Response]:
+    """Turns the domain's errors into the RPC's status, once for every method."""
+
+    @functools.wraps(handler)
+    async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await handler(self, request, context)
+        except errors.InvalidArgument as exc:
+            await errors.abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), violations=exc.violations
+            )
+        except QueueError as exc:
+            await errors.abort(context, status_of(exc), str(exc))
+        raise AssertionError("unreachable: abort raises")
+
+    return run
+
+
+def _caller() -> Caller:
+    principal = current_principal()
+    if principal.sees_everything:
+        return Caller.everyone()
+    assert principal.user_id is not None
+    return Caller.user(principal.user_id)
+
+
+def _enqueue_message(duplicate: bool) -> str:
+    if duplicate:
+        return "Sync job already queued for this account"
+    return "Sync job enqueued successfully"
+
+
+class QueueServicer(pb_grpc.QueueServiceServicer):
+    def __init__(self, store: JobStore, signal: JobSignal, settings: QueueSettings) -> None:
+        self._store = store
+        self._signal = signal
+        self._settings = settings
+        self._thresholds = AlertThresholds(
+            failure_rate=settings.alert_failure_rate,
+            processing_age=settings.alert_processing_age,
+            pending_backlog=settings.alert_pending_backlog,
+        )
+
+    # -- users --------------------------------------------------------------------------------
+
+    @translated
+    async def EnqueueSync(self, request, context):  # type: ignore[no-untyped-def]
+        parsed = requests.enqueue_request(
+            request,
+            now=self._store.clock(),
+            default_max_attempts=self._settings.default_max_attempts,
+            trace_context=current_trace_context(),
+        )
+        assert parsed is not None
+        result = await self._store.job_enqueue(parsed, _caller())
+        return pb.EnqueueSyncResponse(
+            job=convert.job_to_pb(result.job),
+            duplicate=result.duplicate,
+            message=_enqueue_message(result.duplicate),
+        )
+
+    @translated
+    async def EnqueueSyncBatch(self, request, context):  # type: ignore[no-untyped-def]
+        parsed = requests.enqueue_batch(
+            request,
+            now=self._store.clock(),
+            default_max_attempts=self._settings.default_max_attempts,
+            trace_context=current_trace_context(),
+        )
+        try:
+            results = await self._store.job_enqueue_many(parsed, _caller())
+        except (AccountNotFound, AccountInactive) as exc:
+            # Say which item: the batch is all-or-nothing, so the caller must fix that one.
+            index = next((i for i, r in enumerate(parsed) if str(r.account_id) in str(exc)), None)
+            prefix = f"items[{index}]: " if index is not None else ""
+            raise type(exc)(prefix + str(exc)) from None
+        return pb.EnqueueSyncBatchResponse(
+            results=[
+                pb.EnqueueSyncResponse(
+                    job=convert.job_to_pb(r.job),
+                    duplicate=r.duplicate,
+                    message=_enqueue_message(r.duplicate),
+                )
+                for r in results
+            ]
+        )
+
+    @translated
+    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
+        job = await self._store.job_get(requests.job_id(request), _caller())
+        return pb.GetJobResponse(job=convert.job_to_pb(job))
+
+    @translated
+    async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
+        job_filter, size, cursor = requests.list_request(request)
+        caller = _caller()
+        if (
+            job_filter.user_id is not None
+            and not caller.sees_everything
+            and job_filter.user_id != caller.user_id
+        ):
+            await errors.abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "user_id: only admins and workers may list another user's jobs",
+            )
+        # One extra row tells whether a next page exists without a count query.
+        jobs = await self._store.job_list(caller, job_filter, limit=size + 1, after=cursor)
+        next_token = ""
+        if len(jobs) > size:
+            jobs = jobs[:size]
+            last = jobs[-1]
+            next_token = requests.encode_page_token(
+                PageCursor(created_at=last.created_at, job_id=last.id), job_filter
+            )
+        return pb.ListJobsResponse(
+            jobs=[convert.job_to_pb(j) for j in jobs], next_page_token=next_token
+        )
+
+    @translated
+    async def GetQueueStatus(self, request, context):  # type: ignore[no-untyped-def]
+        limit = requests.recent_limit(request.recent_limit, default=20)
+        caller = _caller()
+        stats = await self._store.job_stats(caller)
+        recent = await self._store.job_list(caller, JobFilter(), limit=limit)
+        return pb.GetQueueStatusResponse(
+            stats=convert.stats_to_pb(stats), jobs=[convert.job_to_pb(j) for j in recent]
+        )
+
+    @translated
+    async def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
+        job = await self._store.job_cancel(requests.job_id(request), _caller())
+        return pb.CancelJobResponse(job=convert.job_to_pb(job))
+
+    @translated
+    async def RetryJob(self, request, context):  # type: ignore[no-untyped-def]
+        job = await self._store.job_retry(requests.job_id(request), _caller())
+        return pb.RetryJobResponse(job=convert.job_to_pb(job))
+
+    # -- workers ------------------------------------------------------------------------------
+
+    @translated
+    async def PickJobs(self, request, context):  # type: ignore[no-untyped-def]
+        pick = requests.pick_request(request, default_lease=self._settings.default_lease)
+        wait = pick.pop("wait")
+        # Never hold a job past the caller's deadline: it would be leased to nobody.
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = min(wait, max(timedelta(0), timedelta(seconds=remaining - 0.5)))
+        jobs = await pick_with_wait(
+            self._store,
+            self._signal,
+            wait=wait,
+            fallback_interval=self._settings.pick_fallback_interval,
+            **pick,
+        )
+        return pb.PickJobsResponse(jobs=[convert.job_to_pb(j, with_lease_token=True) for j in jobs])
+
+    @translated
+    async def ExtendLease(self, request, context):  # type: ignore[no-untyped-def]
+        job, token, lease = requests.extend_request(
+            request, default_lease=self._settings.default_lease
+        )
+        expires = await self._store.lease_extend(job, token, lease)
+        response = pb.ExtendLeaseResponse()
+        response.lease_expires_at.FromDatetime(expires)
+        return response
+
+    @translated
+    async def CompleteJob(self, request, context):  # type: ignore[no-untyped-def]
+        completion = requests.completion(request)
+        assert completion is not None
+        job = await self._store.job_complete(completion)
+        return pb.CompleteJobResponse(job=convert.job_to_pb(job))
+
+    @translated
+    async def FailJob(self, request, context):  # type: ignore[no-untyped-def]
+        failure = requests.failure(request)
+        assert failure is not None
+        outcome = await self._store.job_fail(failure)
+        return pb.FailJobResponse(job=convert.job_to_pb(outcome.job), will_retry=outcome.will_retry)
+
+    @translated
+    async def ReleaseJob(self, request, context):  # type: ignore[no-untyped-def]
+        job_id, token, delay = requests.release_request(request)
+        job = await self._store.job_release(job_id, token, delay)
+        log.info("job %s released unrun: %s", job_id, request.reason or "no reason given")
+        return pb.ReleaseJobResponse(job=convert.job_to_pb(job))
+
+    @translated
+    async def ReportResults(self, request, context):  # type: ignore[no-untyped-def]
+        results = requests.report_request(request)
+        acks = await self._store.results_report(results)
+        response = pb.ReportResultsResponse()
+        for ack in acks:
+            if ack.error is None:
+                assert ack.job is not None
+                response.acks.add(
+                    job_id=str(ack.job_id),
+                    code=grpc.StatusCode.OK.value[0],
+                    job=convert.job_to_pb(ack.job),
+                )
+            else:
+                code = (
+                    status_of(ack.error)
+                    if isinstance(ack.error, QueueError)
+                    else grpc.StatusCode.INTERNAL
+                )
+                response.acks.add(
+                    job_id=str(ack.job_id), code=code.value[0], message=str(ack.error)
+                )
+        return response
+
+    @translated
+    async def StartWorkerRun(self, request, context):  # type: ignore[no-untyped-def]
+        worker_id, metadata = requests.start_run_request(request)
+        run = await self._store.worker_run_start(worker_id, metadata)
+        return pb.StartWorkerRunResponse(run=convert.worker_run_to_pb(run))
+
+    @translated
+    async def FinishWorkerRun(self, request, context):  # type: ignore[no-untyped-def]
+        run_id, status, notes, metadata = requests.finish_run_request(request)
+        run = await self._store.worker_run_finish(run_id, status, notes, metadata)
+        return pb.FinishWorkerRunResponse(run=convert.worker_run_to_pb(run))
+
+    # -- operators ----------------------------------------------------------------------------
+
+    @translated
+    async def MarkStaleJobs(self, request, context):  # type: ignore[no-untyped-def]
+        threshold = requests.stale_threshold(request, self._settings.stale_threshold)
+        recovered = await self._store.jobs_recover(started_before=self._store.clock() - threshold)
+        return pb.MarkStaleJobsResponse(
+            requeued=len(recovered.requeued),
+            failed=len(recovered.failed),
+            job_ids=[str(i) for i in (*recovered.requeued, *recovered.failed)],
+        )
+
+    @translated
+    async def GetDiagnostics(self, request, context):  # type: ignore[no-untyped-def]
+        limit = requests.recent_limit(request.recent_limit, default=10)
+        snapshot = await self._store.diagnostics_snapshot(
+            stale_after=self._thresholds.processing_age, recent_limit=limit
+        )
+        return convert.diagnostics_to_pb(build_diagnostics(snapshot, self._thresholds))
+
+
+__all__ = ["POLICY", "SERVICE_NAME", "QueueServicer"]

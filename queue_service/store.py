@@ -1,0 +1,1012 @@
+"""The queue's database seam: the only module of QueueService that issues SQL.
+
+Every state change is one statement or one transaction. The same code runs on PostgreSQL and
+SQLite; where they differ it is said here:
+- picking is one `WITH candidates AS (SELECT ... FOR UPDATE SKIP LOCKED) UPDATE ... RETURNING`
+  statement; SQLite ignores the row lock and relies on `BEGIN IMMEDIATE` serialising writers;
+- a new ready job is announced with `pg_notify` inside the enqueue transaction (so it is sent
+  only if the transaction commits), or by an in-process callback after commit on SQLite;
+- one pending or processing job per account is the partial unique index
+  `uq_sync_queue_active_account`, never a check-then-insert.
+"""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from queue_service.errors import (
+    AccountInactive,
+    AccountNotFound,
+    ActiveJobExists,
+    IllegalTransition,
+    JobNotFound,
+    LeaseLost,
+    QueueError,
+    WorkerRunNotFound,
+)
+from queue_service.lifecycle import RetryPolicy, decide_failure
+from queue_service.models import (
+    Caller,
+    Completion,
+    EnqueueRequest,
+    EnqueueResult,
+    FailOutcome,
+    Failure,
+    Job,
+    JobFilter,
+    JobStatus,
+    PageCursor,
+    QueueStats,
+    RecoveredJobs,
+    ResultAck,
+    SyncType,
+    WorkerRun,
+    WorkerRunStatus,
+)
+from queue_service.tables import ACTIVE_STATUSES, sync_queue, sync_worker_runs
+from sync_service.tables import gmb_accounts
+
+NOTIFY_CHANNEL = "gmbsync_jobs"
+# Error texts are kept whole in logs but bounded in the row.
+MAX_ERROR_LENGTH = 4000
+# How many expired leases one reaper pass recovers; the next pass takes the rest.
+RECOVER_BATCH = 500
+# Durations for the average and p95 come from at most this many recent jobs.
+DURATION_SAMPLE = 10_000
+
+q = sync_queue
+runs = sync_worker_runs
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class random_uuid(FunctionElement[uuid.UUID]):
+    """A new random UUID per row, computed by the database."""
+
+    type = sa.Uuid()
+    inherit_cache = True
+
+
+@compiles(random_uuid, "postgresql")
+def _random_uuid_postgresql(element: Any, compiler: Any, **kw: Any) -> str:
+    return "gen_random_uuid()"
+
+
+@compiles(random_uuid, "sqlite")
+def _random_uuid_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    # SQLAlchemy stores a UUID on SQLite as 32 hex characters.
+    return "lower(hex(randomblob(16)))"
+
+
+# Written out, not built: SQLAlchemy leaves columns unqualified in SQLite's RETURNING, where a
+# built correlated subquery would then compare gmb_accounts.id with itself.
+_ACCOUNT_NAME = sa.literal_column(
+    "(SELECT gmb_accounts.account_name FROM gmb_accounts"
+    " WHERE gmb_accounts.id = sync_queue.account_id)",
+    sa.Text(),
+).label("account_name")
+_JOB_COLUMNS = (*q.c, _ACCOUNT_NAME)
+
+
+def _job(row: sa.RowMapping) -> Job:
+    return Job(
+        id=row["id"],
+        user_id=row["user_id"],
+        account_id=row["account_id"],
+        account_name=row["account_name"] or "",
+        sync_type=SyncType(row["sync_type"]),
+        status=JobStatus(row["status"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        scheduled_at=row["scheduled_at"],
+        last_error=row["last_error"],
+        metadata=row["metadata"] or {},
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        worker_id=row["worker_id"],
+        worker_run_id=row["worker_run_id"],
+        trace_context=row["trace_context"] or {},
+        errors=list(row["errors"] or []),
+        result=row["result"],
+    )
+
+
+def _worker_run(row: sa.RowMapping) -> WorkerRun:
+    return WorkerRun(
+        id=row["id"],
+        worker_id=row["worker_id"],
+        status=WorkerRunStatus(row["status"]),
+        jobs_picked=row["jobs_picked"],
+        jobs_processed=row["jobs_processed"],
+        jobs_succeeded=row["jobs_succeeded"],
+        jobs_failed=row["jobs_failed"],
+        jobs_released=row["jobs_released"],
+        notes=row["notes"],
+        metadata=row["metadata"] or {},
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _visible_to(caller: Caller) -> sa.ColumnElement[bool]:
+    if caller.sees_everything:
+        return sa.true()
+    return q.c.user_id == caller.user_id
+
+
+def _error_entry(
+    *, attempt: int, error: str, at: datetime, worker_id: str | None, permanent: bool
+) -> dict[str, Any]:
+    return {
+        "attempt": attempt,
+        "error": error[:MAX_ERROR_LENGTH],
+        "failed_at": at.isoformat(),
+        "worker_id": worker_id,
+        "permanent": permanent,
+    }
+
+
+_LEASE_CLEARED = {"lease_token": None, "lease_expires_at": None}
+
+
+class JobStore:
+    """Jobs and worker runs in `sync_queue` and `sync_worker_runs`.
+
+    `on_jobs_available` is called after a commit that made jobs ready; on PostgreSQL the
+    transaction itself also sends `NOTIFY gmbsync_jobs`, which reaches every replica.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        on_jobs_available: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.clock = clock
+        self.is_postgres = engine.dialect.name == "postgresql"
+        self._on_jobs_available = on_jobs_available or (lambda: None)
+
+    # -- connectivity -------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        return True
+
+    async def _announce(self, conn: AsyncConnection) -> None:
+        if self.is_postgres:
+            await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
+
+    # -- enqueue ------------------------------------------------------------------------------
+
+    async def job_enqueue(self, request: EnqueueRequest, caller: Caller) -> EnqueueResult:
+        """Enqueues one sync, or returns (and maybe upgrades) the account's active job."""
+        results = await self.job_enqueue_many([request], caller)
+        return results[0]
+
+    async def job_enqueue_many(
+        self, requests: Sequence[EnqueueRequest], caller: Caller
+    ) -> list[EnqueueResult]:
+        """Enqueues many syncs in one transaction; any error rolls all of them back."""
+        async with self.engine.begin() as conn:
+            results = [await self._enqueue(conn, request, caller) for request in requests]
+            if any(not r.duplicate for r in results):
+                await self._announce(conn)
+        if any(not r.duplicate for r in results):
+            self._on_jobs_available()
+        return results
+
+    async def _enqueue(
+        self, conn: AsyncConnection, request: EnqueueRequest, caller: Caller
+    ) -> EnqueueResult:
+        account = (
+            (
+                await conn.execute(
+                    sa.select(gmb_accounts.c.user_id, gmb_accounts.c.is_active).where(
+                        gmb_accounts.c.id == request.account_id
+                    )
+                )
+            )
+            .mappings()
+            .first()
+        )
+        # Someone else's account is reported exactly like a missing one: no hint it exists.
+        if account is None or not (caller.sees_everything or account["user_id"] == caller.user_id):
+            raise AccountNotFound(f"account {request.account_id} not found")
+        if not account["is_active"]:
+            raise AccountInactive(
+                f"account {request.account_id} is deactivated: reconnect it before syncing"
+            )
+        now = self.clock()
+        values = {
+            "id": uuid.uuid4(),
+            "user_id": account["user_id"],
+            "account_id": request.account_id,
+            "sync_type": request.sync_type.value,
+            "status": JobStatus.PENDING.value,
+            "priority": request.priority,
+            "attempts": 0,
+            "max_attempts": request.max_attempts,
+            "scheduled_at": request.scheduled_at,
+            "metadata": request.metadata,
+            "created_at": now,
+            "updated_at": now,
+            "trace_context": request.trace_context,
+            "errors": [],
+        }
+        insert = postgresql.insert(q) if self.is_postgres else sqlite.insert(q)
+        insert = insert.values(**values).on_conflict_do_nothing(
+            index_elements=[q.c.account_id],
+            index_where=q.c.status.in_(ACTIVE_STATUSES),
+        )
+        # The conflicting job may finish between our insert and our read of it; then the
+        # insert can succeed on the next try. Three tries cover any realistic interleaving.
+        for _ in range(3):
+            row = (await conn.execute(insert.returning(*_JOB_COLUMNS))).mappings().first()
+            if row is not None:
+                return EnqueueResult(job=_job(row), duplicate=False)
+            existing = await self._upgrade_active(conn, request, now)
+            if existing is not None:
+                return EnqueueResult(job=existing, duplicate=True)
+        raise ActiveJobExists(
+            f"account {request.account_id} has a job changing state right now; retry"
+        )
+
+    async def _upgrade_active(
+        self, conn: AsyncConnection, request: EnqueueRequest, now: datetime
+    ) -> Job | None:
+        """Upgrades a pending duplicate to a full sync or a higher priority; returns the job."""
+        upgraded_type = (
+            sa.literal(SyncType.FULL.value) if request.sync_type is SyncType.FULL else q.c.sync_type
+        )
+        upgraded_priority = sa.case(
+            (q.c.priority < request.priority, request.priority), else_=q.c.priority
+        )
+        needs_upgrade = sa.or_(
+            q.c.priority < request.priority,
+            sa.and_(
+                sa.literal(request.sync_type.value) == SyncType.FULL.value,
+                q.c.sync_type != SyncType.FULL.value,
+            ),
+        )
+        row = (
+            (
+                await conn.execute(
+                    sa.update(q)
+                    .where(
+                        q.c.account_id == request.account_id,
+                        q.c.status == JobStatus.PENDING.value,
+                        needs_upgrade,
+                    )
+                    .values(sync_type=upgraded_type, priority=upgraded_priority, updated_at=now)
+                    .returning(*_JOB_COLUMNS)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(*_JOB_COLUMNS).where(
+                            q.c.account_id == request.account_id,
+                            q.c.status.in_(ACTIVE_STATUSES),
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return None if row is None else _job(row)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def job_get(self, job_id: uuid.UUID, caller: Caller) -> Job:
+        async with self.engine.connect() as conn:
+            return await self._job_get(conn, job_id, caller)
+
+    async def _job_get(self, conn: AsyncConnection, job_id: uuid.UUID, caller: Caller) -> Job:
+        row = (
+            (
+                await conn.execute(
+                    sa.select(*_JOB_COLUMNS).where(q.c.id == job_id, _visible_to(caller))
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise JobNotFound(f"job {job_id} not found")
+        return _job(row)
+
+    async def job_list(
+        self,
+        caller: Caller,
+        job_filter: JobFilter,
+        *,
+        limit: int,
+        after: PageCursor | None = None,
+    ) -> list[Job]:
+        """Jobs newest first; `after` continues from the last job of the previous page."""
+        conditions: list[sa.ColumnElement[bool]] = [_visible_to(caller)]
+        if job_filter.status is not None:
+            conditions.append(q.c.status == job_filter.status.value)
+        if job_filter.account_id is not None:
+            conditions.append(q.c.account_id == job_filter.account_id)
+        if job_filter.user_id is not None:
+            conditions.append(q.c.user_id == job_filter.user_id)
+        if after is not None:
+            conditions.append(
+                sa.or_(
+                    q.c.created_at < after.created_at,
+                    sa.and_(q.c.created_at == after.created_at, q.c.id < after.job_id),
+                )
+            )
+        statement = (
+            sa.select(*_JOB_COLUMNS)
+            .where(*conditions)
+            .order_by(q.c.created_at.desc(), q.c.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(statement)).mappings().all()
+        return [_job(r) for r in rows]
+
+    async def job_stats(self, caller: Caller) -> QueueStats:
+        async with self.engine.connect() as conn:
+            return await self._stats(conn, caller)
+
+    async def _stats(self, conn: AsyncConnection, caller: Caller) -> QueueStats:
+        rows = await conn.execute(
+            sa.select(q.c.status, sa.func.count()).where(_visible_to(caller)).group_by(q.c.status)
+        )
+        counts = {status: count for status, count in rows}
+        return QueueStats(**{s.value: counts.get(s.value, 0) for s in JobStatus})
+
+    # -- user operations ----------------------------------------------------------------------
+
+    async def job_cancel(self, job_id: uuid.UUID, caller: Caller) -> Job:
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.update(q)
+                        .where(
+                            q.c.id == job_id,
+                            q.c.status == JobStatus.PENDING.value,
+                            _visible_to(caller),
+                        )
+                        .values(status=JobStatus.CANCELLED.value, completed_at=now, updated_at=now)
+                        .returning(*_JOB_COLUMNS)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is not None:
+                return _job(row)
+            job = await self._job_get(conn, job_id, caller)
+        raise IllegalTransition(
+            f"job {job_id} is {job.status.value}: only a pending job can be cancelled"
+        )
+
+    async def job_retry(self, job_id: uuid.UUID, caller: Caller) -> Job:
+        """Puts a failed or cancelled job back to pending with its attempts reset."""
+        now = self.clock()
+        statement = (
+            sa.update(q)
+            .where(
+                q.c.id == job_id,
+                q.c.status.in_((JobStatus.FAILED.value, JobStatus.CANCELLED.value)),
+                _visible_to(caller),
+            )
+            .values(
+                status=JobStatus.PENDING.value,
+                attempts=0,
+                scheduled_at=None,
+                started_at=None,
+                completed_at=None,
+                worker_id=None,
+                worker_run_id=None,
+                updated_at=now,
+            )
+            .returning(*_JOB_COLUMNS)
+        )
+        try:
+            async with self.engine.begin() as conn:
+                row = (await conn.execute(statement)).mappings().first()
+                if row is None:
+                    job = await self._job_get(conn, job_id, caller)
+                    raise IllegalTransition(
+                        f"job {job_id} is {job.status.value}: only a failed or cancelled job "
+                        "can be retried"
+                    )
+                await self._announce(conn)
+        except IntegrityError:
+            raise ActiveJobExists(
+                f"job {job_id} cannot be retried: its account already has a pending or "
+                "processing job"
+            ) from None
+        self._on_jobs_available()
+        return _job(row)
+
+    # -- worker operations --------------------------------------------------------------------
+
+    async def job_pick(
+        self,
+        *,
+        max_jobs: int,
+        lease: timedelta,
+        worker_id: str,
+        worker_run_id: uuid.UUID | None = None,
+    ) -> list[Job]:
+        """Leases up to `max_jobs` ready jobs in pick order, in one statement."""
+        now = self.clock()
+        candidates = (
+            sa.select(q.c.id)
+            .where(
+                q.c.status == JobStatus.PENDING.value,
+                sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= now),
+                q.c.attempts < q.c.max_attempts,
+            )
+            .order_by(q.c.priority.desc(), q.c.created_at, q.c.id)
+            .limit(max_jobs)
+            .with_for_update(skip_locked=True)
+            .cte("candidates")
+        )
+        statement = (
+            sa.update(q)
+            .where(q.c.id.in_(sa.select(candidates.c.id)))
+            .values(
+                status=JobStatus.PROCESSING.value,
+                attempts=q.c.attempts + 1,
+                started_at=now,
+                updated_at=now,
+                lease_token=random_uuid(),
+                lease_expires_at=now + lease,
+                worker_id=worker_id,
+                worker_run_id=worker_run_id,
+            )
+            .returning(*_JOB_COLUMNS)
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(statement)).mappings().all()
+            if rows and worker_run_id is not None:
+                await self._count_run(conn, worker_run_id, jobs_picked=len(rows))
+        jobs = [_job(r) for r in rows]
+        # RETURNING gives no order; hand the jobs out in pick order.
+        jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
+        return jobs
+
+    async def lease_extend(
+        self, job_id: uuid.UUID, lease_token: uuid.UUID, lease: timedelta
+    ) -> datetime:
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            expires = (
+                await conn.execute(
+                    sa.update(q)
+                    .where(
+                        q.c.id == job_id,
+                        q.c.lease_token == lease_token,
+                        q.c.status == JobStatus.PROCESSING.value,
+                    )
+                    .values(lease_expires_at=now + lease, updated_at=now)
+                    .returning(q.c.lease_expires_at)
+                )
+            ).scalar_one_or_none()
+            if expires is None:
+                await self._raise_lease_problem(conn, job_id)
+        return expires
+
+    async def job_complete(self, completion: Completion) -> Job:
+        async with self.engine.begin() as conn:
+            return await self._complete(conn, completion)
+
+    async def job_fail(self, failure: Failure) -> FailOutcome:
+        async with self.engine.begin() as conn:
+            outcome = await self._fail(conn, failure)
+        if outcome.will_retry:
+            self._on_jobs_available()
+        return outcome
+
+    async def job_release(
+        self, job_id: uuid.UUID, lease_token: uuid.UUID, delay: timedelta | None = None
+    ) -> Job:
+        """Returns a leased job to pending and gives its attempt back: it was never run."""
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.update(q)
+                        .where(
+                            q.c.id == job_id,
+                            q.c.lease_token == lease_token,
+                            q.c.status == JobStatus.PROCESSING.value,
+                        )
+                        .values(
+                            status=JobStatus.PENDING.value,
+                            attempts=sa.case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
+                            scheduled_at=(now + delay) if delay else None,
+                            updated_at=now,
+                            **_LEASE_CLEARED,
+                        )
+                        .returning(*_JOB_COLUMNS)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                await self._raise_lease_problem(conn, job_id)
+            job = _job(row)
+            if job.worker_run_id is not None:
+                await self._count_run(conn, job.worker_run_id, jobs_released=1)
+            await self._announce(conn)
+        self._on_jobs_available()
+        return job
+
+    async def results_report(self, results: Sequence[Completion | Failure]) -> list[ResultAck]:
+        """Applies many results in one transaction; a refused result does not stop the others."""
+        acks: list[ResultAck] = []
+        retried = False
+        async with self.engine.begin() as conn:
+            for result in results:
+                try:
+                    if isinstance(result, Completion):
+                        job = await self._complete(conn, result)
+                    else:
+                        outcome = await self._fail(conn, result)
+                        job = outcome.job
+                        retried = retried or outcome.will_retry
+                except QueueError as exc:
+                    acks.append(ResultAck(job_id=result.job_id, error=exc))
+                else:
+                    acks.append(ResultAck(job_id=result.job_id, job=job))
+        if retried:
+            self._on_jobs_available()
+        return acks
+
+    async def _complete(self, conn: AsyncConnection, completion: Completion) -> Job:
+        now = self.clock()
+        row = (
+            (
+                await conn.execute(
+                    sa.update(q)
+                    .where(
+                        q.c.id == completion.job_id,
+                        q.c.lease_token == completion.lease_token,
+                        q.c.status == JobStatus.PROCESSING.value,
+                    )
+                    .values(
+                        status=JobStatus.SUCCEEDED.value,
+                        completed_at=now,
+                        updated_at=now,
+                        last_error=None,
+                        result=completion.result,
+                        **_LEASE_CLEARED,
+                    )
+                    .returning(*_JOB_COLUMNS)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            await self._raise_lease_problem(conn, completion.job_id)
+        job = _job(row)
+        if job.worker_run_id is not None:
+            await self._count_run(conn, job.worker_run_id, jobs_processed=1, jobs_succeeded=1)
+        return job
+
+    async def _fail(self, conn: AsyncConnection, failure: Failure) -> FailOutcome:
+        # Lock the row, decide in Python, write: the decision needs attempts and the error list.
+        current = (
+            (
+                await conn.execute(
+                    sa.select(q.c.attempts, q.c.max_attempts, q.c.errors, q.c.worker_id)
+                    .where(
+                        q.c.id == failure.job_id,
+                        q.c.lease_token == failure.lease_token,
+                        q.c.status == JobStatus.PROCESSING.value,
+                    )
+                    .with_for_update()
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if current is None:
+            await self._raise_lease_problem(conn, failure.job_id)
+        now = self.clock()
+        decision = decide_failure(
+            attempts=current["attempts"],
+            max_attempts=current["max_attempts"],
+            permanent=failure.permanent,
+            now=now,
+            policy=self.retry_policy,
+            retry_after=failure.retry_after,
+        )
+        errors = [
+            *(current["errors"] or []),
+            _error_entry(
+                attempt=current["attempts"],
+                error=failure.error,
+                at=now,
+                worker_id=current["worker_id"],
+                permanent=failure.permanent,
+            ),
+        ]
+        values: dict[str, Any] = {
+            "last_error": failure.error[:MAX_ERROR_LENGTH],
+            "errors": errors,
+            "updated_at": now,
+            **_LEASE_CLEARED,
+        }
+        if decision.retry:
+            values |= {"status": JobStatus.PENDING.value, "scheduled_at": decision.retry_at}
+        else:
+            values |= {"status": JobStatus.FAILED.value, "completed_at": now}
+        row = (
+            (
+                await conn.execute(
+                    sa.update(q)
+                    .where(q.c.id == failure.job_id)
+                    .values(**values)
+                    .returning(*_JOB_COLUMNS)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        job = _job(row)
+        if job.worker_run_id is not None:
+            await self._count_run(conn, job.worker_run_id, jobs_processed=1, jobs_failed=1)
+        if decision.retry:
+            await self._announce(conn)
+        return FailOutcome(job=job, will_retry=decision.retry)
+
+    async def _raise_lease_problem(self, conn: AsyncConnection, job_id: uuid.UUID) -> None:
+        """Says why a lease-guarded change matched no row: no job, or the lease is gone."""
+        status = (
+            await conn.execute(sa.select(q.c.status).where(q.c.id == job_id))
+        ).scalar_one_or_none()
+        if status is None:
+            raise JobNotFound(f"job {job_id} not found")
+        raise LeaseLost(
+            f"job {job_id} is {status} and this lease is no longer held: it expired or was "
+            "recovered, so this worker must not report on it"
+        )
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def jobs_recover(self, *, started_before: datetime | None = None) -> RecoveredJobs:
+        """Recovers processing jobs whose lease expired (or that started before a threshold).
+
+        They go back to pending after backoff while attempts remain, else to failed with an
+        error saying the worker was lost. Rows another transaction holds are skipped; the next
+        pass gets them.
+        """
+        now = self.clock()
+        stuck = q.c.lease_expires_at < now
+        if started_before is not None:
+            stuck = sa.or_(stuck, q.c.started_at < started_before)
+        requeued: list[uuid.UUID] = []
+        failed: list[uuid.UUID] = []
+        async with self.engine.begin() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        sa.select(
+                            q.c.id,
+                            q.c.attempts,
+                            q.c.max_attempts,
+                            q.c.errors,
+                            q.c.worker_id,
+                            q.c.worker_run_id,
+                            q.c.lease_expires_at,
+                            q.c.started_at,
+                        )
+                        .where(q.c.status == JobStatus.PROCESSING.value, stuck)
+                        .order_by(q.c.lease_expires_at)
+                        .limit(RECOVER_BATCH)
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            for row in rows:
+                if row["lease_expires_at"] < now:
+                    error = (
+                        f"worker lost: lease expired at {row['lease_expires_at'].isoformat()} "
+                        f"(worker {row['worker_id']})"
+                    )
+                else:
+                    error = (
+                        f"worker lost: processing since {row['started_at'].isoformat()}, past "
+                        f"the stale threshold (worker {row['worker_id']})"
+                    )
+                decision = decide_failure(
+                    attempts=row["attempts"],
+                    max_attempts=row["max_attempts"],
+                    permanent=False,
+                    now=now,
+                    policy=self.retry_policy,
+                )
+                values: dict[str, Any] = {
+                    "last_error": error,
+                    "errors": [
+                        *(row["errors"] or []),
+                        _error_entry(
+                            attempt=row["attempts"],
+                            error=error,
+                            at=now,
+                            worker_id=row["worker_id"],
+                            permanent=False,
+                        ),
+                    ],
+                    "updated_at": now,
+                    **_LEASE_CLEARED,
+                }
+                if decision.retry:
+                    values |= {"status": JobStatus.PENDING.value, "scheduled_at": decision.retry_at}
+                    requeued.append(row["id"])
+                else:
+                    values |= {"status": JobStatus.FAILED.value, "completed_at": now}
+                    failed.append(row["id"])
+                await conn.execute(sa.update(q).where(q.c.id == row["id"]).values(**values))
+                if row["worker_run_id"] is not None:
+                    await self._count_run(
+                        conn, row["worker_run_id"], jobs_processed=1, jobs_failed=1
+                    )
+            if requeued:
+                await self._announce(conn)
+        if requeued:
+            self._on_jobs_available()
+        return RecoveredJobs(requeued=requeued, failed=failed)
+
+    async def jobs_prune(self, *, finished_before: datetime, limit: int = 5000) -> int:
+        """Deletes finished jobs older than the retention period, a bounded batch at a time."""
+        finished = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+        victims = (
+            sa.select(q.c.id)
+            .where(q.c.status.in_(finished), q.c.completed_at < finished_before)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(sa.delete(q).where(q.c.id.in_(victims)))
+        return result.rowcount or 0
+
+    # -- worker runs --------------------------------------------------------------------------
+
+    async def _count_run(self, conn: AsyncConnection, run_id: uuid.UUID, **increments: int) -> None:
+        await conn.execute(
+            sa.update(runs)
+            .where(runs.c.id == run_id)
+            .values({runs.c[name]: runs.c[name] + amount for name, amount in increments.items()})
+        )
+
+    async def worker_run_start(self, worker_id: str, metadata: dict[str, Any]) -> WorkerRun:
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.insert(runs)
+                        .values(
+                            id=uuid.uuid4(),
+                            worker_id=worker_id,
+                            status=WorkerRunStatus.RUNNING.value,
+                            metadata=metadata,
+                            started_at=now,
+                        )
+                        .returning(*runs.c)
+                    )
+                )
+                .mappings()
+                .one()
+            )
+        return _worker_run(row)
+
+    async def worker_run_get(self, run_id: uuid.UUID) -> WorkerRun:
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).mappings().first()
+            )
+        if row is None:
+            raise WorkerRunNotFound(f"worker run {run_id} not found")
+        return _worker_run(row)
+
+    async def worker_run_finish(
+        self,
+        run_id: uuid.UUID,
+        status: WorkerRunStatus,
+        notes: str | None,
+        metadata: dict[str, Any],
+    ) -> WorkerRun:
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            current = (
+                (
+                    await conn.execute(
+                        sa.select(runs.c.status, runs.c.metadata)
+                        .where(runs.c.id == run_id)
+                        .with_for_update()
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if current is None:
+                raise WorkerRunNotFound(f"worker run {run_id} not found")
+            if current["status"] != WorkerRunStatus.RUNNING.value:
+                raise IllegalTransition(
+                    f"worker run {run_id} already finished ({current['status']})"
+                )
+            row = (
+                (
+                    await conn.execute(
+                        sa.update(runs)
+                        .where(runs.c.id == run_id)
+                        .values(
+                            status=status.value,
+                            notes=notes,
+                            metadata={**(current["metadata"] or {}), **metadata},
+                            finished_at=now,
+                        )
+                        .returning(*runs.c)
+                    )
+                )
+                .mappings()
+                .one()
+            )
+        return _worker_run(row)
+
+    # -- diagnostics --------------------------------------------------------------------------
+
+    async def diagnostics_snapshot(
+        self, *, stale_after: timedelta, recent_limit: int
+    ) -> dict[str, Any]:
+        """The raw figures of GetDiagnostics, read in one snapshot of the database."""
+        now = self.clock()
+        hour_ago, week_ago, day_ago = (
+            now - timedelta(hours=1),
+            now - timedelta(days=7),
+            now - timedelta(days=1),
+        )
+        finished_in = sa.and_(
+            q.c.status.in_((JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)),
+            q.c.completed_at.is_not(None),
+        )
+        async with self.engine.connect() as conn:
+            if self.is_postgres:
+                await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            stats = await self._stats(conn, Caller.everyone())
+            oldest_ready = (
+                await conn.execute(
+                    sa.select(
+                        sa.func.min(sa.func.coalesce(q.c.scheduled_at, q.c.created_at))
+                    ).where(
+                        q.c.status == JobStatus.PENDING.value,
+                        sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= now),
+                    )
+                )
+            ).scalar_one_or_none()
+            outcome_counts = await conn.execute(
+                sa.select(
+                    q.c.status,
+                    sa.func.count().filter(q.c.completed_at >= hour_ago),
+                    sa.func.count(),
+                )
+                .where(finished_in, q.c.completed_at >= week_ago)
+                .group_by(q.c.status)
+            )
+            last_hour: dict[str, int] = {}
+            last_week: dict[str, int] = {}
+            for status, in_hour, in_week in outcome_counts:
+                last_hour[status], last_week[status] = in_hour, in_week
+            durations = [
+                (completed - started).total_seconds()
+                for started, completed in await conn.execute(
+                    sa.select(q.c.started_at, q.c.completed_at)
+                    .where(
+                        q.c.status == JobStatus.SUCCEEDED.value,
+                        q.c.completed_at >= week_ago,
+                        q.c.started_at.is_not(None),
+                    )
+                    .order_by(q.c.completed_at.desc())
+                    .limit(DURATION_SAMPLE)
+                )
+            ]
+            stale_rows = (
+                (
+                    await conn.execute(
+                        sa.select(*_JOB_COLUMNS)
+                        .where(
+                            q.c.status == JobStatus.PROCESSING.value,
+                            q.c.started_at < now - stale_after,
+                        )
+                        .order_by(q.c.started_at)
+                        .limit(max(recent_limit, 1) * 10)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            failure_rows = (
+                (
+                    await conn.execute(
+                        sa.select(*_JOB_COLUMNS)
+                        .where(q.c.status == JobStatus.FAILED.value)
+                        .order_by(q.c.completed_at.desc())
+                        .limit(recent_limit)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            run_rows = (
+                (
+                    await conn.execute(
+                        sa.select(runs).order_by(runs.c.started_at.desc()).limit(recent_limit)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            failed_runs = (
+                await conn.execute(
+                    sa.select(sa.func.count()).where(
+                        runs.c.status == WorkerRunStatus.FAILED.value, runs.c.started_at >= day_ago
+                    )
+                )
+            ).scalar_one()
+        return {
+            "now": now,
+            "stats": stats,
+            "oldest_ready_at": oldest_ready,
+            "last_hour": last_hour,
+            "last_week": last_week,
+            "durations": durations,
+            "stale_jobs": [_job(r) for r in stale_rows],
+            "recent_failures": [_job(r) for r in failure_rows],
+            "recent_worker_runs": [_worker_run(r) for r in run_rows],
+            "failed_worker_runs_24h": failed_runs,
+        }
+
+
+def percentile(values: Iterable[float], fraction: float) -> float:
+    """The `fraction` percentile (0..1) by linear interpolation; 0 for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[round(fraction * 100) - 1]

@@ -1,0 +1,114 @@
+"""A real QueueService on a loopback port over a real database, and ways to seed it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from gmbsync.queue.v1 import queue_service_pb2 as pb
+from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
+from queue_service.app import QueueApp
+from queue_service.settings import QueueSettings
+from sync_service.tables import gmb_accounts
+from tests.conftest import WORKER_METADATA, bearer
+
+
+@dataclass
+class RunningQueue:
+    app: QueueApp
+    stub: pb_grpc.QueueServiceStub
+    channel: grpc.aio.Channel
+    address: str
+    database_url: str
+
+    async def add_account(
+        self, user_id: uuid.UUID | None = None, *, name: str = "Acme Coffee", active: bool = True
+    ) -> uuid.UUID:
+        """Inserts a gmb_accounts row (SyncService's table; tests seed it directly)."""
+        account_id = uuid.uuid4()
+        now = datetime.now(UTC)
+        async with self.app.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(gmb_accounts).values(
+                    id=account_id,
+                    user_id=user_id or uuid.uuid4(),
+                    account_name=name,
+                    google_account_id=f"accounts/{account_id.int % 10**12}",
+                    is_active=active,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return account_id
+
+    async def enqueue(self, account_id: uuid.UUID, **fields: object) -> pb.Job:
+        fields.setdefault("sync_type", pb.SYNC_TYPE_FULL)
+        response = await self.stub.EnqueueSync(
+            pb.EnqueueSyncRequest(account_id=str(account_id), **fields), metadata=WORKER_METADATA
+        )
+        return response.job
+
+    async def pick(self, max_jobs: int = 1, **fields: object) -> list[pb.Job]:
+        fields.setdefault("worker_id", "test-worker")
+        response = await self.stub.PickJobs(
+            pb.PickJobsRequest(max_jobs=max_jobs, **fields), metadata=WORKER_METADATA
+        )
+        return list(response.jobs)
+
+
+def queue_settings(database_url: str, auth_settings, **overrides: object) -> QueueSettings:  # type: ignore[no-untyped-def]
+    values: dict[str, object] = {
+        "listen_addr": "127.0.0.1:0",
+        "database_url": database_url,
+        "auth": auth_settings,
+        "retry_delay_base": timedelta(seconds=60),
+        "reaper_interval": timedelta(seconds=3600),  # tests drive recovery themselves
+        "pick_fallback_interval": timedelta(seconds=5),
+    }
+    values.update(overrides)
+    return QueueSettings(**values)  # type: ignore[arg-type]
+
+
+async def start_queue(settings: QueueSettings) -> RunningQueue:
+    app = QueueApp(settings)
+    port = await app.start()
+    address = f"127.0.0.1:{port}"
+    channel = grpc.aio.insecure_channel(address)
+    return RunningQueue(
+        app=app,
+        stub=pb_grpc.QueueServiceStub(channel),
+        channel=channel,
+        address=address,
+        database_url=settings.database_url,
+    )
+
+
+async def stop_queue(running: RunningQueue) -> None:
+    await running.channel.close()
+    await running.app.stop(grace=1)
+
+
+@pytest.fixture
+async def queue(any_db_url: str, auth_settings) -> AsyncIterator[RunningQueue]:  # type: ignore[no-untyped-def]
+    """QueueService on PostgreSQL and on SQLite (the test runs once for each)."""
+    running = await start_queue(queue_settings(any_db_url, auth_settings))
+    yield running
+    await stop_queue(running)
+
+
+@pytest.fixture
+async def pg_queue(pg_url: str, auth_settings) -> AsyncIterator[RunningQueue]:  # type: ignore[no-untyped-def]
+    """QueueService on PostgreSQL only (concurrency, LISTEN/NOTIFY, leadership)."""
+    running = await start_queue(queue_settings(pg_url, auth_settings))
+    yield running
+    await stop_queue(running)
+
+
+def user_metadata(user_id: uuid.UUID) -> tuple[tuple[str, str]]:
+    return bearer(user_id)
