@@ -54,7 +54,12 @@ from queue_service.models import (
     WorkerRun,
     WorkerRunStatus,
 )
-from queue_service.tables import ACTIVE_STATUSES, sync_queue, sync_worker_runs
+from queue_service.tables import (
+    ACTIVE_JOB_PREDICATE,
+    ACTIVE_STATUSES,
+    sync_queue,
+    sync_worker_runs,
+)
 from sync_service.tables import gmb_accounts
 
 NOTIFY_CHANNEL = "gmbsync_jobs"
@@ -259,7 +264,9 @@ class JobStore:
         insert = postgresql.insert(q) if self.is_postgres else sqlite.insert(q)
         insert = insert.values(**values).on_conflict_do_nothing(
             index_elements=[q.c.account_id],
-            index_where=q.c.status.in_(ACTIVE_STATUSES),
+            # Literal, not bound: PostgreSQL infers the partial index from the predicate text,
+            # and cannot once a prepared statement turns the values into parameters.
+            index_where=ACTIVE_JOB_PREDICATE,
         )
         # The conflicting job may finish between our insert and our read of it; then the
         # insert can succeed on the next try. Three tries cover any realistic interleaving.

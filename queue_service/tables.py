@@ -22,6 +22,8 @@ SYNC_TYPES = ("full", "incremental")
 WORKER_RUN_STATUSES = ("running", "completed", "failed")
 
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
+# The predicate of the one-active-job-per-account index, shared with ON CONFLICT inference.
+ACTIVE_JOB_PREDICATE = text("status IN ('pending', 'processing')")
 MAX_ATTEMPTS_LIMIT = 25
 
 sync_queue = Table(
@@ -73,8 +75,8 @@ sync_queue = Table(
         "uq_sync_queue_active_account",
         "account_id",
         unique=True,
-        postgresql_where=text("status IN ('pending', 'processing')"),
-        sqlite_where=text("status IN ('pending', 'processing')"),
+        postgresql_where=ACTIVE_JOB_PREDICATE,
+        sqlite_where=ACTIVE_JOB_PREDICATE,
     ),
     # The pick path: pending jobs in pick order, so the cost stays flat as finished jobs pile up.
     Index(

@@ -47,6 +47,28 @@ class RunningQueue:
             )
         return account_id
 
+    def advance_clock(self, delta: timedelta) -> None:
+        """Moves the server's clock forward: leases expire, retries come due, without sleeping."""
+        offset = self._clock_offset = getattr(self, "_clock_offset", timedelta(0)) + delta
+        self.app.store.clock = lambda: datetime.now(UTC) + offset
+
+    async def complete(self, job: pb.Job, **fields: object) -> pb.Job:
+        response = await self.stub.CompleteJob(
+            pb.CompleteJobRequest(job_id=job.id, lease_token=job.lease_token, **fields),
+            metadata=WORKER_METADATA,
+        )
+        return response.job
+
+    async def fail(self, job: pb.Job, error: str = "boom", **fields: object) -> pb.FailJobResponse:
+        return await self.stub.FailJob(
+            pb.FailJobRequest(job_id=job.id, lease_token=job.lease_token, error=error, **fields),
+            metadata=WORKER_METADATA,
+        )
+
+    async def get(self, job_id: str) -> pb.Job:
+        response = await self.stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=WORKER_METADATA)
+        return response.job
+
     async def enqueue(self, account_id: uuid.UUID, **fields: object) -> pb.Job:
         fields.setdefault("sync_type", pb.SYNC_TYPE_FULL)
         response = await self.stub.EnqueueSync(

@@ -1,0 +1,88 @@
+"""PickJobs long-polls: a waiting picker gets a new job as soon as it is enqueued.
+
+The servers here re-check only every 30 s on their own, and each test gives up long before
+that, so a pass proves the wake-up came from the notification, not from polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from google.protobuf import duration_pb2
+
+from gmbsync.queue.v1 import queue_service_pb2 as pb
+from tests.conftest import WORKER_METADATA
+from tests.queue.conftest import queue_settings, start_queue, stop_queue
+
+NO_POLLING = {"pick_fallback_interval": timedelta(seconds=30)}
+
+
+def wait(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(timedelta(seconds=seconds))
+    return duration
+
+
+async def _wait_until_waiting(running) -> None:
+    """Gives the picker's RPC time to reach its wait (a notification before it is harmless)."""
+    await asyncio.sleep(0.3)
+
+
+async def test_a_waiting_picker_is_woken_by_an_enqueue(any_db_url, auth_settings):
+    running = await start_queue(queue_settings(any_db_url, auth_settings, **NO_POLLING))
+    try:
+        account = await running.add_account()
+        picker = asyncio.ensure_future(
+            running.stub.PickJobs(
+                pb.PickJobsRequest(worker_id="waiter", wait=wait(25)), metadata=WORKER_METADATA
+            )
+        )
+        await _wait_until_waiting(running)
+        job = await running.enqueue(account)
+
+        response = await asyncio.wait_for(picker, timeout=10)
+
+        assert [j.id for j in response.jobs] == [job.id]
+    finally:
+        await stop_queue(running)
+
+
+async def test_a_job_enqueued_on_one_replica_wakes_a_picker_on_another(pg_url, auth_settings):
+    replica_a = await start_queue(queue_settings(pg_url, auth_settings, **NO_POLLING))
+    replica_b = await start_queue(queue_settings(pg_url, auth_settings, **NO_POLLING))
+    try:
+        account = await replica_b.add_account()
+        picker = asyncio.ensure_future(
+            replica_a.stub.PickJobs(
+                pb.PickJobsRequest(worker_id="waiter-on-a", wait=wait(25)),
+                metadata=WORKER_METADATA,
+            )
+        )
+        await _wait_until_waiting(replica_a)
+        job = await replica_b.enqueue(account)
+
+        response = await asyncio.wait_for(picker, timeout=10)
+
+        assert [j.id for j in response.jobs] == [job.id]
+    finally:
+        await stop_queue(replica_a)
+        await stop_queue(replica_b)
+
+
+async def test_a_wait_with_nothing_to_do_returns_empty(queue):
+    response = await queue.stub.PickJobs(
+        pb.PickJobsRequest(worker_id="idle", wait=wait(0.2)), metadata=WORKER_METADATA
+    )
+    assert list(response.jobs) == []
+
+
+async def test_a_picker_never_waits_past_its_deadline(queue):
+    # wait=30s but a 1 s deadline: the server answers (empty) before the deadline, rather than
+    # leasing a job to a caller that is gone.
+    response = await queue.stub.PickJobs(
+        pb.PickJobsRequest(worker_id="hurried", wait=wait(30)),
+        metadata=WORKER_METADATA,
+        timeout=1.5,
+    )
+    assert list(response.jobs) == []
