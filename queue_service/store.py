@@ -214,40 +214,67 @@ class JobStore:
     async def job_enqueue_many(
         self, requests: Sequence[EnqueueRequest], caller: Caller
     ) -> list[EnqueueResult]:
-        """Enqueues many syncs in one transaction; any error rolls all of them back."""
+        """Enqueues many syncs in one transaction; any error rolls all of them back.
+
+        Set-based, which is where batches get their speed: one query checks every account, one
+        multi-row INSERT ... ON CONFLICT DO NOTHING creates every job it can, and only the
+        requests that met an active job take the one-by-one duplicate path.
+        """
+        now = self.clock()
+        first_of_account: dict[uuid.UUID, int] = {}
+        for index, request in enumerate(requests):
+            first_of_account.setdefault(request.account_id, index)
         async with self.engine.begin() as conn:
-            results = [await self._enqueue(conn, request, caller) for request in requests]
-            if any(not r.duplicate for r in results):
+            owners = await self._check_accounts(conn, requests, caller)
+            candidates = [requests[i] for i in sorted(first_of_account.values())]
+            insert = self._insert_jobs(
+                [self._job_values(r, owners[r.account_id], now) for r in candidates]
+            )
+            rows = (await conn.execute(insert)).mappings().all()
+            inserted = {row["account_id"]: _job(row) for row in rows}
+            results: list[EnqueueResult] = []
+            for index, request in enumerate(requests):
+                job = inserted.get(request.account_id)
+                if job is not None and first_of_account[request.account_id] == index:
+                    results.append(EnqueueResult(job=job, duplicate=False))
+                    continue
+                result = await self._enqueue_one(conn, request, owners[request.account_id], now)
+                results.append(result)
+                if not result.duplicate:
+                    inserted[request.account_id] = result.job
+            if inserted:
                 await self._announce(conn)
-        if any(not r.duplicate for r in results):
+        if inserted:
             self._on_jobs_available()
         return results
 
-    async def _enqueue(
-        self, conn: AsyncConnection, request: EnqueueRequest, caller: Caller
-    ) -> EnqueueResult:
-        account = (
-            (
-                await conn.execute(
-                    sa.select(gmb_accounts.c.user_id, gmb_accounts.c.is_active).where(
-                        gmb_accounts.c.id == request.account_id
-                    )
-                )
+    async def _check_accounts(
+        self, conn: AsyncConnection, requests: Sequence[EnqueueRequest], caller: Caller
+    ) -> dict[uuid.UUID, uuid.UUID]:
+        """The owner of each requested account; NOT_FOUND or inactive stop the whole batch."""
+        wanted = {r.account_id for r in requests}
+        rows = await conn.execute(
+            sa.select(gmb_accounts.c.id, gmb_accounts.c.user_id, gmb_accounts.c.is_active).where(
+                gmb_accounts.c.id.in_(wanted)
             )
-            .mappings()
-            .first()
         )
-        # Someone else's account is reported exactly like a missing one: no hint it exists.
-        if account is None or not (caller.sees_everything or account["user_id"] == caller.user_id):
-            raise AccountNotFound(f"account {request.account_id} not found")
-        if not account["is_active"]:
-            raise AccountInactive(
-                f"account {request.account_id} is deactivated: reconnect it before syncing"
-            )
-        now = self.clock()
-        values = {
+        found = {account_id: (owner, active) for account_id, owner, active in rows}
+        for request in requests:
+            owner, active = found.get(request.account_id, (None, False))
+            # Someone else's account is reported exactly like a missing one: no hint it exists.
+            if owner is None or not (caller.sees_everything or owner == caller.user_id):
+                raise AccountNotFound(f"account {request.account_id} not found")
+            if not active:
+                raise AccountInactive(
+                    f"account {request.account_id} is deactivated: reconnect it before syncing"
+                )
+        return {account_id: owner for account_id, (owner, _) in found.items()}
+
+    @staticmethod
+    def _job_values(request: EnqueueRequest, owner: uuid.UUID, now: datetime) -> dict[str, Any]:
+        return {
             "id": uuid.uuid4(),
-            "user_id": account["user_id"],
+            "user_id": owner,
             "account_id": request.account_id,
             "sync_type": request.sync_type.value,
             "status": JobStatus.PENDING.value,
@@ -261,22 +288,34 @@ class JobStore:
             "trace_context": request.trace_context,
             "errors": [],
         }
+
+    def _insert_jobs(self, rows: list[dict[str, Any]]) -> sa.Insert:
         insert = postgresql.insert(q) if self.is_postgres else sqlite.insert(q)
-        insert = insert.values(**values).on_conflict_do_nothing(
-            index_elements=[q.c.account_id],
-            # Literal, not bound: PostgreSQL infers the partial index from the predicate text,
-            # and cannot once a prepared statement turns the values into parameters.
-            index_where=ACTIVE_JOB_PREDICATE,
+        return (
+            insert.values(rows)
+            .on_conflict_do_nothing(
+                index_elements=[q.c.account_id],
+                # Literal, not bound: PostgreSQL infers the partial index from the predicate
+                # text, and cannot once a prepared statement turns the values into parameters.
+                index_where=ACTIVE_JOB_PREDICATE,
+            )
+            .returning(*_JOB_COLUMNS)
         )
-        # The conflicting job may finish between our insert and our read of it; then the
-        # insert can succeed on the next try. Three tries cover any realistic interleaving.
+
+    async def _enqueue_one(
+        self, conn: AsyncConnection, request: EnqueueRequest, owner: uuid.UUID, now: datetime
+    ) -> EnqueueResult:
+        """Enqueue for an account that has (or just had) an active job: upgrade or return it."""
+        insert = self._insert_jobs([self._job_values(request, owner, now)])
+        # The active job may finish between our look and our insert; then the insert can
+        # succeed on the next try. Three tries cover any realistic interleaving.
         for _ in range(3):
-            row = (await conn.execute(insert.returning(*_JOB_COLUMNS))).mappings().first()
-            if row is not None:
-                return EnqueueResult(job=_job(row), duplicate=False)
             existing = await self._upgrade_active(conn, request, now)
             if existing is not None:
                 return EnqueueResult(job=existing, duplicate=True)
+            row = (await conn.execute(insert)).mappings().first()
+            if row is not None:
+                return EnqueueResult(job=_job(row), duplicate=False)
         raise ActiveJobExists(
             f"account {request.account_id} has a job changing state right now; retry"
         )

@@ -1,0 +1,46 @@
+"""`python -m benchmarks [--quick]` (what `make bench` runs): prints every figure."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import logging
+import sys
+
+from benchmarks.queue_bench import run_queue_benchmark
+
+
+def _print(title: str, figures: dict[str, float]) -> None:
+    print(f"\n{title}")
+    for name, value in figures.items():
+        shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+        print(f"  {name:<48} {shown:>12}")
+
+
+async def main(quick: bool, as_json: bool) -> int:
+    jobs, single = (2_000, 500) if quick else (10_000, 2_000)
+    report: dict[str, dict[str, float]] = {}
+    report["queue (PostgreSQL, gRPC, QueueService in its own process)"] = await run_queue_benchmark(
+        jobs=jobs, single=single
+    )
+    if importlib.util.find_spec("benchmarks.sync_bench") is not None:
+        from benchmarks.sync_bench import run_sync_benchmark
+
+        report["sync (emulator, no added latency)"] = await run_sync_benchmark()
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for title, figures in report.items():
+            _print(title, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke check")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(asyncio.run(main(args.quick, args.json)))
