@@ -12,6 +12,7 @@ SQLite; where they differ it is said here:
 
 from __future__ import annotations
 
+import functools
 import statistics
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -227,10 +228,16 @@ class JobStore:
         async with self.engine.begin() as conn:
             owners = await self._check_accounts(conn, requests, caller)
             candidates = [requests[i] for i in sorted(first_of_account.values())]
-            insert = self._insert_jobs(
-                [self._job_values(r, owners[r.account_id], now) for r in candidates]
+            rows = (
+                (
+                    await conn.execute(
+                        self._insert_jobs,
+                        [self._job_values(r, owners[r.account_id], now) for r in candidates],
+                    )
+                )
+                .mappings()
+                .all()
             )
-            rows = (await conn.execute(insert)).mappings().all()
             inserted = {row["account_id"]: _job(row) for row in rows}
             results: list[EnqueueResult] = []
             for index, request in enumerate(requests):
@@ -289,31 +296,34 @@ class JobStore:
             "errors": [],
         }
 
-    def _insert_jobs(self, rows: list[dict[str, Any]]) -> sa.Insert:
+    @functools.cached_property
+    def _insert_jobs(self) -> sa.Insert:
+        """INSERT of one or many jobs that skips accounts with an active job.
+
+        One statement object executed with a list of rows: SQLAlchemy batches it into
+        multi-row VALUES ("insertmanyvalues") and compiles it once, where `.values(rows)`
+        would be compiled anew for every batch.
+        """
         insert = postgresql.insert(q) if self.is_postgres else sqlite.insert(q)
-        return (
-            insert.values(rows)
-            .on_conflict_do_nothing(
-                index_elements=[q.c.account_id],
-                # Literal, not bound: PostgreSQL infers the partial index from the predicate
-                # text, and cannot once a prepared statement turns the values into parameters.
-                index_where=ACTIVE_JOB_PREDICATE,
-            )
-            .returning(*_JOB_COLUMNS)
-        )
+        return insert.on_conflict_do_nothing(
+            index_elements=[q.c.account_id],
+            # Literal, not bound: PostgreSQL infers the partial index from the predicate
+            # text, and cannot once a prepared statement turns the values into parameters.
+            index_where=ACTIVE_JOB_PREDICATE,
+        ).returning(*_JOB_COLUMNS)
 
     async def _enqueue_one(
         self, conn: AsyncConnection, request: EnqueueRequest, owner: uuid.UUID, now: datetime
     ) -> EnqueueResult:
         """Enqueue for an account that has (or just had) an active job: upgrade or return it."""
-        insert = self._insert_jobs([self._job_values(request, owner, now)])
+        values = self._job_values(request, owner, now)
         # The active job may finish between our look and our insert; then the insert can
         # succeed on the next try. Three tries cover any realistic interleaving.
         for _ in range(3):
             existing = await self._upgrade_active(conn, request, now)
             if existing is not None:
                 return EnqueueResult(job=existing, duplicate=True)
-            row = (await conn.execute(insert)).mappings().first()
+            row = (await conn.execute(self._insert_jobs, [values])).mappings().first()
             if row is not None:
                 return EnqueueResult(job=_job(row), duplicate=False)
         raise ActiveJobExists(
