@@ -55,6 +55,7 @@ class QueueApp:
             interceptors=[AuthInterceptor(settings.auth, POLICY)],
             health_probe=self.store.ping,
             background=background,
+            on_shutdown=[self.signal.close],
         )
 
     async def start(self) -> int:

@@ -30,6 +30,7 @@ class JobSignal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
 
     def ticket(self) -> asyncio.Event:
         return self._event
@@ -37,6 +38,11 @@ class JobSignal:
     def notify(self) -> None:
         event, self._event = self._event, asyncio.Event()
         event.set()
+
+    def close(self) -> None:
+        """Shutdown: every waiting picker wakes and returns what it has (nothing) at once."""
+        self.closed = True
+        self.notify()
 
 
 async def wait_for_ticket(ticket: asyncio.Event, seconds: float) -> bool:

@@ -23,12 +23,14 @@ async def pick_with_wait(
     The ticket is taken before each pick, so a job enqueued between an empty pick and the
     sleep still wakes this picker at once.
     """
+    if signal.closed:  # shutting down: lease nothing to a worker we are about to drop
+        return []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait.total_seconds()
     while True:
         ticket = signal.ticket()
         jobs = await store.job_pick(**pick)  # type: ignore[arg-type]
         remaining = deadline - loop.time()
-        if jobs or remaining <= 0:
+        if jobs or remaining <= 0 or signal.closed:
             return jobs
         await wait_for_ticket(ticket, min(remaining, fallback_interval.total_seconds()))

@@ -67,7 +67,7 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
                 return await behavior(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
-            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError) as exc:
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
                 log.warning("%s: database unavailable: %s", method, exc)
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE, "database unavailable; retry with backoff"
@@ -96,6 +96,8 @@ class GrpcServer:
     health_probe: HealthProbe | None = None
     health_probe_interval: float = 5.0
     background: Sequence[BackgroundTask] = ()
+    # Called when shutdown begins, before draining: e.g. release long-polling RPCs at once.
+    on_shutdown: Sequence[Callable[[], None]] = ()
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
@@ -158,6 +160,8 @@ class GrpcServer:
             return
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        for hook in self.on_shutdown:
+            hook()
         await self._server.stop(grace)
         for task in self._tasks:
             task.cancel()

@@ -86,3 +86,21 @@ async def test_a_picker_never_waits_past_its_deadline(queue):
         timeout=1.5,
     )
     assert list(response.jobs) == []
+
+
+async def test_shutdown_releases_waiting_pickers_at_once(any_db_url, auth_settings):
+    running = await start_queue(queue_settings(any_db_url, auth_settings, **NO_POLLING))
+    picker = asyncio.ensure_future(
+        running.stub.PickJobs(
+            pb.PickJobsRequest(worker_id="waiter", wait=wait(25)), metadata=WORKER_METADATA
+        )
+    )
+    await asyncio.sleep(0.3)
+
+    # A 20 s grace period: the picker must be answered long before it, not cut off after.
+    stopping = asyncio.ensure_future(running.app.stop(grace=20))
+    response = await asyncio.wait_for(picker, timeout=10)
+    await asyncio.wait_for(stopping, timeout=10)
+    await running.channel.close()
+
+    assert list(response.jobs) == []
