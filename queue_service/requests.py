@@ -122,14 +122,41 @@ def _duration(
     return duration
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _struct(
     violations: Violations, field: str, value: struct_pb2.Struct, limit: int = MAX_METADATA_BYTES
 ) -> dict[str, Any]:
-    data = from_struct(value)
+    try:
+        data = from_struct(value)
+    except ValueError:
+        violations.add(field, "holds NaN or Infinity, which JSON cannot represent")
+        return {}
+    if _has_nul(data):
+        # PostgreSQL cannot store U+0000 in JSONB text.
+        violations.add(field, "holds a NUL character (U+0000)")
+        return {}
     size = struct_json_size(data)
     if size > limit:
         violations.add(field, f"is {size} bytes as JSON; at most {limit} are allowed")
     return data
+
+
+def clean_text(value: str) -> str:
+    """Free text a worker reports (errors from Google, notes), made storable everywhere.
+
+    A failure must always be recordable, so rather than refusing text with U+0000 (which
+    PostgreSQL cannot store) the character is replaced.
+    """
+    return value.replace("\x00", "\ufffd")
 
 
 def _sync_type(violations: Violations, field: str, value: int) -> SyncType | None:
@@ -145,6 +172,8 @@ def _sync_type(violations: Violations, field: str, value: int) -> SyncType | Non
 def _worker_id(violations: Violations, field: str, value: str) -> str:
     if not value.strip():
         violations.add(field, "is required (a name for this worker, e.g. host-pid)")
+    elif not value.isprintable():
+        violations.add(field, "must be printable text (no control characters)")
     elif len(value) > MAX_WORKER_ID:
         violations.add(field, f"is {len(value)} characters; at most {MAX_WORKER_ID} are allowed")
     return value.strip()
@@ -332,7 +361,7 @@ def failure(message: pb.FailJobRequest, v: Violations | None = None) -> Failure 
     return Failure(
         job_id=job,
         lease_token=token,
-        error=message.error,
+        error=clean_text(message.error),
         permanent=message.permanent,
         retry_after=retry_after,
     )
@@ -426,17 +455,20 @@ def encode_page_token(cursor: PageCursor, job_filter: JobFilter) -> str:
 
 
 def decode_page_token(token: str, job_filter: JobFilter) -> PageCursor:
+    not_ours = InvalidArgument.field(
+        "page_token", "is not a token from a previous ListJobs response"
+    )
     try:
         padded = token + "=" * (-len(token) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        cursor = PageCursor(
-            created_at=datetime.fromisoformat(payload["c"]), job_id=uuid.UUID(payload["i"])
-        )
-        fingerprint = payload["f"]
+        created, job, fingerprint = payload["c"], payload["i"], payload["f"]
+        if not all(isinstance(x, str) for x in (created, job, fingerprint)):
+            raise not_ours
+        cursor = PageCursor(created_at=datetime.fromisoformat(created), job_id=uuid.UUID(job))
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise InvalidArgument.field(
-            "page_token", "is not a token from a previous ListJobs response"
-        ) from None
+        raise not_ours from None
+    if cursor.created_at.tzinfo is None:
+        raise not_ours
     if fingerprint != _filter_fingerprint(job_filter):
         raise InvalidArgument.field(
             "page_token", "belongs to a listing with other filters; keep the filters of page one"
@@ -475,4 +507,4 @@ def finish_run_request(
     meta = _struct(v, "metadata", message.metadata)
     v.check()
     assert run is not None and status is not None
-    return run, status, message.notes or None, meta
+    return run, status, clean_text(message.notes) or None, meta

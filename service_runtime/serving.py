@@ -20,8 +20,9 @@ import grpc
 import sqlalchemy.exc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from service_runtime.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,7 @@ class GrpcServer:
             service.add_to_server(server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [s.name for s in self.services] + [reflection.SERVICE_NAME, "grpc.health.v1.Health"],
-            server,
-        )
+        enable_reflection([s.name for s in self.services] + ["grpc.health.v1.Health"], server)
         self.port = server.add_insecure_port(self.listen_addr)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.listen_addr}")
