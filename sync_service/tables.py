@@ -1,4 +1,5 @@
-"""Tables owned by SyncService: accounts, their OAuth tokens, sync status and error logs.
+"""Tables owned by SyncService: accounts, OAuth tokens, sync status, error logs, and the synced
+locations and reviews.
 
 QueueService reads `gmb_accounts` (ownership and names) but never writes it.
 """
@@ -10,12 +11,16 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     Table,
     Text,
     UniqueConstraint,
     Uuid,
+    false,
+    text,
     true,
 )
 
@@ -91,4 +96,78 @@ error_logs = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Index(None, "created_at"),
     Index(None, "account_id", "created_at"),
+)
+
+
+# Locations and reviews are keyed by their Google ids within the account row that synced them:
+# two users may connect the same Google account, and each keeps its own copy.
+# `last_seen_at` is when the reading of the sync that last saw a row began. Writes only move it
+# forward, so a late retry holding an older snapshot can neither overwrite newer content nor
+# soft-delete a row that a newer sync saw.
+gmb_locations = Table(
+    "gmb_locations",
+    metadata,
+    Column("account_id", Uuid, ForeignKey("gmb_accounts.id", ondelete="CASCADE"), nullable=False),
+    # Google's `locations/{id}`.
+    Column("location_id", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("store_code", Text, nullable=True),
+    Column("primary_category", Text, nullable=True),
+    Column("primary_phone", Text, nullable=True),
+    Column("website_uri", Text, nullable=True),
+    Column("place_id", Text, nullable=True),
+    Column("raw", JsonDocument, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    Column("first_seen_at", UtcDateTime, nullable=False),
+    Column("last_seen_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("deleted_at", UtcDateTime, nullable=True),
+    PrimaryKeyConstraint("account_id", "location_id"),
+)
+
+gmb_reviews = Table(
+    "gmb_reviews",
+    metadata,
+    Column("account_id", Uuid, ForeignKey("gmb_accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("location_id", Text, nullable=False),
+    # Google's opaque `reviewId`.
+    Column("review_id", Text, nullable=False),
+    # Google's `accounts/{a}/locations/{l}/reviews/{r}`.
+    Column("review_name", Text, nullable=False),
+    Column("reviewer_name", Text, nullable=True),
+    Column("reviewer_photo_url", Text, nullable=True),
+    Column("reviewer_anonymous", Boolean, nullable=False, server_default=false()),
+    # 1..5; NULL for STAR_RATING_UNSPECIFIED.
+    Column("star_rating", Integer, nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("reply_comment", Text, nullable=True),
+    Column("reply_update_time", UtcDateTime, nullable=True),
+    # Google's createTime and updateTime.
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("update_time", UtcDateTime, nullable=False),
+    Column("raw", JsonDocument, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    Column("first_seen_at", UtcDateTime, nullable=False),
+    Column("last_seen_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("deleted_at", UtcDateTime, nullable=True),
+    PrimaryKeyConstraint("account_id", "location_id", "review_id"),
+    ForeignKeyConstraint(
+        ["account_id", "location_id"],
+        ["gmb_locations.account_id", "gmb_locations.location_id"],
+        ondelete="CASCADE",
+    ),
+    CheckConstraint(
+        "star_rating IS NULL OR star_rating BETWEEN 1 AND 5",
+        name="star_rating",
+    ),
+    # The newest reviews of a location, as a dashboard reads them.
+    Index(
+        "ix_gmb_reviews_location_update",
+        "account_id",
+        "location_id",
+        "update_time",
+        postgresql_where=text("deleted_at IS NULL"),
+        sqlite_where=text("deleted_at IS NULL"),
+    ),
 )

@@ -1,0 +1,123 @@
+"""How long a full sync of 1 account x 10 locations x 200 reviews takes against the emulator.
+
+Starts the Google emulator (no added latency) and a SyncApp on port 0 over a fresh PostgreSQL
+database (created on TEST_DATABASE_URL's server, dropped afterwards), connects the account and
+runs a full sync over gRPC, then the same full sync again (nothing new: the idempotent path).
+
+    python -m benchmarks.sync_bench
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
+
+import migrations
+from gmbsync.sync.v1 import sync_service_pb2 as pb
+from gmbsync.sync.v1 import sync_service_pb2_grpc as pb_grpc
+from service_runtime.auth import AuthSettings
+from sync_service.app import SyncApp
+from sync_service.emulator import EmulatorServer
+from sync_service.settings import GoogleEndpoints, GoogleSettings, SyncSettings
+
+DEFAULT_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+LOCATIONS, REVIEWS = 10, 200
+_TRIGGER_SECRET = "bench-trigger-secret"
+
+
+def _create_database() -> tuple[str, sa.Engine, str]:
+    server = make_url(os.environ.get("TEST_DATABASE_URL") or DEFAULT_SERVER_URL)
+    name = f"gmbsync_bench_{os.getpid()}"
+    admin = sa.create_engine(
+        server.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = server.set(drivername="postgresql+psycopg", database=name).render_as_string(
+        hide_password=False
+    )
+    migrations.upgrade(url)
+    return url, admin, name
+
+
+def _drop_database(admin: sa.Engine, name: str) -> None:
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+async def run_sync_benchmark() -> dict[str, Any]:
+    """Runs the benchmark; returns the figures of the first and of a repeated full sync."""
+    url, admin, name = await asyncio.to_thread(_create_database)
+    emulator = EmulatorServer(
+        seed=1, accounts=1, locations_per_account=LOCATIONS, reviews_per_location=REVIEWS
+    )
+    app: SyncApp | None = None
+    try:
+        await emulator.start()
+        app = SyncApp(
+            SyncSettings(
+                listen_addr="127.0.0.1:0",
+                database_url=url,
+                auth=AuthSettings(jwt_secret="", trigger_secret=_TRIGGER_SECRET),
+                google=GoogleSettings(
+                    endpoints=GoogleEndpoints.rooted(emulator.url),
+                    client_id="bench-client",
+                    client_secret="bench-secret",
+                    request_timeout=timedelta(seconds=30),
+                ),
+                token_encryption_keys=(Fernet.generate_key().decode(),),
+            )
+        )
+        port = await app.start()
+        metadata = (("x-trigger-secret", _TRIGGER_SECRET),)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.SyncServiceStub(channel)
+            connected = await stub.ConnectAccount(
+                pb.ConnectAccountRequest(
+                    user_id="00000000-0000-4000-8000-00000000be01",
+                    account_name="Benchmark",
+                    google_account_id="accounts/1",
+                    refresh_token="emulator-refresh-token-1",
+                ),
+                metadata=metadata,
+            )
+            request = pb.SyncAccountRequest(
+                account_id=connected.account.id, sync_type=pb.SYNC_TYPE_FULL
+            )
+            figures: dict[str, Any] = {"locations": LOCATIONS, "reviews_per_location": REVIEWS}
+            for label in ("first_full_sync", "repeat_full_sync"):
+                requests_before = sum(emulator.state.stats.requests.values())
+                started = time.perf_counter()
+                result = await stub.SyncAccount(request, metadata=metadata, timeout=120)
+                wall = time.perf_counter() - started
+                figures[label] = {
+                    "wall_seconds": round(wall, 3),
+                    "server_seconds": round(result.duration.ToTimedelta().total_seconds(), 3),
+                    "http_calls": result.api_calls,
+                    "emulator_requests": sum(emulator.state.stats.requests.values())
+                    - requests_before,
+                    "reviews_added": result.reviews_added,
+                    "reviews_updated": result.reviews_updated,
+                    "locations_synced": result.locations_synced,
+                }
+        return figures
+    finally:
+        if app is not None:
+            await app.stop(grace=1.0)
+        await emulator.stop()
+        await asyncio.to_thread(_drop_database, admin, name)
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(run_sync_benchmark()), indent=2))

@@ -1,0 +1,182 @@
+"""SyncService settings, from environment variables with safe defaults.
+
+Google's hosts are the real ones unless `GBP_API_ROOT` points every Google call (OAuth token,
+accounts, locations, reviews) at one root, as the emulator serves them; each base URL can also be
+overridden on its own, which wins over the root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from service_runtime.auth import AuthSettings
+from service_runtime.config import ConfigError, Env
+from service_runtime.database import database_url_from_env
+
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+GOOGLE_ACCOUNT_MANAGEMENT_URL = "https://mybusinessaccountmanagement.googleapis.com"
+GOOGLE_BUSINESS_INFORMATION_URL = "https://mybusinessbusinessinformation.googleapis.com"
+GOOGLE_V4_URL = "https://mybusiness.googleapis.com"
+
+DEFAULT_KEY_FILE = Path("var") / "token-encryption.key"
+
+
+@dataclass(frozen=True)
+class GoogleEndpoints:
+    """Where each Google API lives. Paths below these roots are Google's own."""
+
+    token_url: str = GOOGLE_TOKEN_URL
+    account_management_url: str = GOOGLE_ACCOUNT_MANAGEMENT_URL
+    business_information_url: str = GOOGLE_BUSINESS_INFORMATION_URL
+    v4_url: str = GOOGLE_V4_URL
+
+    @classmethod
+    def rooted(cls, root: str) -> GoogleEndpoints:
+        """Every API under one root, the token endpoint at `{root}/token` (the emulator's shape)."""
+        root = root.rstrip("/")
+        return cls(
+            token_url=f"{root}/token",
+            account_management_url=root,
+            business_information_url=root,
+            v4_url=root,
+        )
+
+
+@dataclass(frozen=True)
+class GoogleSettings:
+    """How the Google client talks to Google."""
+
+    endpoints: GoogleEndpoints = field(default_factory=GoogleEndpoints)
+    client_id: str = ""
+    client_secret: str = ""
+    # Requests per quota window per Google Cloud project, shared by every sync of this process.
+    quota_per_window: int = 300
+    # Google's quotas are per minute; a shorter window exists for tests against the emulator.
+    quota_window: timedelta = timedelta(minutes=1)
+    # One HTTP request, connect to last byte.
+    request_timeout: timedelta = timedelta(seconds=30)
+    # In-call retries of transient failures (5xx, timeouts, connection errors); 429 is not
+    # retried in-call: the job is retried later by the queue with the server's delay.
+    max_retries: int = 2
+    retry_base_delay: timedelta = timedelta(seconds=1)
+    # A longer Retry-After than this is not waited for in-call; the queue retries the job.
+    max_in_call_wait: timedelta = timedelta(seconds=10)
+    # Refresh the access token when it expires within this margin.
+    token_refresh_margin: timedelta = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    listen_addr: str = "127.0.0.1:50052"
+    database_url: str = ""
+    auth: AuthSettings = field(
+        default_factory=lambda: AuthSettings(jwt_secret="", trigger_secret="")
+    )
+    google: GoogleSettings = field(default_factory=GoogleSettings)
+    # Comma-separated Fernet keys: the first encrypts, all decrypt (rotation). Empty: a
+    # development key file is created at `token_key_file`.
+    token_encryption_keys: tuple[str, ...] = ()
+    token_key_file: Path = DEFAULT_KEY_FILE
+    # Incremental syncs re-read this much before the last watermark: Google's updateTime order
+    # is not a strict log, and a review edited while the last sync ran must not be missed.
+    incremental_overlap: timedelta = timedelta(days=1)
+    # Locations whose reviews are read at the same time within one sync.
+    location_concurrency: int = 4
+    # Upper bound of one sync when the caller sets no deadline.
+    max_sync_duration: timedelta = timedelta(minutes=10)
+    grace_period: timedelta = timedelta(seconds=10)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> SyncSettings:
+        env = env or Env()
+        root = env.str("GBP_API_ROOT", "").rstrip("/")
+        base = GoogleEndpoints.rooted(root) if root else GoogleEndpoints()
+        if root and not root.startswith(("http://", "https://")):
+            raise ConfigError(f"GBP_API_ROOT={root!r} must start with http:// or https://")
+        endpoints = GoogleEndpoints(
+            token_url=env.str("GOOGLE_OAUTH_TOKEN_URL", base.token_url),
+            account_management_url=env.str(
+                "GBP_ACCOUNT_MANAGEMENT_URL", base.account_management_url
+            ).rstrip("/"),
+            business_information_url=env.str(
+                "GBP_BUSINESS_INFORMATION_URL", base.business_information_url
+            ).rstrip("/"),
+            v4_url=env.str("GBP_V4_URL", base.v4_url).rstrip("/"),
+        )
+        defaults = GoogleSettings()
+        google = GoogleSettings(
+            endpoints=endpoints,
+            client_id=env.str("GOOGLE_OAUTH_CLIENT_ID", ""),
+            client_secret=env.str("GOOGLE_OAUTH_CLIENT_SECRET", ""),
+            quota_per_window=env.int(
+                "GBP_QUOTA_PER_MINUTE", defaults.quota_per_window, minimum=1, maximum=1_000_000
+            ),
+            quota_window=env.duration(
+                "GBP_QUOTA_WINDOW",
+                defaults.quota_window,
+                minimum=timedelta(milliseconds=100),
+                maximum=timedelta(hours=1),
+            ),
+            request_timeout=env.duration(
+                "GBP_REQUEST_TIMEOUT",
+                defaults.request_timeout,
+                minimum=timedelta(milliseconds=100),
+                maximum=timedelta(minutes=5),
+            ),
+            max_retries=env.int("GBP_MAX_RETRIES", defaults.max_retries, minimum=0, maximum=10),
+            retry_base_delay=env.duration(
+                "GBP_RETRY_BASE_DELAY",
+                defaults.retry_base_delay,
+                minimum=timedelta(0),
+                maximum=timedelta(minutes=1),
+            ),
+            max_in_call_wait=env.duration(
+                "GBP_MAX_IN_CALL_WAIT",
+                defaults.max_in_call_wait,
+                minimum=timedelta(0),
+                maximum=timedelta(minutes=5),
+            ),
+            token_refresh_margin=env.duration(
+                "GBP_TOKEN_REFRESH_MARGIN",
+                defaults.token_refresh_margin,
+                minimum=timedelta(0),
+                maximum=timedelta(minutes=30),
+            ),
+        )
+        keys = tuple(k.strip() for k in env.str("TOKEN_ENCRYPTION_KEY", "").split(",") if k.strip())
+        return cls(
+            listen_addr=env.str("SYNC_LISTEN_ADDR", cls.listen_addr),
+            database_url=database_url_from_env(),
+            auth=AuthSettings(
+                jwt_secret=env.str("JWT_SECRET", ""),
+                trigger_secret=env.str("TRIGGER_SECRET", ""),
+            ),
+            google=google,
+            token_encryption_keys=keys,
+            token_key_file=Path(env.str("TOKEN_ENCRYPTION_KEY_FILE", str(DEFAULT_KEY_FILE))),
+            incremental_overlap=env.duration(
+                "SYNC_INCREMENTAL_OVERLAP",
+                cls.incremental_overlap,
+                minimum=timedelta(0),
+                maximum=timedelta(days=30),
+            ),
+            location_concurrency=env.int(
+                "SYNC_LOCATION_CONCURRENCY", cls.location_concurrency, minimum=1, maximum=64
+            ),
+            max_sync_duration=env.duration(
+                "SYNC_MAX_DURATION",
+                cls.max_sync_duration,
+                minimum=timedelta(seconds=1),
+                maximum=timedelta(hours=6),
+            ),
+            grace_period=env.duration(
+                "GRACE_PERIOD",
+                cls.grace_period,
+                minimum=timedelta(0),
+                maximum=timedelta(minutes=10),
+            ),
+            log_level=env.str("LOG_LEVEL", cls.log_level),
+        )
