@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import sqlalchemy.exc
@@ -22,7 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from service_runtime.config import ConfigError
 from service_runtime.reflection import enable_reflection
+from service_runtime.telemetry import configure_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +191,39 @@ def configure_logging(level: str = "INFO") -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+class _Settings(Protocol):
+    log_level: str
+
+
+SettingsT = TypeVar("SettingsT", bound=_Settings)
+
+
+class _App(Protocol):
+    async def run_until_signal(self) -> None: ...
+
+
+def service_main(
+    program: str,
+    tracing_name: str,
+    load_settings: Callable[[], SettingsT],
+    make_app: Callable[[SettingsT], _App],
+) -> int:
+    """The body of `python -m <service>`: settings, logging, tracing, serve, exit code.
+
+    A bad setting ends the process with exit code 2 and one line naming it, before anything
+    starts; a served process that was stopped by a signal exits 0.
+    """
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"{program}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    configure_tracing(tracing_name)
+    try:
+        asyncio.run(make_app(settings).run_until_signal())
+    finally:
+        shutdown_tracing()
+    return 0
