@@ -1,0 +1,167 @@
+"""How one RPC is made by the typed clients: credentials, a deadline, retries, error translation.
+
+Only calls that are safe to repeat are retried (reads, and writes whose repetition has the same
+effect); each client method says which. Retries back off exponentially with full jitter, and
+wait at least as long as a server's `google.rpc.RetryInfo` asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Self, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from clients.channel import Credentials, create_channel
+from clients.errors import ClientError, Unavailable, translate
+
+log = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of idempotent calls: `attempts` tries in all, exponential backoff with jitter."""
+
+    attempts: int = 4
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def backoff(self, retry: int, error: ClientError) -> float:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        delay = random.uniform(0, ceiling)  # full jitter: retrying clients do not stampede
+        if error.retry_delay is not None:
+            delay = max(delay, error.retry_delay)
+        return delay
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+class ServiceClient:
+    """Shared plumbing of QueueClient and SyncClient: one channel, credentials, call helper."""
+
+    service_name = ""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        credentials: Credentials,
+        *,
+        timeout: float = 10.0,
+        retry: RetryPolicy = RetryPolicy(),
+        owns_channel: bool = False,
+    ) -> None:
+        self._channel = channel
+        self._credentials = credentials
+        self._timeout = timeout
+        self._retry = retry
+        self._owns_channel = owns_channel
+
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        credentials: Credentials,
+        *,
+        timeout: float = 10.0,
+        retry: RetryPolicy = RetryPolicy(),
+        tracing: bool = True,
+        trace_filter: Callable[[Any], bool] | None = None,
+    ) -> Self:
+        """A client on a channel of its own to `host:port`, closed by `close()`."""
+        channel = create_channel(target, tracing=tracing, trace_filter=trace_filter)
+        return cls(channel, credentials, timeout=timeout, retry=retry, owns_channel=True)
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._channel
+
+    async def close(self) -> None:
+        """Closes the channel if this client opened it."""
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Waits until the channel is connected; Unavailable if it is not within `timeout` s."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"could not connect within {timeout:g} s",
+                code=grpc.StatusCode.UNAVAILABLE,
+                method=self.service_name,
+            ) from None
+
+    async def _unary(
+        self,
+        method: str,
+        rpc: Callable[..., Awaitable[Response]],
+        request: Any,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        lease: bool = False,
+    ) -> Response:
+        """Calls `rpc` with credentials and a deadline, retrying retryable errors if idempotent."""
+        policy = self._retry if idempotent else NO_RETRY
+        deadline = self._timeout if timeout is None else timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await rpc(request, timeout=deadline, metadata=self._credentials.metadata)
+            except grpc.aio.AioRpcError as exc:
+                error = translate(exc, method=f"{self.service_name}.{method}", lease=lease)
+            if not error.retryable or attempt >= policy.attempts:
+                raise error
+            delay = policy.backoff(attempt, error)
+            log.debug("%s failed (%s); retry %d in %.2f s", method, error.code.name, attempt, delay)
+            await asyncio.sleep(delay)
+
+
+def to_duration(value: float | timedelta | None) -> duration_pb2.Duration | None:
+    """A Duration from seconds or a timedelta; None stays unset."""
+    if value is None:
+        return None
+    duration = duration_pb2.Duration()
+    if isinstance(value, timedelta):
+        duration.FromTimedelta(value)
+    else:
+        duration.FromNanoseconds(int(value * 1e9))
+    return duration
+
+
+def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp from an aware datetime; None stays unset."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    """A Struct from a JSON-like mapping; None stays unset."""
+    if value is None:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(dict(value))
+    return struct

@@ -1,0 +1,44 @@
+"""`python -m clients.healthcheck HOST:PORT [SERVICE]`: exit 0 if the server reports SERVING.
+
+For container health checks and start-up scripts: it asks the standard `grpc.health.v1.Health`
+service that both servers serve, needs no credentials and prints one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients.channel import create_channel
+
+
+async def check_health(target: str, service: str = "", *, timeout: float = 3.0) -> bool:
+    """Whether the server at `target` reports `service` ("" = the whole server) as SERVING."""
+    async with create_channel(target, tracing=False) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = await stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clients.healthcheck", description=__doc__)
+    parser.add_argument("target", help="host:port of a gmbsync gRPC server")
+    parser.add_argument("service", nargs="?", default="", help="service name (default: server)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    args = parser.parse_args(argv)
+    healthy = asyncio.run(check_health(args.target, args.service, timeout=args.timeout))
+    print(f"{args.target}: {'SERVING' if healthy else 'NOT SERVING'}")
+    return 0 if healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""QueueClient: typed async calls of every QueueService RPC.
+
+Which calls are retried on UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED, and why:
+
+- Reads (GetJob, ListJobs, GetQueueStatus, GetDiagnostics): always safe.
+- ExtendLease: repeating it only moves the expiry to "now + duration" again.
+- MarkStaleJobs: it recovers whatever is stale at the time; a repeat finds nothing more.
+- Never retried here: EnqueueSync (a repeat after a lost answer returns `duplicate`, which
+  would mislead the caller), PickJobs (a lost answer leases jobs nobody runs until their lease
+  expires, burning an attempt: the caller should pick again itself, not this layer),
+  CompleteJob, FailJob, ReleaseJob and ReportResults (a repeat after a lost answer sees the
+  lease gone and raises LeaseLost for a result that was in fact recorded; the worker, which
+  knows what it already reported, retries them itself), Cancel/Retry and worker runs.
+
+Lease calls raise `LeaseLost` (a FailedPrecondition) when the lease is no longer held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from clients.calls import ServiceClient, to_duration, to_struct, to_timestamp
+from gmbsync.queue.v1 import queue_service_pb2 as pb
+from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
+
+# PickJobs long-polls for up to `wait`; its deadline must outlast the wait by this much.
+_PICK_DEADLINE_MARGIN = 10.0
+
+Job = pb.Job
+JobStatus = pb.JobStatus
+SyncType = pb.SyncType
+WorkerRun = pb.WorkerRun
+WorkerRunStatus = pb.WorkerRunStatus
+
+
+def _sync_type(value: int | str) -> int:
+    """SYNC_TYPE_FULL, 'full' or 'SYNC_TYPE_FULL' all name the same type."""
+    if isinstance(value, str):
+        name = value.upper()
+        return pb.SyncType.Value(name if name.startswith("SYNC_TYPE_") else f"SYNC_TYPE_{name}")
+    return value
+
+
+class QueueClient(ServiceClient):
+    """Typed client of gmbsync.queue.v1.QueueService."""
+
+    service_name = "QueueService"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stub = pb_grpc.QueueServiceStub(self._channel)
+
+    # --- users -------------------------------------------------------------------------------
+
+    async def enqueue_sync(
+        self,
+        account_id: str,
+        sync_type: int | str = pb.SYNC_TYPE_INCREMENTAL,
+        *,
+        priority: int = 0,
+        scheduled_at: datetime | None = None,
+        max_attempts: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> pb.EnqueueSyncResponse:
+        """Enqueues a sync of one account (or returns the job already queued for it)."""
+        request = pb.EnqueueSyncRequest(
+            account_id=account_id,
+            sync_type=_sync_type(sync_type),
+            priority=priority,
+            scheduled_at=to_timestamp(scheduled_at),
+            max_attempts=max_attempts,
+            metadata=to_struct(metadata),
+        )
+        return await self._unary("EnqueueSync", self._stub.EnqueueSync, request, timeout=timeout)
+
+    async def enqueue_sync_batch(
+        self, items: Sequence[pb.EnqueueSyncRequest], *, timeout: float | None = None
+    ) -> list[pb.EnqueueSyncResponse]:
+        """Enqueues many syncs in one transaction; one answer per item, in order."""
+        request = pb.EnqueueSyncBatchRequest(items=items)
+        response = await self._unary(
+            "EnqueueSyncBatch", self._stub.EnqueueSyncBatch, request, timeout=timeout
+        )
+        return list(response.results)
+
+    async def get_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        request = pb.GetJobRequest(job_id=job_id)
+        response = await self._unary(
+            "GetJob", self._stub.GetJob, request, timeout=timeout, idempotent=True
+        )
+        return response.job
+
+    async def list_jobs(
+        self,
+        *,
+        status: int = pb.JOB_STATUS_UNSPECIFIED,
+        account_id: str = "",
+        user_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> pb.ListJobsResponse:
+        """One page of jobs, newest first."""
+        request = pb.ListJobsRequest(
+            status=status,
+            account_id=account_id,
+            user_id=user_id,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._unary(
+            "ListJobs", self._stub.ListJobs, request, timeout=timeout, idempotent=True
+        )
+
+    async def get_queue_status(
+        self, *, recent_limit: int = 0, timeout: float | None = None
+    ) -> pb.GetQueueStatusResponse:
+        request = pb.GetQueueStatusRequest(recent_limit=recent_limit)
+        return await self._unary(
+            "GetQueueStatus", self._stub.GetQueueStatus, request, timeout=timeout, idempotent=True
+        )
+
+    async def cancel_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        request = pb.CancelJobRequest(job_id=job_id)
+        response = await self._unary("CancelJob", self._stub.CancelJob, request, timeout=timeout)
+        return response.job
+
+    async def retry_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        request = pb.RetryJobRequest(job_id=job_id)
+        response = await self._unary("RetryJob", self._stub.RetryJob, request, timeout=timeout)
+        return response.job
+
+    # --- workers -----------------------------------------------------------------------------
+
+    async def pick_jobs(
+        self,
+        *,
+        worker_id: str,
+        max_jobs: int = 1,
+        wait: float | timedelta = 0.0,
+        lease_duration: float | timedelta | None = None,
+        worker_run_id: str = "",
+    ) -> list[pb.Job]:
+        """Leases up to `max_jobs` ready jobs, long-polling up to `wait` for the first one."""
+        wait_seconds = wait.total_seconds() if isinstance(wait, timedelta) else wait
+        request = pb.PickJobsRequest(
+            max_jobs=max_jobs,
+            wait=to_duration(wait) if wait_seconds > 0 else None,
+            lease_duration=to_duration(lease_duration),
+            worker_id=worker_id,
+            worker_run_id=worker_run_id,
+        )
+        response = await self._unary(
+            "PickJobs",
+            self._stub.PickJobs,
+            request,
+            timeout=wait_seconds + _PICK_DEADLINE_MARGIN,
+        )
+        return list(response.jobs)
+
+    async def extend_lease(
+        self,
+        job_id: str,
+        lease_token: str,
+        lease_duration: float | timedelta | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> datetime:
+        """Extends a held lease; returns the new expiry. LeaseLost if it is no longer held."""
+        request = pb.ExtendLeaseRequest(
+            job_id=job_id, lease_token=lease_token, lease_duration=to_duration(lease_duration)
+        )
+        response = await self._unary(
+            "ExtendLease",
+            self._stub.ExtendLease,
+            request,
+            timeout=timeout,
+            idempotent=True,
+            lease=True,
+        )
+        return response.lease_expires_at.ToDatetime(tzinfo=UTC)
+
+    async def complete_job(
+        self,
+        job_id: str,
+        lease_token: str,
+        result: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> pb.Job:
+        """Records a job's success."""
+        request = pb.CompleteJobRequest(
+            job_id=job_id, lease_token=lease_token, result=to_struct(result)
+        )
+        response = await self._unary(
+            "CompleteJob", self._stub.CompleteJob, request, timeout=timeout, lease=True
+        )
+        return response.job
+
+    async def fail_job(
+        self,
+        job_id: str,
+        lease_token: str,
+        error: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | timedelta | None = None,
+        timeout: float | None = None,
+    ) -> pb.FailJobResponse:
+        """Records a failed attempt; `will_retry` says whether the job goes back to pending."""
+        request = pb.FailJobRequest(
+            job_id=job_id,
+            lease_token=lease_token,
+            error=error,
+            permanent=permanent,
+            retry_after=to_duration(retry_after),
+        )
+        return await self._unary(
+            "FailJob", self._stub.FailJob, request, timeout=timeout, lease=True
+        )
+
+    async def release_job(
+        self,
+        job_id: str,
+        lease_token: str,
+        reason: str,
+        *,
+        delay: float | timedelta | None = None,
+        timeout: float | None = None,
+    ) -> pb.Job:
+        """Gives a leased job back to pending without spending its attempt."""
+        request = pb.ReleaseJobRequest(
+            job_id=job_id, lease_token=lease_token, reason=reason, delay=to_duration(delay)
+        )
+        response = await self._unary(
+            "ReleaseJob", self._stub.ReleaseJob, request, timeout=timeout, lease=True
+        )
+        return response.job
+
+    async def report_results(
+        self, results: Iterable[pb.JobResult], *, timeout: float | None = None
+    ) -> list[pb.JobResultAck]:
+        """Records many completions and failures in one transaction; one ack per result."""
+        request = pb.ReportResultsRequest(results=list(results))
+        response = await self._unary(
+            "ReportResults", self._stub.ReportResults, request, timeout=timeout
+        )
+        return list(response.acks)
+
+    async def start_worker_run(
+        self,
+        worker_id: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> pb.WorkerRun:
+        """Opens a row in `sync_worker_runs`; its id goes with every PickJobs of the run."""
+        request = pb.StartWorkerRunRequest(worker_id=worker_id, metadata=to_struct(metadata))
+        response = await self._unary(
+            "StartWorkerRun", self._stub.StartWorkerRun, request, timeout=timeout
+        )
+        return response.run
+
+    async def finish_worker_run(
+        self,
+        run_id: str,
+        *,
+        status: int = pb.WORKER_RUN_STATUS_COMPLETED,
+        notes: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> pb.WorkerRun:
+        """Closes a worker run; the answer carries the server's exact job counts."""
+        request = pb.FinishWorkerRunRequest(
+            run_id=run_id, status=status, notes=notes, metadata=to_struct(metadata)
+        )
+        response = await self._unary(
+            "FinishWorkerRun", self._stub.FinishWorkerRun, request, timeout=timeout
+        )
+        return response.run
+
+    # --- operators ---------------------------------------------------------------------------
+
+    async def mark_stale_jobs(
+        self, threshold: float | timedelta | None = None, *, timeout: float | None = None
+    ) -> pb.MarkStaleJobsResponse:
+        request = pb.MarkStaleJobsRequest(threshold=to_duration(threshold))
+        return await self._unary(
+            "MarkStaleJobs", self._stub.MarkStaleJobs, request, timeout=timeout, idempotent=True
+        )
+
+    async def get_diagnostics(
+        self, *, recent_limit: int = 0, timeout: float | None = None
+    ) -> pb.GetDiagnosticsResponse:
+        request = pb.GetDiagnosticsRequest(recent_limit=recent_limit)
+        return await self._unary(
+            "GetDiagnostics", self._stub.GetDiagnostics, request, timeout=timeout, idempotent=True
+        )

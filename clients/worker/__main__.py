@@ -1,0 +1,59 @@
+"""`python -m clients.worker [--once] [flags]`: runs the worker until SIGTERM/SIGINT.
+
+Exit codes: 0 after a clean run (a signal included), 1 when the run failed or could not be
+recorded, 2 for a bad setting (one line on stderr names it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from clients.errors import ClientError
+from clients.worker.config import WorkerConfig, load_config
+from clients.worker.runner import Worker
+from service_runtime.config import ConfigError
+from service_runtime.serving import configure_logging
+from service_runtime.telemetry import configure_tracing, shutdown_tracing
+
+log = logging.getLogger("clients.worker")
+
+
+async def _serve(config: WorkerConfig) -> int:
+    worker = Worker(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop, signal.Signals(sig).name)
+    try:
+        summary = await worker.run()
+    except ClientError as exc:
+        # Not worth retrying (wrong TRIGGER_SECRET, an incompatible server): say so and stop.
+        print(f"worker: {exc}", file=sys.stderr)
+        return 1
+    if config.once:
+        print(json.dumps(summary.as_dict()), flush=True)
+    if summary.error:
+        log.error("worker run ended with an error: %s", summary.error)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+        configure_tracing("gmbsync-worker")
+    except (ConfigError, ValueError) as exc:
+        print(f"worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    try:
+        return asyncio.run(_serve(config))
+    finally:
+        shutdown_tracing()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

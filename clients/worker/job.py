@@ -1,0 +1,275 @@
+"""Running one leased job: SyncAccount under a deadline, then CompleteJob, FailJob or ReleaseJob.
+
+What a SyncService error means for the job (see `classify`):
+
+| error                                              | job                              | breaker |
+|----------------------------------------------------|----------------------------------|---------|
+| none                                               | CompleteJob with the counts      | success |
+| INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION   | FailJob permanent                | success |
+| RESOURCE_EXHAUSTED; UNAVAILABLE, DEADLINE_EXCEEDED | FailJob retryable, server delay  | success |
+|   with a rich status (SyncService's own answer)    |                                  |         |
+| UNAVAILABLE, DEADLINE_EXCEEDED without one         | FailJob retryable                | failure |
+|   (transport, client deadline, SyncService's db)   |                                  |         |
+| UNAUTHENTICATED, PERMISSION_DENIED (worker config) | FailJob retryable                | failure |
+| SyncService not reachable before the call          | ReleaseJob: no attempt spent     | failure |
+| breaker open, or worker shutting down              | ReleaseJob: no attempt spent     | -       |
+| lease lost                                         | nothing: the job is not ours now | -       |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+
+from clients.errors import ClientError, LeaseLost, NotFound
+from clients.queue import Job, QueueClient
+from clients.sync import SyncClient
+from clients.worker.circuit_breaker import CircuitBreaker, Permit
+from clients.worker.config import WorkerConfig
+from clients.worker.lease import LeaseKeeper
+from clients.worker.tracing import job_span
+
+log = logging.getLogger(__name__)
+
+# FailJob keeps at most this much of an error message.
+_MAX_ERROR_CHARS = 4000
+
+_PERMANENT_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+# Without an answer of SyncService's own (no rich status), these mean the service is down,
+# stuck or cut off: count them against the breaker.
+_TRANSPORT_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
+# The worker's credentials are refused: every job would fail the same way, so stop picking.
+_CREDENTIAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+
+class Outcome(enum.StrEnum):
+    """What became of one picked job, from this worker's point of view."""
+
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"  # a failed attempt; the queue runs it again after backoff
+    FAILED = "failed"  # failed for good (permanent error, or attempts used up)
+    RELEASED = "released"  # handed back unrun, its attempt given back
+    LEASE_LOST = "lease_lost"  # the lease ran out or moved on; not reported
+    UNREPORTED = "unreported"  # QueueService could not be told; the lease will expire
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How a SyncService error is reported to the queue and counted by the breaker."""
+
+    permanent: bool
+    infrastructure: bool
+    retry_after: float | None
+
+
+def classify(error: ClientError) -> Verdict:
+    """The verdict for a failed SyncAccount call."""
+    if error.code in _PERMANENT_CODES:
+        return Verdict(permanent=True, infrastructure=False, retry_after=None)
+    infrastructure = error.code in _CREDENTIAL_CODES or (
+        error.code in _TRANSPORT_CODES and not error.server_details
+    )
+    return Verdict(permanent=False, infrastructure=infrastructure, retry_after=error.retry_delay)
+
+
+def sync_result(response: Any) -> dict[str, Any]:
+    """The counts of a SyncAccountResponse, as stored in the job's result."""
+    return {
+        "locations_synced": response.locations_synced,
+        "locations_removed": response.locations_removed,
+        "reviews_added": response.reviews_added,
+        "reviews_updated": response.reviews_updated,
+        "reviews_removed": response.reviews_removed,
+        "api_calls": response.api_calls,
+        "duration_seconds": round(response.duration.ToTimedelta().total_seconds(), 3),
+    }
+
+
+@dataclass(frozen=True)
+class JobDeps:
+    """What every job of a worker shares."""
+
+    queue: QueueClient
+    sync: SyncClient
+    breaker: CircuitBreaker
+    config: WorkerConfig
+
+
+class JobExecution:
+    """One leased job, from the first heartbeat to its report."""
+
+    def __init__(self, job: Job, permit: Permit, deps: JobDeps) -> None:
+        self.job = job
+        self.permit = permit
+        self._deps = deps
+        self._keeper = LeaseKeeper(
+            deps.queue,
+            job.id,
+            job.lease_token,
+            deps.config.lease_duration,
+            on_lost=self._on_lease_lost,
+        )
+        self._sync_task: asyncio.Task[Any] | None = None
+        self.reported = False
+
+    async def run(self, hand_back: str | None = None) -> Outcome:
+        """Runs the job and reports it; with `hand_back`, only gives it back unrun for that
+        reason. Cancelled (shutdown), it hands the job back before it ends."""
+        with job_span(self.job, self._deps.config.worker_id) as span:
+            self._keeper.start()
+            try:
+                if hand_back is not None:
+                    self._deps.breaker.give_back(self.permit)
+                    outcome = await self._release(hand_back)
+                else:
+                    outcome = await self._run(span)
+            except asyncio.CancelledError:
+                # The grace period ran out: give the job back with its attempt, so another
+                # worker runs it at once instead of after the lease expires.
+                if not self.reported and not self._keeper.lost:
+                    self._deps.breaker.give_back(self.permit)
+                    await self._release("worker shutting down before the job finished")
+                span.set_attribute("gmbsync.job.outcome", Outcome.RELEASED)
+                raise
+            finally:
+                await self._keeper.stop()
+            span.set_attribute("gmbsync.job.outcome", outcome)
+            return outcome
+
+    def _on_lease_lost(self) -> None:
+        if self._sync_task is not None and not self._sync_task.done():
+            self._sync_task.cancel()
+
+    async def _run(self, span: trace.Span) -> Outcome:
+        deps, job = self._deps, self.job
+        if not deps.breaker.allows(self.permit):
+            deps.breaker.give_back(self.permit)
+            return await self._release("circuit breaker open: SyncService is failing")
+
+        try:
+            await deps.sync.wait_ready(deps.config.connect_timeout.total_seconds())
+        except ClientError as exc:
+            # Nothing was sent, so the attempt is not spent: hand the job back.
+            deps.breaker.record_failure(self.permit)
+            span.set_status(trace.StatusCode.ERROR, "SyncService unreachable")
+            log.warning("job %s: SyncService unreachable (%s); handing it back", job.id, exc)
+            return await self._release(f"SyncService unreachable: {exc.message}")
+
+        self._sync_task = asyncio.create_task(
+            deps.sync.sync_account(
+                job.account_id,
+                job.sync_type,
+                job_id=job.id,
+                attempt=job.attempts,
+                timeout=deps.config.job_timeout.total_seconds(),
+            ),
+            name=f"sync-{job.id}",
+        )
+        try:
+            response = await self._sync_task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._keeper.lost and (current is None or not current.cancelling()):
+                return Outcome.LEASE_LOST
+            raise
+        except ClientError as exc:
+            return await self._failed(exc, span)
+
+        deps.breaker.record_success(self.permit)
+        result = sync_result(response)
+        log.info("job %s: account %s synced: %s", job.id, job.account_id, result)
+        ok = await self._report(
+            "CompleteJob",
+            lambda: deps.queue.complete_job(job.id, job.lease_token, result),
+        )
+        return Outcome.SUCCEEDED if ok else self._unreported()
+
+    async def _failed(self, error: ClientError, span: trace.Span) -> Outcome:
+        deps, job = self._deps, self.job
+        verdict = classify(error)
+        if verdict.infrastructure:
+            deps.breaker.record_failure(self.permit)
+        else:
+            deps.breaker.record_success(self.permit)
+        span.record_exception(error)
+        span.set_status(trace.StatusCode.ERROR, f"{error.code.name}: {error.message}")
+        message = f"{error.code.name}: {error.message}"[:_MAX_ERROR_CHARS]
+        log.warning(
+            "job %s (attempt %d/%d): %s (%s)",
+            job.id,
+            job.attempts,
+            job.max_attempts,
+            message,
+            "permanent" if verdict.permanent else "retryable",
+        )
+        answer: list[Any] = []
+
+        async def fail() -> None:
+            answer.append(
+                await deps.queue.fail_job(
+                    job.id,
+                    job.lease_token,
+                    message,
+                    permanent=verdict.permanent,
+                    retry_after=verdict.retry_after,
+                )
+            )
+
+        if not await self._report("FailJob", fail):
+            return self._unreported()
+        return Outcome.RETRYING if answer[0].will_retry else Outcome.FAILED
+
+    async def _release(self, reason: str) -> Outcome:
+        job = self.job
+        ok = await self._report(
+            "ReleaseJob", lambda: self._deps.queue.release_job(job.id, job.lease_token, reason)
+        )
+        return Outcome.RELEASED if ok else self._unreported()
+
+    def _unreported(self) -> Outcome:
+        return Outcome.LEASE_LOST if self._keeper.lost else Outcome.UNREPORTED
+
+    async def _report(self, what: str, call: Callable[[], Awaitable[Any]]) -> bool:
+        """Makes a lease call, retrying while QueueService is unreachable and the lease lasts.
+
+        A retry that finds the lease gone may follow a first try that was in fact recorded
+        (only its answer was lost); either way the job is no longer this worker's.
+        """
+        if self._keeper.lost:
+            return False
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._deps.config.lease_duration.total_seconds()
+        delay, tries = 0.2, 0
+        while True:
+            tries += 1
+            try:
+                await call()
+                self.reported = True
+                return True
+            except (LeaseLost, NotFound) as exc:
+                note = " (an earlier try may have been recorded)" if tries > 1 else ""
+                self._keeper.mark_lost(f"{what}: {exc.message}{note}")
+                return False
+            except ClientError as exc:
+                if not exc.retryable or loop.time() + delay > give_up_at:
+                    log.error("job %s: %s could not be recorded: %s", self.job.id, what, exc)
+                    return False
+                log.warning("job %s: %s failed (%s); retrying", self.job.id, what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

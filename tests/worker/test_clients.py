@@ -1,0 +1,147 @@
+"""The typed clients against a real gRPC server: error translation, retries, credentials."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from clients import Credentials, QueueClient, RetryPolicy, SyncClient
+from clients import errors as client_errors
+from gmbsync.queue.v1 import queue_service_pb2 as pb
+from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
+from service_runtime.errors import FieldViolation, abort
+
+FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02)
+
+
+class ScriptedQueue(pb_grpc.QueueServiceServicer):
+    """Answers each RPC from a script of failures, then succeeds; records what it was sent."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, list[tuple[grpc.StatusCode, str, dict[str, object]]]] = {}
+        self.calls: dict[str, int] = {}
+        self.metadata: list[dict[str, str]] = []
+
+    async def _maybe_fail(self, name: str, context: grpc.aio.ServicerContext) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        self.metadata.append(dict(context.invocation_metadata() or ()))
+        script = self.failures.get(name)
+        if script:
+            code, message, extra = script.pop(0)
+            await abort(context, code, message, **extra)  # type: ignore[arg-type]
+
+    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
+        await self._maybe_fail("GetJob", context)
+        return pb.GetJobResponse(job=pb.Job(id=request.job_id))
+
+    async def EnqueueSync(self, request, context):  # type: ignore[no-untyped-def]
+        await self._maybe_fail("EnqueueSync", context)
+        return pb.EnqueueSyncResponse(job=pb.Job(account_id=request.account_id))
+
+    async def CompleteJob(self, request, context):  # type: ignore[no-untyped-def]
+        await self._maybe_fail("CompleteJob", context)
+        return pb.CompleteJobResponse(job=pb.Job(id=request.job_id))
+
+    async def ExtendLease(self, request, context):  # type: ignore[no-untyped-def]
+        await self._maybe_fail("ExtendLease", context)
+        return pb.ExtendLeaseResponse()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[ScriptedQueue, QueueClient]]:
+    servicer = ScriptedQueue()
+    server = grpc.aio.server()
+    pb_grpc.add_QueueServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = QueueClient.connect(
+        f"127.0.0.1:{port}", Credentials.trigger_secret("the-secret"), retry=FAST_RETRY
+    )
+    yield servicer, client
+    await client.close()
+    await server.stop(0)
+
+
+async def test_field_violations_arrive_as_invalid_argument(scripted) -> None:  # type: ignore[no-untyped-def]
+    servicer, client = scripted
+    servicer.failures["EnqueueSync"] = [
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "account_id: not a UUID",
+            {"violations": [FieldViolation("account_id", "not a UUID")]},
+        )
+    ]
+    with pytest.raises(client_errors.InvalidArgument) as caught:
+        await client.enqueue_sync("nope", "full")
+    assert caught.value.violations == [FieldViolation("account_id", "not a UUID")]
+    assert caught.value.server_details
+    assert not caught.value.retryable
+    assert "QueueService.EnqueueSync" in str(caught.value)
+
+
+async def test_lost_lease_is_lease_lost(scripted) -> None:  # type: ignore[no-untyped-def]
+    servicer, client = scripted
+    servicer.failures["CompleteJob"] = [(grpc.StatusCode.FAILED_PRECONDITION, "lease lost", {})]
+    with pytest.raises(client_errors.LeaseLost):
+        await client.complete_job("job-1", "token", {"reviews_added": 1})
+
+
+async def test_reads_are_retried_and_honour_the_servers_delay(scripted) -> None:  # type: ignore[no-untyped-def]
+    servicer, client = scripted
+    servicer.failures["GetJob"] = [
+        (grpc.StatusCode.UNAVAILABLE, "restarting", {"retry_delay_seconds": 0.05}),
+        (grpc.StatusCode.UNAVAILABLE, "restarting", {}),
+    ]
+    job = await client.get_job("job-7")
+    assert job.id == "job-7"
+    assert servicer.calls["GetJob"] == 3
+
+
+async def test_non_idempotent_writes_are_not_retried(scripted) -> None:  # type: ignore[no-untyped-def]
+    servicer, client = scripted
+    servicer.failures["EnqueueSync"] = [
+        (grpc.StatusCode.UNAVAILABLE, "busy", {"retry_delay_seconds": 2.5})
+    ]
+    with pytest.raises(client_errors.Unavailable) as caught:
+        await client.enqueue_sync("acct", "incremental")
+    assert servicer.calls["EnqueueSync"] == 1
+    assert caught.value.retry_delay == pytest.approx(2.5)
+    assert caught.value.retryable
+    assert not caught.value.infrastructure  # the service itself answered, with RetryInfo
+
+
+async def test_retries_give_up_after_the_policys_attempts(scripted) -> None:  # type: ignore[no-untyped-def]
+    servicer, client = scripted
+    servicer.failures["ExtendLease"] = [(grpc.StatusCode.UNAVAILABLE, "down", {})] * 5
+    with pytest.raises(client_errors.Unavailable):
+        await client.extend_lease("job", "token", 30)
+    assert servicer.calls["ExtendLease"] == FAST_RETRY.attempts
+
+
+async def test_credentials_go_with_every_call_and_stay_out_of_repr(scripted) -> None:  # type: ignore[no-untyped-def]
+    servicer, client = scripted
+    await client.get_job("job-1")
+    assert servicer.metadata[-1]["x-trigger-secret"] == "the-secret"
+    assert "the-secret" not in repr(Credentials.trigger_secret("the-secret"))
+    assert "token" not in repr(Credentials.bearer("token"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_a_dead_server_is_an_infrastructure_unavailable() -> None:
+    client = SyncClient.connect(f"127.0.0.1:{_free_port()}", Credentials.none(), retry=FAST_RETRY)
+    try:
+        with pytest.raises(client_errors.Unavailable) as caught:
+            await client.sync_account("acct", "full", timeout=5)
+        assert caught.value.infrastructure
+        with pytest.raises(client_errors.Unavailable):
+            await client.wait_ready(0.2)
+    finally:
+        await client.close()
