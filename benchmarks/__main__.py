@@ -8,20 +8,24 @@ import importlib.util
 import json
 import logging
 import sys
+from typing import Any
 
 from benchmarks.queue_bench import run_queue_benchmark
 
 
-def _print(title: str, figures: dict[str, float]) -> None:
-    print(f"\n{title}")
+def _print(title: str, figures: dict[str, Any], indent: str = "  ") -> None:
+    print(f"\n{title}" if indent == "  " else f"{indent[:-2]}{title}")
     for name, value in figures.items():
+        if isinstance(value, dict):
+            _print(name, value, indent + "  ")
+            continue
         shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
-        print(f"  {name:<48} {shown:>12}")
+        print(f"{indent}{name:<48} {shown:>12}")
 
 
 async def main(quick: bool, as_json: bool) -> int:
     jobs, single = (2_000, 500) if quick else (10_000, 2_000)
-    report: dict[str, dict[str, float]] = {}
+    report: dict[str, dict[str, Any]] = {}
     report["queue (PostgreSQL, gRPC, QueueService in its own process)"] = await run_queue_benchmark(
         jobs=jobs, single=single
     )
