@@ -512,16 +512,16 @@ class JobStore:
 
     # -- worker operations --------------------------------------------------------------------
 
-    async def job_pick(
+    def pick_statement(
         self,
         *,
+        now: datetime,
         max_jobs: int,
         lease: timedelta,
         worker_id: str,
-        worker_run_id: uuid.UUID | None = None,
-    ) -> list[Job]:
-        """Leases up to `max_jobs` ready jobs in pick order, in one statement."""
-        now = self.clock()
+        worker_run_id: uuid.UUID | None,
+    ) -> sa.Update:
+        """The one statement that leases up to `max_jobs` ready jobs in pick order."""
         candidates = (
             sa.select(q.c.id)
             .where(
@@ -534,7 +534,7 @@ class JobStore:
             .with_for_update(skip_locked=True)
             .cte("candidates")
         )
-        statement = (
+        return (
             sa.update(q)
             .where(q.c.id.in_(sa.select(candidates.c.id)))
             .values(
@@ -548,6 +548,23 @@ class JobStore:
                 worker_run_id=worker_run_id,
             )
             .returning(*_JOB_COLUMNS)
+        )
+
+    async def job_pick(
+        self,
+        *,
+        max_jobs: int,
+        lease: timedelta,
+        worker_id: str,
+        worker_run_id: uuid.UUID | None = None,
+    ) -> list[Job]:
+        """Leases up to `max_jobs` ready jobs in pick order, in one statement."""
+        statement = self.pick_statement(
+            now=self.clock(),
+            max_jobs=max_jobs,
+            lease=lease,
+            worker_id=worker_id,
+            worker_run_id=worker_run_id,
         )
         async with self.engine.begin() as conn:
             rows = (await conn.execute(statement)).mappings().all()
