@@ -26,44 +26,20 @@ import grpc
 import sqlalchemy as sa
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy.engine import make_url
 
-import migrations
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
+from migrations.scratch import scratch_database
 from sync_service.tables import gmb_accounts
 
 TRIGGER_SECRET = "bench-trigger-secret"
 WORKER = (("x-trigger-secret", TRIGGER_SECRET),)
-DEFAULT_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@asynccontextmanager
-async def scratch_database() -> AsyncIterator[str]:
-    server = make_url(os.environ.get("TEST_DATABASE_URL") or DEFAULT_SERVER_URL)
-    name = f"gmbsync_bench_{os.getpid()}"
-    admin = sa.create_engine(
-        server.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = server.set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False
-    )
-    migrations.upgrade(url)
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @asynccontextmanager
@@ -228,7 +204,7 @@ async def wake_latency(stub: pb_grpc.QueueServiceStub, accounts: Sequence[str]) 
 
 
 async def run_queue_benchmark(*, jobs: int = 10_000, single: int = 2_000) -> dict[str, Any]:
-    async with scratch_database() as url:
+    with scratch_database("gmbsync_bench") as url:
         accounts = await seed_accounts(url, jobs)
         async with queue_process(url) as address, grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.QueueServiceStub(channel)

@@ -11,54 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from datetime import timedelta
 from typing import Any
 
 import grpc
-import sqlalchemy as sa
 from cryptography.fernet import Fernet
-from sqlalchemy.engine import make_url
 
-import migrations
 from gmbsync.sync.v1 import sync_service_pb2 as pb
 from gmbsync.sync.v1 import sync_service_pb2_grpc as pb_grpc
+from migrations.scratch import scratch_database
 from service_runtime.auth import AuthSettings
 from sync_service.app import SyncApp
 from sync_service.emulator import EmulatorServer
 from sync_service.settings import GoogleEndpoints, GoogleSettings, SyncSettings
 
-DEFAULT_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 LOCATIONS, REVIEWS = 10, 200
 _TRIGGER_SECRET = "bench-trigger-secret"
 
 
-def _create_database() -> tuple[str, sa.Engine, str]:
-    server = make_url(os.environ.get("TEST_DATABASE_URL") or DEFAULT_SERVER_URL)
-    name = f"gmbsync_bench_{os.getpid()}"
-    admin = sa.create_engine(
-        server.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = server.set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False
-    )
-    migrations.upgrade(url)
-    return url, admin, name
-
-
-def _drop_database(admin: sa.Engine, name: str) -> None:
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 async def run_sync_benchmark() -> dict[str, Any]:
     """Runs the benchmark; returns the figures of the first and of a repeated full sync."""
-    url, admin, name = await asyncio.to_thread(_create_database)
+    with scratch_database("gmbsync_bench_sync") as url:
+        return await _measure(url)
+
+
+async def _measure(url: str) -> dict[str, Any]:
     emulator = EmulatorServer(
         seed=1, accounts=1, locations_per_account=LOCATIONS, reviews_per_location=REVIEWS
     )
@@ -116,7 +94,6 @@ async def run_sync_benchmark() -> dict[str, Any]:
         if app is not None:
             await app.stop(grace=1.0)
         await emulator.stop()
-        await asyncio.to_thread(_drop_database, admin, name)
 
 
 if __name__ == "__main__":

@@ -6,23 +6,21 @@ TEST_DATABASE_URL, migrates it once, and empties its tables before each test tha
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
+from migrations.scratch import scratch_database
 from service_runtime.auth import AuthSettings, Role, issue_token
 from service_runtime.database import create_engine_async
 
 TEST_JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
 TEST_TRIGGER_SECRET = "test-trigger-secret"
-DEFAULT_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture(scope="session")
@@ -45,22 +43,8 @@ ADMIN_USER = uuid.UUID("00000000-0000-4000-8000-00000000ad01")
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A migrated PostgreSQL database of this test session's own; dropped at the end."""
-    server_url = make_url(os.environ.get("TEST_DATABASE_URL") or DEFAULT_SERVER_URL)
-    name = f"gmbsync_test_{os.getpid()}"
-    admin = sa.create_engine(
-        server_url.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = server_url.set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False
-    )
-    migrations.upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database("gmbsync_test") as url:
+        yield url
 
 
 TABLES_IN_DELETE_ORDER = (

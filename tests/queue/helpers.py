@@ -6,7 +6,6 @@ Additive to `tests/queue/conftest.py`: nothing here starts a server by itself.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import socket
@@ -22,9 +21,9 @@ import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
+from migrations.scratch import drop_database, scratch_database
 from queue_service.tables import sync_queue, sync_worker_runs
 from service_runtime.errors import field_violations
-from tests.conftest import DEFAULT_SERVER_URL
 
 # A Python traceback or a source location leaking into a status message.
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
@@ -127,33 +126,13 @@ def grpcurl_binary() -> str | None:
     return shutil.which("grpcurl", path=str(Path(sys.executable).parent))
 
 
-def postgres_server_url() -> sa.engine.URL:
-    return make_url(os.environ.get("TEST_DATABASE_URL") or DEFAULT_SERVER_URL).set(
-        drivername="postgresql+psycopg"
-    )
-
-
 @contextmanager
 def scratch_postgres_database(prefix: str) -> Iterator[str]:
     """An empty PostgreSQL database of this test's own on the test server; dropped afterwards."""
-    server = postgres_server_url()
-    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(prefix, migrate=False) as url:
+        yield url
 
 
 def drop_postgres_database(url: str) -> None:
     """Drops a database at once, closing every connection to it (the server's view of an outage)."""
-    server = postgres_server_url()
-    name = make_url(url).database
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(make_url(url).database)
