@@ -12,12 +12,14 @@ SQLite; where they differ it is said here:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import statistics
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -61,6 +63,7 @@ from queue_service.tables import (
     sync_queue,
     sync_worker_runs,
 )
+from service_runtime.sqltypes import JsonDocument, UtcDateTime
 from sync_service.tables import gmb_accounts
 
 NOTIFY_CHANNEL = "gmbsync_jobs"
@@ -171,6 +174,36 @@ def _error_entry(
 
 
 _LEASE_CLEARED = {"lease_token": None, "lease_expires_at": None}
+
+
+class RunTally:
+    """Job counts owed to worker runs, written in one pass at the end of a transaction.
+
+    Writing them last, in run-id order, means every transaction locks job rows before run
+    rows, so two transactions never wait on each other in a cycle.
+    """
+
+    PICKED: ClassVar[dict[str, int]] = {"jobs_picked": 1}
+    SUCCEEDED: ClassVar[dict[str, int]] = {"jobs_processed": 1, "jobs_succeeded": 1}
+    FAILED: ClassVar[dict[str, int]] = {"jobs_processed": 1, "jobs_failed": 1}
+    RELEASED: ClassVar[dict[str, int]] = {"jobs_released": 1}
+
+    def __init__(self) -> None:
+        self._owed: dict[uuid.UUID, collections.Counter[str]] = {}
+
+    def add(self, run_id: uuid.UUID | None, increments: dict[str, int]) -> None:
+        if run_id is not None:
+            self._owed.setdefault(run_id, collections.Counter()).update(increments)
+
+    async def apply(self, conn: AsyncConnection) -> None:
+        for run_id in sorted(self._owed):
+            owed = self._owed[run_id]
+            await conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id)
+                .values({runs.c[name]: runs.c[name] + n for name, n in owed.items()})
+            )
+        self._owed.clear()
 
 
 class JobStore:
@@ -512,16 +545,14 @@ class JobStore:
 
     # -- worker operations --------------------------------------------------------------------
 
-    def pick_statement(
-        self,
-        *,
-        now: datetime,
-        max_jobs: int,
-        lease: timedelta,
-        worker_id: str,
-        worker_run_id: uuid.UUID | None,
-    ) -> sa.Update:
-        """The one statement that leases up to `max_jobs` ready jobs in pick order."""
+    @functools.cached_property
+    def _pick_sql(self) -> sa.Executable:
+        """PickJobs' statement, built once and run with `pick_statement`'s parameters.
+
+        Parameter names start with `p_`: executed with a dict, an UPDATE turns keys that are
+        column names of its table into extra SET clauses.
+        """
+        now = sa.bindparam("p_now", type_=UtcDateTime())
         candidates = (
             sa.select(q.c.id)
             .where(
@@ -530,11 +561,11 @@ class JobStore:
                 q.c.attempts < q.c.max_attempts,
             )
             .order_by(q.c.priority.desc(), q.c.created_at, q.c.id)
-            .limit(max_jobs)
+            .limit(sa.bindparam("p_max_jobs", type_=sa.Integer()))
             .with_for_update(skip_locked=True)
             .cte("candidates")
         )
-        return (
+        update = (
             sa.update(q)
             .where(q.c.id.in_(sa.select(candidates.c.id)))
             .values(
@@ -543,12 +574,31 @@ class JobStore:
                 started_at=now,
                 updated_at=now,
                 lease_token=random_uuid(),
-                lease_expires_at=now + lease,
-                worker_id=worker_id,
-                worker_run_id=worker_run_id,
+                lease_expires_at=sa.bindparam("p_expires", type_=UtcDateTime()),
+                worker_id=sa.bindparam("p_worker_id", type_=sa.Text()),
+                worker_run_id=sa.bindparam("p_worker_run_id", type_=sa.Uuid()),
             )
             .returning(*_JOB_COLUMNS)
         )
+        return self._counted(update, RunTally.PICKED)
+
+    def pick_statement(
+        self,
+        *,
+        now: datetime,
+        max_jobs: int,
+        lease: timedelta,
+        worker_id: str,
+        worker_run_id: uuid.UUID | None,
+    ) -> tuple[sa.Executable, dict[str, Any]]:
+        """The one statement that leases up to `max_jobs` ready jobs, and its parameters."""
+        return self._pick_sql, {
+            "p_now": now,
+            "p_max_jobs": max_jobs,
+            "p_expires": now + lease,
+            "p_worker_id": worker_id,
+            "p_worker_run_id": worker_run_id,
+        }
 
     async def job_pick(
         self,
@@ -559,50 +609,103 @@ class JobStore:
         worker_run_id: uuid.UUID | None = None,
     ) -> list[Job]:
         """Leases up to `max_jobs` ready jobs in pick order, in one statement."""
-        statement = self.pick_statement(
+        statement, params = self.pick_statement(
             now=self.clock(),
             max_jobs=max_jobs,
             lease=lease,
             worker_id=worker_id,
             worker_run_id=worker_run_id,
         )
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(statement)).mappings().all()
-            if rows and worker_run_id is not None:
-                await self._count_run(conn, worker_run_id, jobs_picked=len(rows))
+        async with self._single_change() as conn:
+            rows = await self._change_jobs(conn, statement, params, RunTally.PICKED)
         jobs = [_job(r) for r in rows]
         # RETURNING gives no order; hand the jobs out in pick order.
         jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
         return jobs
 
+    @functools.cached_property
+    def _extend_sql(self) -> sa.Update:
+        return (
+            sa.update(q)
+            .where(
+                q.c.id == sa.bindparam("p_job_id", type_=sa.Uuid()),
+                q.c.lease_token == sa.bindparam("p_lease_token", type_=sa.Uuid()),
+                q.c.status == JobStatus.PROCESSING.value,
+            )
+            .values(
+                lease_expires_at=sa.bindparam("p_expires", type_=UtcDateTime()),
+                updated_at=sa.bindparam("p_now", type_=UtcDateTime()),
+            )
+            .returning(q.c.lease_expires_at)
+        )
+
     async def lease_extend(
         self, job_id: uuid.UUID, lease_token: uuid.UUID, lease: timedelta
     ) -> datetime:
         now = self.clock()
-        async with self.engine.begin() as conn:
-            expires = (
-                await conn.execute(
-                    sa.update(q)
-                    .where(
-                        q.c.id == job_id,
-                        q.c.lease_token == lease_token,
-                        q.c.status == JobStatus.PROCESSING.value,
-                    )
-                    .values(lease_expires_at=now + lease, updated_at=now)
-                    .returning(q.c.lease_expires_at)
-                )
-            ).scalar_one_or_none()
+        params = {
+            "p_job_id": job_id,
+            "p_lease_token": lease_token,
+            "p_now": now,
+            "p_expires": now + lease,
+        }
+        async with self._single_change() as conn:
+            expires = (await conn.execute(self._extend_sql, params)).scalar_one_or_none()
             if expires is None:
                 await self._raise_lease_problem(conn, job_id)
         return expires
 
+    @functools.cached_property
+    def _complete_plain_sql(self) -> sa.Update:
+        """CompleteJob's update, built once and run with `_complete_params`."""
+        now = sa.bindparam("p_now", type_=UtcDateTime())
+        return (
+            sa.update(q)
+            .where(
+                q.c.id == sa.bindparam("p_job_id", type_=sa.Uuid()),
+                q.c.lease_token == sa.bindparam("p_lease_token", type_=sa.Uuid()),
+                q.c.status == JobStatus.PROCESSING.value,
+            )
+            .values(
+                status=JobStatus.SUCCEEDED.value,
+                completed_at=now,
+                updated_at=now,
+                last_error=None,
+                result=sa.bindparam("p_result", type_=JsonDocument),
+                **_LEASE_CLEARED,
+            )
+            .returning(*_JOB_COLUMNS)
+        )
+
+    @functools.cached_property
+    def _complete_counted_sql(self) -> sa.Executable:
+        return self._counted(self._complete_plain_sql, RunTally.SUCCEEDED)
+
+    def _complete_params(self, completion: Completion) -> dict[str, Any]:
+        return {
+            "p_job_id": completion.job_id,
+            "p_lease_token": completion.lease_token,
+            "p_now": self.clock(),
+            "p_result": completion.result,
+        }
+
     async def job_complete(self, completion: Completion) -> Job:
-        async with self.engine.begin() as conn:
-            return await self._complete(conn, completion)
+        async with self._single_change() as conn:
+            rows = await self._change_jobs(
+                conn,
+                self._complete_counted_sql,
+                self._complete_params(completion),
+                RunTally.SUCCEEDED,
+            )
+            if not rows:
+                await self._raise_lease_problem(conn, completion.job_id)
+        return _job(rows[0])
 
     async def job_fail(self, failure: Failure) -> FailOutcome:
+        tally = RunTally()
         async with self.engine.begin() as conn:
-            outcome = await self._fail(conn, failure)
+            outcome = await self._fail(conn, failure, tally)
+            await tally.apply(conn)
         if outcome.will_retry:
             self._on_jobs_available()
         return outcome
@@ -612,92 +715,130 @@ class JobStore:
     ) -> Job:
         """Returns a leased job to pending and gives its attempt back: it was never run."""
         now = self.clock()
-        async with self.engine.begin() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        sa.update(q)
-                        .where(
-                            q.c.id == job_id,
-                            q.c.lease_token == lease_token,
-                            q.c.status == JobStatus.PROCESSING.value,
-                        )
-                        .values(
-                            status=JobStatus.PENDING.value,
-                            attempts=sa.case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
-                            scheduled_at=(now + delay) if delay else None,
-                            updated_at=now,
-                            **_LEASE_CLEARED,
-                        )
-                        .returning(*_JOB_COLUMNS)
-                    )
-                )
-                .mappings()
-                .first()
+        statement = (
+            sa.update(q)
+            .where(
+                q.c.id == job_id,
+                q.c.lease_token == lease_token,
+                q.c.status == JobStatus.PROCESSING.value,
             )
-            if row is None:
+            .values(
+                status=JobStatus.PENDING.value,
+                attempts=sa.case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
+                scheduled_at=(now + delay) if delay else None,
+                updated_at=now,
+                **_LEASE_CLEARED,
+            )
+            .returning(*_JOB_COLUMNS)
+        )
+        async with self.engine.begin() as conn:
+            rows = await self._change_jobs(
+                conn, self._counted(statement, RunTally.RELEASED), {}, RunTally.RELEASED
+            )
+            if not rows:
                 await self._raise_lease_problem(conn, job_id)
-            job = _job(row)
-            if job.worker_run_id is not None:
-                await self._count_run(conn, job.worker_run_id, jobs_released=1)
             await self._announce(conn)
         self._on_jobs_available()
-        return job
+        return _job(rows[0])
 
     async def results_report(self, results: Sequence[Completion | Failure]) -> list[ResultAck]:
-        """Applies many results in one transaction; a refused result does not stop the others."""
+        """Applies many results in one transaction; a refused result does not stop the others.
+
+        Run counts are added up and written last, in run order, so that this transaction, like
+        every other, takes its job locks before its run locks: no deadlock with the reaper.
+        """
         acks: list[ResultAck] = []
         retried = False
+        tally = RunTally()
         async with self.engine.begin() as conn:
             for result in results:
                 try:
                     if isinstance(result, Completion):
-                        job = await self._complete(conn, result)
+                        job = await self._complete(conn, result, tally)
                     else:
-                        outcome = await self._fail(conn, result)
+                        outcome = await self._fail(conn, result, tally)
                         job = outcome.job
                         retried = retried or outcome.will_retry
                 except QueueError as exc:
                     acks.append(ResultAck(job_id=result.job_id, error=exc))
                 else:
                     acks.append(ResultAck(job_id=result.job_id, job=job))
+            await tally.apply(conn)
         if retried:
             self._on_jobs_available()
         return acks
 
-    async def _complete(self, conn: AsyncConnection, completion: Completion) -> Job:
-        now = self.clock()
+    async def _complete(
+        self, conn: AsyncConnection, completion: Completion, tally: RunTally
+    ) -> Job:
         row = (
-            (
-                await conn.execute(
-                    sa.update(q)
-                    .where(
-                        q.c.id == completion.job_id,
-                        q.c.lease_token == completion.lease_token,
-                        q.c.status == JobStatus.PROCESSING.value,
-                    )
-                    .values(
-                        status=JobStatus.SUCCEEDED.value,
-                        completed_at=now,
-                        updated_at=now,
-                        last_error=None,
-                        result=completion.result,
-                        **_LEASE_CLEARED,
-                    )
-                    .returning(*_JOB_COLUMNS)
-                )
-            )
+            (await conn.execute(self._complete_plain_sql, self._complete_params(completion)))
             .mappings()
             .first()
         )
         if row is None:
             await self._raise_lease_problem(conn, completion.job_id)
         job = _job(row)
-        if job.worker_run_id is not None:
-            await self._count_run(conn, job.worker_run_id, jobs_processed=1, jobs_succeeded=1)
+        tally.add(job.worker_run_id, RunTally.SUCCEEDED)
         return job
 
-    async def _fail(self, conn: AsyncConnection, failure: Failure) -> FailOutcome:
+    @contextlib.asynccontextmanager
+    async def _single_change(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for a change that is one statement on PostgreSQL.
+
+        Autocommit spares the BEGIN and COMMIT round trips, a third of the hot path's cost;
+        one statement is atomic by itself. SQLite takes more than one statement for the same
+        change (no data-modifying CTEs), so it gets a transaction.
+        """
+        if self.is_postgres:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    def _counted(self, update: sa.Update, increments: dict[str, int]) -> sa.Executable:
+        """On PostgreSQL, `update` (a job UPDATE ... RETURNING) and the worker-run counts it
+        owes as one statement: the update is a data-modifying CTE and the runs are updated from
+        its RETURNING rows. Elsewhere `update` itself; `_change_jobs` then counts separately.
+        """
+        if not self.is_postgres:
+            return update
+        changed = update.cte("changed")
+        per_run = (
+            sa.select(changed.c.worker_run_id, sa.func.count().label("jobs"))
+            .where(changed.c.worker_run_id.is_not(None))
+            .group_by(changed.c.worker_run_id)
+            .subquery("per_run")
+        )
+        counted = (
+            sa.update(runs)
+            .where(runs.c.id == per_run.c.worker_run_id)
+            .values(
+                {runs.c[name]: runs.c[name] + per_run.c.jobs * n for name, n in increments.items()}
+            )
+            .cte("counted")
+        )
+        return sa.select(changed).add_cte(counted)
+
+    async def _change_jobs(
+        self,
+        conn: AsyncConnection,
+        statement: sa.Executable,
+        params: dict[str, Any],
+        increments: dict[str, int],
+    ) -> Sequence[sa.RowMapping]:
+        """Runs a statement made by `_counted` and makes sure the run counts are written."""
+        rows = (await conn.execute(statement, params)).mappings().all()
+        if not self.is_postgres:
+            tally = RunTally()
+            for row in rows:
+                tally.add(row["worker_run_id"], increments)
+            await tally.apply(conn)
+        return rows
+
+    async def _fail(self, conn: AsyncConnection, failure: Failure, tally: RunTally) -> FailOutcome:
         # Lock the row, decide in Python, write: the decision needs attempts and the error list.
         current = (
             (
@@ -758,8 +899,7 @@ class JobStore:
             .one()
         )
         job = _job(row)
-        if job.worker_run_id is not None:
-            await self._count_run(conn, job.worker_run_id, jobs_processed=1, jobs_failed=1)
+        tally.add(job.worker_run_id, RunTally.FAILED)
         if decision.retry:
             await self._announce(conn)
         return FailOutcome(job=job, will_retry=decision.retry)
@@ -791,6 +931,7 @@ class JobStore:
             stuck = sa.or_(stuck, q.c.started_at < started_before)
         requeued: list[uuid.UUID] = []
         failed: list[uuid.UUID] = []
+        tally = RunTally()
         async with self.engine.begin() as conn:
             rows = (
                 (
@@ -854,10 +995,8 @@ class JobStore:
                     values |= {"status": JobStatus.FAILED.value, "completed_at": now}
                     failed.append(row["id"])
                 await conn.execute(sa.update(q).where(q.c.id == row["id"]).values(**values))
-                if row["worker_run_id"] is not None:
-                    await self._count_run(
-                        conn, row["worker_run_id"], jobs_processed=1, jobs_failed=1
-                    )
+                tally.add(row["worker_run_id"], RunTally.FAILED)
+            await tally.apply(conn)
             if requeued:
                 await self._announce(conn)
         if requeued:
@@ -878,13 +1017,6 @@ class JobStore:
         return result.rowcount or 0
 
     # -- worker runs --------------------------------------------------------------------------
-
-    async def _count_run(self, conn: AsyncConnection, run_id: uuid.UUID, **increments: int) -> None:
-        await conn.execute(
-            sa.update(runs)
-            .where(runs.c.id == run_id)
-            .values({runs.c[name]: runs.c[name] + amount for name, amount in increments.items()})
-        )
 
     async def worker_run_start(self, worker_id: str, metadata: dict[str, Any]) -> WorkerRun:
         now = self.clock()

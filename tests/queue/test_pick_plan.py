@@ -74,7 +74,7 @@ async def test_the_pick_reads_the_partial_index_of_pending_jobs(pg_queue):
         )
     async with engine.connect() as conn:
         await conn.execute(sa.text("ANALYZE sync_queue"))
-        statement = store.pick_statement(
+        statement, params = store.pick_statement(
             now=now,
             max_jobs=10,
             lease=timedelta(seconds=60),
@@ -82,7 +82,8 @@ async def test_the_pick_reads_the_partial_index_of_pending_jobs(pg_queue):
             worker_run_id=None,
         )
         compiled = statement.compile(dialect=engine.dialect)
-        plan = (await conn.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params)).scalars().all()
+        bound = compiled.construct_params(params)
+        plan = (await conn.exec_driver_sql(f"EXPLAIN {compiled}", bound)).scalars().all()
         await conn.rollback()
 
     text = "\n".join(plan)
