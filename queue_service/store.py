@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
 import statistics
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -751,9 +752,13 @@ class JobStore:
         retried = False
         tally = RunTally()
         async with self.engine.begin() as conn:
+            completed = await self._complete_many(conn, results)
             for result in results:
                 try:
-                    if isinstance(result, Completion):
+                    if isinstance(result, Completion) and completed is not None:
+                        job = completed.get(result.job_id) or await self._no_lease(conn, result)
+                        tally.add(job.worker_run_id, RunTally.SUCCEEDED)
+                    elif isinstance(result, Completion):
                         job = await self._complete(conn, result, tally)
                     else:
                         outcome = await self._fail(conn, result, tally)
@@ -767,6 +772,67 @@ class JobStore:
         if retried:
             self._on_jobs_available()
         return acks
+
+    @functools.cached_property
+    def _complete_many_sql(self) -> sa.Update:
+        """Every completion of a report in one UPDATE ... FROM unnest(ids, tokens, results)."""
+        now = sa.bindparam("p_now", type_=UtcDateTime())
+        reported = (
+            sa.func.unnest(
+                sa.bindparam("p_job_ids", type_=postgresql.ARRAY(sa.Uuid())),
+                sa.bindparam("p_lease_tokens", type_=postgresql.ARRAY(sa.Uuid())),
+                sa.bindparam("p_results", type_=postgresql.ARRAY(sa.Text())),
+            )
+            .table_valued(
+                sa.column("job_id", sa.Uuid()),
+                sa.column("lease_token", sa.Uuid()),
+                sa.column("result", sa.Text()),
+            )
+            .render_derived(name="reported")
+        )
+        return (
+            sa.update(q)
+            .where(
+                q.c.id == reported.c.job_id,
+                q.c.lease_token == reported.c.lease_token,
+                q.c.status == JobStatus.PROCESSING.value,
+            )
+            .values(
+                status=JobStatus.SUCCEEDED.value,
+                completed_at=now,
+                updated_at=now,
+                last_error=None,
+                result=sa.cast(reported.c.result, postgresql.JSONB()),
+                **_LEASE_CLEARED,
+            )
+            .returning(*_JOB_COLUMNS)
+        )
+
+    async def _complete_many(
+        self, conn: AsyncConnection, results: Sequence[Completion | Failure]
+    ) -> dict[uuid.UUID, Job] | None:
+        """On PostgreSQL, applies every completion at once; the jobs it changed, by id.
+
+        None elsewhere: SQLite completes them one by one (`_complete`).
+        """
+        if not self.is_postgres:
+            return None
+        completions = [r for r in results if isinstance(r, Completion)]
+        if not completions:
+            return {}
+        params = {
+            "p_now": self.clock(),
+            "p_job_ids": [c.job_id for c in completions],
+            "p_lease_tokens": [c.lease_token for c in completions],
+            "p_results": [json.dumps(c.result) for c in completions],
+        }
+        rows = (await conn.execute(self._complete_many_sql, params)).mappings().all()
+        return {row["id"]: _job(row) for row in rows}
+
+    async def _no_lease(self, conn: AsyncConnection, completion: Completion) -> Job:
+        """For a completion the batch update refused: raises why (no job, or no lease)."""
+        await self._raise_lease_problem(conn, completion.job_id)
+        raise AssertionError("unreachable: _raise_lease_problem raises")
 
     async def _complete(
         self, conn: AsyncConnection, completion: Completion, tally: RunTally

@@ -308,9 +308,15 @@ async def test_report_results_applies_each_result_and_refuses_only_lost_leases(q
     for account in accounts:
         await queue.enqueue(account)
     ok, failing, lost = await queue.pick(max_jobs=3)
+    counts = struct_pb2.Struct()
+    counts.update({"reviews_added": 7, "note": "café ✓"})
     request = pb.ReportResultsRequest(
         results=[
-            pb.JobResult(complete=pb.CompleteJobRequest(job_id=ok.id, lease_token=ok.lease_token)),
+            pb.JobResult(
+                complete=pb.CompleteJobRequest(
+                    job_id=ok.id, lease_token=ok.lease_token, result=counts
+                )
+            ),
             pb.JobResult(
                 fail=pb.FailJobRequest(
                     job_id=failing.id, lease_token=failing.lease_token, error="503"
@@ -329,6 +335,7 @@ async def test_report_results_applies_each_result_and_refuses_only_lost_leases(q
     codes = [grpc.StatusCode.OK.value[0], grpc.StatusCode.OK.value[0]]
     assert [a.code for a in response.acks[:2]] == codes
     assert response.acks[0].job.status == pb.JOB_STATUS_SUCCEEDED
+    assert dict((await queue.get(ok.id)).result) == {"reviews_added": 7.0, "note": "café ✓"}
     assert response.acks[1].job.status == pb.JOB_STATUS_PENDING
     assert response.acks[2].code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert "no longer held" in response.acks[2].message
