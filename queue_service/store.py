@@ -1106,15 +1106,6 @@ class JobStore:
             )
         return _worker_run(row)
 
-    async def worker_run_get(self, run_id: uuid.UUID) -> WorkerRun:
-        async with self.engine.connect() as conn:
-            row = (
-                (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).mappings().first()
-            )
-        if row is None:
-            raise WorkerRunNotFound(f"worker run {run_id} not found")
-        return _worker_run(row)
-
     async def worker_run_finish(
         self,
         run_id: uuid.UUID,

@@ -24,14 +24,6 @@ def database_url_from_env() -> str:
     return os.environ.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
 
 
-def is_sqlite(url: str | URL) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
-def is_postgres(url: str | URL) -> bool:
-    return make_url(url).get_backend_name() == "postgresql"
-
-
 def async_url(url: str | URL) -> URL:
     """The URL with the async driver of its database: psycopg 3 or aiosqlite."""
     parsed = make_url(url)

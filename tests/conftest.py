@@ -7,17 +7,15 @@ TEST_DATABASE_URL, migrates it once, and empties its tables before each test tha
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
 from migrations.scratch import scratch_database
 from service_runtime.auth import AuthSettings, Role, issue_token
-from service_runtime.database import create_engine_async
 
 TEST_JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
 TEST_TRIGGER_SECRET = "test-trigger-secret"
@@ -92,18 +90,3 @@ def any_db_url(request: pytest.FixtureRequest) -> str:
     """Runs a test once on PostgreSQL and once on SQLite: the stores pass one shared suite."""
     fixture = "pg_url" if request.param == "postgresql" else "sqlite_url"
     return request.getfixturevalue(fixture)
-
-
-@pytest.fixture
-async def engine_for(request: pytest.FixtureRequest) -> AsyncIterator[list[AsyncEngine]]:
-    """Engines created through it are disposed after the test."""
-    engines: list[AsyncEngine] = []
-    yield engines
-    for engine in engines:
-        await engine.dispose()
-
-
-async def make_engine(url: str, engines: list[AsyncEngine]) -> AsyncEngine:
-    engine = create_engine_async(url)
-    engines.append(engine)
-    return engine

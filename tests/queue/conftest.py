@@ -16,7 +16,7 @@ from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from queue_service.app import QueueApp
 from queue_service.settings import QueueSettings
 from sync_service.tables import gmb_accounts
-from tests.conftest import WORKER_METADATA, bearer
+from tests.conftest import WORKER_METADATA
 
 
 @dataclass
@@ -130,7 +130,3 @@ async def pg_queue(pg_url: str, auth_settings) -> AsyncIterator[RunningQueue]:  
     running = await start_queue(queue_settings(pg_url, auth_settings))
     yield running
     await stop_queue(running)
-
-
-def user_metadata(user_id: uuid.UUID) -> tuple[tuple[str, str]]:
-    return bearer(user_id)
