@@ -165,3 +165,12 @@ def to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
     struct = struct_pb2.Struct()
     struct.update(dict(value))
     return struct
+
+
+def sync_type_value(enum: Any, value: int | str) -> int:
+    """The number of a SyncType of `enum`: SYNC_TYPE_FULL, 'full' and 'SYNC_TYPE_FULL' all
+    name the same type. Both services declare SyncType alike, each in its own package."""
+    if isinstance(value, str):
+        name = value.upper()
+        return enum.Value(name if name.startswith("SYNC_TYPE_") else f"SYNC_TYPE_{name}")
+    return value

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from clients.calls import ServiceClient, to_duration, to_struct, to_timestamp
+from clients.calls import ServiceClient, sync_type_value, to_duration, to_struct, to_timestamp
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 
@@ -33,14 +33,6 @@ JobStatus = pb.JobStatus
 SyncType = pb.SyncType
 WorkerRun = pb.WorkerRun
 WorkerRunStatus = pb.WorkerRunStatus
-
-
-def _sync_type(value: int | str) -> int:
-    """SYNC_TYPE_FULL, 'full' or 'SYNC_TYPE_FULL' all name the same type."""
-    if isinstance(value, str):
-        name = value.upper()
-        return pb.SyncType.Value(name if name.startswith("SYNC_TYPE_") else f"SYNC_TYPE_{name}")
-    return value
 
 
 class QueueClient(ServiceClient):
@@ -68,7 +60,7 @@ class QueueClient(ServiceClient):
         """Enqueues a sync of one account (or returns the job already queued for it)."""
         request = pb.EnqueueSyncRequest(
             account_id=account_id,
-            sync_type=_sync_type(sync_type),
+            sync_type=sync_type_value(pb.SyncType, sync_type),
             priority=priority,
             scheduled_at=to_timestamp(scheduled_at),
             max_attempts=max_attempts,

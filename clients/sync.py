@@ -12,21 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from clients.calls import ServiceClient, to_timestamp
+from clients.calls import ServiceClient, sync_type_value, to_timestamp
 from gmbsync.sync.v1 import sync_service_pb2 as pb
 from gmbsync.sync.v1 import sync_service_pb2_grpc as pb_grpc
 
 Account = pb.Account
 SyncStatus = pb.SyncStatus
 SyncType = pb.SyncType
-
-
-def _sync_type(value: int | str) -> int:
-    """SYNC_TYPE_FULL, 'full' or 'SYNC_TYPE_FULL' all name the same type."""
-    if isinstance(value, str):
-        name = value.upper()
-        return pb.SyncType.Value(name if name.startswith("SYNC_TYPE_") else f"SYNC_TYPE_{name}")
-    return value
 
 
 class SyncClient(ServiceClient):
@@ -49,7 +41,10 @@ class SyncClient(ServiceClient):
     ) -> pb.SyncAccountResponse:
         """Syncs one account now, within `timeout` seconds."""
         request = pb.SyncAccountRequest(
-            account_id=account_id, sync_type=_sync_type(sync_type), job_id=job_id, attempt=attempt
+            account_id=account_id,
+            sync_type=sync_type_value(pb.SyncType, sync_type),
+            job_id=job_id,
+            attempt=attempt,
         )
         return await self._unary("SyncAccount", self._stub.SyncAccount, request, timeout=timeout)
 
