@@ -106,7 +106,8 @@ def test_sync_service_calls_the_emulator(services: dict[str, Any]) -> None:
     root = env_of(services["sync"])["GBP_API_ROOT"]
     emulator_port = services["emulator"]["command"][-1]
     assert root == f"http://emulator:{emulator_port}"
-    assert condition(services["sync"], "emulator") in {"service_started", "service_healthy"}
+    assert condition(services["sync"], "emulator") == "service_healthy"
+    assert "/__control/state" in " ".join(services["emulator"]["healthcheck"]["test"])
     assert env_of(services["sync"])["TOKEN_ENCRYPTION_KEY"]
 
 
