@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 
@@ -17,6 +18,9 @@ from service_runtime.database import create_engine_async, database_url_from_env
 from service_runtime.serving import GrpcServer, ServiceRegistration
 
 log = logging.getLogger(__name__)
+
+# How long start() waits for the LISTEN connection before serving without it.
+LISTENER_START_WAIT = 5.0
 
 
 class QueueApp:
@@ -63,9 +67,13 @@ class QueueApp:
             log.warning("neither JWT_SECRET nor TRIGGER_SECRET is set: every RPC will be refused")
         port = await self.server.start()
         if self.listener is not None:
-            # Serve only once pickers can be woken; otherwise the first enqueue could be missed
-            # until the fallback poll.
-            await self.listener.connected.wait()
+            # Return once pickers can be woken, so a job enqueued right after start() wakes
+            # them at once; but never hang on a database that is down: the listener keeps
+            # reconnecting and pickers poll meanwhile.
+            try:
+                await asyncio.wait_for(self.listener.connected.wait(), LISTENER_START_WAIT)
+            except TimeoutError:
+                log.warning("LISTEN not established yet; pickers poll until it is")
         return port
 
     async def stop(self, grace: float = 5.0) -> None:
