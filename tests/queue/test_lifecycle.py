@@ -383,3 +383,70 @@ async def test_worker_run_counts_are_kept_by_the_server(queue):
             metadata=WORKER_METADATA,
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_report_results_counts_each_result_for_its_worker_run(queue):
+    run = (
+        await queue.stub.StartWorkerRun(
+            pb.StartWorkerRunRequest(worker_id="batcher"), metadata=WORKER_METADATA
+        )
+    ).run
+    for _ in range(3):
+        await queue.enqueue(await queue.add_account(), max_attempts=3)
+    first, second, third = await queue.pick(max_jobs=3, worker_run_id=run.id)
+
+    await queue.stub.ReportResults(
+        pb.ReportResultsRequest(
+            results=[
+                pb.JobResult(complete=pb.CompleteJobRequest(job_id=j.id, lease_token=j.lease_token))
+                for j in (first, second)
+            ]
+            + [
+                pb.JobResult(
+                    fail=pb.FailJobRequest(
+                        job_id=third.id, lease_token=third.lease_token, error="503"
+                    )
+                )
+            ]
+        ),
+        metadata=WORKER_METADATA,
+    )
+    finished = (
+        await queue.stub.FinishWorkerRun(
+            pb.FinishWorkerRunRequest(run_id=run.id, status=pb.WORKER_RUN_STATUS_COMPLETED),
+            metadata=WORKER_METADATA,
+        )
+    ).run
+
+    counts = (
+        finished.jobs_picked,
+        finished.jobs_processed,
+        finished.jobs_succeeded,
+        finished.jobs_failed,
+    )
+    assert counts == (3, 3, 2, 1)
+
+
+async def test_report_results_answers_an_unknown_job_with_not_found(queue):
+    await queue.enqueue(await queue.add_account())
+    [picked] = await queue.pick()
+    unknown = "00000000-0000-4000-8000-0000000000ff"
+
+    response = await queue.stub.ReportResults(
+        pb.ReportResultsRequest(
+            results=[
+                pb.JobResult(complete=pb.CompleteJobRequest(job_id=unknown, lease_token=unknown)),
+                pb.JobResult(
+                    complete=pb.CompleteJobRequest(job_id=picked.id, lease_token=picked.lease_token)
+                ),
+            ]
+        ),
+        metadata=WORKER_METADATA,
+    )
+
+    assert [a.code for a in response.acks] == [
+        grpc.StatusCode.NOT_FOUND.value[0],
+        grpc.StatusCode.OK.value[0],
+    ]
+    assert "not found" in response.acks[0].message
+    assert response.acks[1].job.status == pb.JOB_STATUS_SUCCEEDED
