@@ -31,7 +31,7 @@ from queue_service.models import (
 )
 from queue_service.tables import MAX_ATTEMPTS_LIMIT, PRIORITY_MAX, PRIORITY_MIN
 from service_runtime.errors import FieldViolation, InvalidArgument
-from service_runtime.protoconv import from_struct, from_timestamp, struct_json_size
+from service_runtime.protoconv import from_struct, from_timestamp, parse_uuid, struct_json_size
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_BATCH = 1000
@@ -93,15 +93,7 @@ def _has(message: Message, field: str) -> bool:
 def _uuid(
     violations: Violations, field: str, raw: str, *, required: bool = True
 ) -> uuid.UUID | None:
-    if not raw:
-        if required:
-            violations.add(field, "is required (a UUID)")
-        return None
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        violations.add(field, f"{raw[:64]!r} is not a UUID")
-        return None
+    return violations.attempt(field, lambda: parse_uuid(field, raw, required=required))
 
 
 def _duration(
