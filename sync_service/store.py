@@ -425,6 +425,7 @@ class SyncStore:
             "content_hash": loc.content_hash,
             "first_seen_at": now,
             "last_seen_at": seen,
+            "observed_at": seen,
             "updated_at": now,
             "deleted_at": None,
         }
@@ -451,6 +452,7 @@ class SyncStore:
             "content_hash": review.content_hash,
             "first_seen_at": now,
             "last_seen_at": seen,
+            "observed_at": seen,
             "updated_at": now,
             "deleted_at": None,
         }

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -77,6 +78,8 @@ sync_status = Table(
     Column("reviews_count", Integer, nullable=False, server_default="0"),
     Column("reviews_watermark", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Locations whose reviews the last successful sync could not read.
+    Column("locations_skipped", Integer, nullable=False, server_default="0"),
     CheckConstraint(
         "last_sync_type IS NULL OR last_sync_type IN ('full', 'incremental')",
         name="last_sync_type",
@@ -122,7 +125,27 @@ gmb_locations = Table(
     Column("last_seen_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("deleted_at", UtcDateTime, nullable=True),
+    # The snapshot time of the newest sync that decided this row's state, present or deleted:
+    # an older snapshot never overwrites or revives it.
+    Column("observed_at", UtcDateTime, nullable=False),
+    # Whether the location's reviews can be read: 'synced'; 'ineligible' (Google serves no
+    # reviews for it: unverified, duplicate, suspended...), 'failed' (Google refused its reviews
+    # with a location-scoped 400/403/404); 'pending' until a sync reads them. Reason for people.
+    Column("review_state", Text, nullable=False, server_default="pending"),
+    Column("review_state_reason", Text, nullable=True),
+    # The snapshot time of the pass that last read every review of the location, and whether
+    # that read proved which stored reviews are gone (a list that changed while it was paged
+    # cannot).
+    Column("reviews_read_at", UtcDateTime, nullable=True),
+    Column("reviews_verified", Boolean, nullable=False, server_default=false()),
+    # Google's figures from reviews.list.
+    Column("average_rating", Float, nullable=True),
+    Column("total_review_count", Integer, nullable=True),
     PrimaryKeyConstraint("account_id", "location_id"),
+    CheckConstraint(
+        "review_state IN ('pending', 'synced', 'ineligible', 'failed')",
+        name="review_state",
+    ),
 )
 
 gmb_reviews = Table(
@@ -151,6 +174,7 @@ gmb_reviews = Table(
     Column("last_seen_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("deleted_at", UtcDateTime, nullable=True),
+    Column("observed_at", UtcDateTime, nullable=False),
     PrimaryKeyConstraint("account_id", "location_id", "review_id"),
     ForeignKeyConstraint(
         ["account_id", "location_id"],
@@ -170,4 +194,37 @@ gmb_reviews = Table(
         postgresql_where=text("deleted_at IS NULL"),
         sqlite_where=text("deleted_at IS NULL"),
     ),
+)
+
+
+# One unfinished pass per account. Locations are written as they are read; the next attempt of
+# a sync that ran out of time resumes the pass (same snapshot time) and reads only the locations
+# whose `reviews_read_at` is older than the pass. Deleted when the pass completes.
+sync_checkpoints = Table(
+    "sync_checkpoints",
+    metadata,
+    Column(
+        "account_id",
+        Uuid,
+        ForeignKey("gmb_accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("sync_type", Text, nullable=False),
+    Column("pass_started_at", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("sync_type IN ('full', 'incremental')", name="sync_type"),
+)
+
+# Google's quota is per Cloud project and per API, shared by every replica: one token bucket
+# each, taken with one UPDATE on PostgreSQL before every call.
+google_quota_buckets = Table(
+    "google_quota_buckets",
+    metadata,
+    Column("project", Text, nullable=False),
+    Column("api", Text, nullable=False),
+    Column("tokens", Float, nullable=False),
+    Column("refilled_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("project", "api"),
 )

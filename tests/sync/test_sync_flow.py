@@ -13,7 +13,7 @@ FULL, INCREMENTAL = pb.SYNC_TYPE_FULL, pb.SYNC_TYPE_INCREMENTAL
 
 def _snapshot(rows: list) -> dict:
     """Rows by key, without the bookkeeping columns that a re-read legitimately moves."""
-    moving = {"last_seen_at", "updated_at", "first_seen_at"}
+    moving = {"last_seen_at", "observed_at", "updated_at", "first_seen_at"}
     return {
         (r.location_id, r.review_id): {k: v for k, v in r._mapping.items() if k not in moving}
         for r in rows
