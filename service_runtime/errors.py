@@ -6,8 +6,8 @@ and grpcurl see which field is wrong; the message repeats it for people reading 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -33,14 +33,25 @@ class InvalidArgument(Exception):
         return cls([FieldViolation(field, description)])
 
 
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A `google.rpc.ErrorInfo`: a machine-readable reason a client can act on."""
+
+    reason: str
+    domain: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
 def rich_status(
     code: grpc.StatusCode,
     message: str,
     *,
     violations: Iterable[FieldViolation] = (),
     retry_delay_seconds: float | None = None,
+    error_info: ErrorInfo | None = None,
 ) -> grpc.Status:
-    """A grpc.Status carrying google.rpc details (BadRequest, RetryInfo) in its trailers."""
+    """A grpc.Status carrying google.rpc details (BadRequest, RetryInfo, ErrorInfo) in its
+    trailers."""
     details: list[any_pb2.Any] = []
     violations = list(violations)
     if violations:
@@ -61,6 +72,16 @@ def rich_status(
         packed = any_pb2.Any()
         packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(packed)
+    if error_info is not None:
+        packed = any_pb2.Any()
+        packed.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=error_info.reason,
+                domain=error_info.domain,
+                metadata=dict(error_info.metadata),
+            )
+        )
+        details.append(packed)
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
 
@@ -72,10 +93,17 @@ async def abort(
     *,
     violations: Iterable[FieldViolation] = (),
     retry_delay_seconds: float | None = None,
+    error_info: ErrorInfo | None = None,
 ) -> None:
     """Ends the RPC with a rich status. Never returns."""
     await context.abort_with_status(
-        rich_status(code, message, violations=violations, retry_delay_seconds=retry_delay_seconds)
+        rich_status(
+            code,
+            message,
+            violations=violations,
+            retry_delay_seconds=retry_delay_seconds,
+            error_info=error_info,
+        )
     )
 
 

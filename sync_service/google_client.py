@@ -14,18 +14,20 @@ quota, 5xx, timeouts, connection errors; with the delay Google asked for) or
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import email.utils
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-from sync_service.models import OAuthCredentials
 from sync_service.rate_limiter import RateLimiter
 from sync_service.settings import GoogleSettings
 
@@ -41,6 +43,9 @@ LOCATION_READ_MASK = (
 # Google Cloud's troubleshooting guidance: wait at least 30 s after a 429, 1 s after a 5xx.
 DEFAULT_QUOTA_RETRY_AFTER = 30.0
 DEFAULT_UNAVAILABLE_RETRY_AFTER = 1.0
+# How long dispatch is held after Google said an API is disabled for the project.
+API_DISABLED_RETRY_AFTER = 300.0
+BATCH_REVIEWS_MAX_LOCATIONS = 50  # v4 locations:batchGetReviews maximum
 
 
 class GoogleError(Exception):
@@ -90,6 +95,31 @@ class GoogleUnavailable(RetryableGoogleError):
     """5xx, a timeout or a connection error: Google (or the way to it) is failing for now."""
 
 
+class PageTokenExpired(GoogleUnavailable):
+    """400 naming `page_token`: a listing paged too slowly; it is read again from the start."""
+
+
+class ApiDisabled(GoogleError):
+    """403 SERVICE_DISABLED: the API is disabled for the whole Google Cloud project. Every
+    account fails the same way until an operator enables it, so no account's job should fail for
+    good: dispatch is held and an alert raised instead."""
+
+    def __init__(
+        self, message: str, *, service: str, activation_url: str, retry_after: float, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.service = service
+        self.activation_url = activation_url
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        return {
+            **super().details(),
+            "service": self.service,
+            "activation_url": self.activation_url,
+        }
+
+
 class PermanentGoogleError(GoogleError):
     """Retrying the same request cannot help; a person must act."""
 
@@ -107,7 +137,12 @@ class ApiAccessNotApproved(PermanentGoogleError):
 
 
 class AccessDenied(PermanentGoogleError):
-    """403: the grant has no access to the resource, lacks scopes, or the API is not enabled."""
+    """403: the grant has no access to the resource."""
+
+
+class ScopeInsufficient(PermanentGoogleError):
+    """403 ACCESS_TOKEN_SCOPE_INSUFFICIENT: the grant lacks the business.manage scope; only a
+    new grant (reconnecting the account) can fix it."""
 
 
 class Unauthenticated(PermanentGoogleError):
@@ -182,17 +217,24 @@ def classify_api_error(response: httpx.Response) -> GoogleError:
     reason: str | None = error.get("status")
     quota_limit_value: str | None = None
     retry_delay: float | None = None
+    info: dict[str, Any] = {}
+    bad_fields: set[str] = set()
     for detail in error.get("details") or ():
         if not isinstance(detail, dict):
             continue
         kind = str(detail.get("@type", ""))
         if kind.endswith("google.rpc.ErrorInfo"):
             reason = detail.get("reason") or reason
-            metadata = detail.get("metadata") or {}
-            if "quota_limit_value" in metadata:
-                quota_limit_value = str(metadata["quota_limit_value"])
+            metadata = detail.get("metadata")
+            info = metadata if isinstance(metadata, dict) else {}
+            if "quota_limit_value" in info:
+                quota_limit_value = str(info["quota_limit_value"])
         elif kind.endswith("google.rpc.RetryInfo"):
             retry_delay = _parse_duration(detail.get("retryDelay"))
+        elif kind.endswith("google.rpc.BadRequest"):
+            for violation in detail.get("fieldViolations") or ():
+                if isinstance(violation, dict):
+                    bad_fields.add(str(violation.get("field", "")))
     retry_after = _retry_after_seconds(response)
     if retry_after is None:
         retry_after = retry_delay
@@ -227,11 +269,34 @@ def classify_api_error(response: httpx.Response) -> GoogleError:
             f"account (Google said: {google_message})",
             **common,
         )
+    if status == 403 and reason == "SERVICE_DISABLED":
+        service = str(info.get("service") or where)
+        return ApiDisabled(
+            f"{service} is disabled for the Google Cloud project: enable it "
+            f"({info.get('activationUrl') or 'in the Google Cloud console'}); syncs are held "
+            f"until then (Google said: {google_message})",
+            service=service,
+            activation_url=str(info.get("activationUrl") or ""),
+            retry_after=retry_after if retry_after is not None else API_DISABLED_RETRY_AFTER,
+            **common,
+        )
+    if status == 403 and reason == "ACCESS_TOKEN_SCOPE_INSUFFICIENT":
+        return ScopeInsufficient(
+            "the account's grant lacks the business.manage scope: reconnect the account with "
+            f"ConnectAccount, granting that scope (Google said: {google_message})",
+            **common,
+        )
     if status == 403:
         return AccessDenied(
-            f"Google denied access to {where}: the account's grant lacks access or the "
-            "business.manage scope, or the API is not enabled for the Google Cloud project "
+            f"Google denied access to {where}: the account's grant has no access to it "
             f"(Google said: {google_message})",
+            **common,
+        )
+    if status == 400 and "page_token" in bad_fields:
+        return PageTokenExpired(
+            f"Google refused a page token of {where} (expired or invalid); the listing is "
+            f"read again (Google said: {google_message})",
+            retry_after=DEFAULT_UNAVAILABLE_RETRY_AFTER,
             **common,
         )
     if status == 404:
@@ -309,71 +374,131 @@ class GoogleApi:
         HTTPXClientInstrumentor.instrument_client(self.http)
         # One limiter per Google Cloud project; this process uses one OAuth client, so one.
         self.limiter = RateLimiter(settings.quota_per_window, settings.quota_window.total_seconds())
+        # Syncs of one account in this process refresh its token one at a time (the store's
+        # guard does the same across processes).
+        self._refresh_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def refresh_lock(self, key: str) -> asyncio.Lock:
+        lock = self._refresh_locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._refresh_locks[key] = lock
+        return lock
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
     def session(
-        self,
-        credentials: OAuthCredentials,
-        on_token_refreshed: Callable[[AccessToken], Awaitable[None]],
+        self, credentials: StoredCredentials, tokens: TokenStore, *, deadline: float | None = None
     ) -> GoogleSession:
-        return GoogleSession(self, credentials, on_token_refreshed)
+        return GoogleSession(self, credentials, tokens, deadline=deadline)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCredentials:
+    """An account's tokens as stored, and an opaque version of them (the stored ciphertext of
+    the refresh token): a failure is blamed on a grant only if it is still the stored one."""
+
+    key: str  # whose tokens: the account id
+    refresh_token: str
+    access_token: str | None
+    access_token_expires_at: datetime | None
+    version: str
+
+    def __repr__(self) -> str:  # never print a secret, even in a traceback
+        return f"StoredCredentials(key={self.key!r}, expires_at={self.access_token_expires_at!r})"
+
+
+class TokenGuard(Protocol):
+    """Held while one process refreshes an account's token: no other holds it meanwhile."""
+
+    current: StoredCredentials | None  # what is stored now (None: the account is gone)
+
+    async def save(self, token: AccessToken) -> None: ...
+
+
+class TokenStore(Protocol):
+    """Where a session re-reads and stores an account's tokens."""
+
+    def refresh_guard(self) -> contextlib.AbstractAsyncContextManager[TokenGuard]: ...
 
 
 class GoogleSession:
-    """One sync's conversation with Google on behalf of one account."""
+    """One sync's conversation with Google on behalf of one account.
+
+    `deadline` (the event loop's clock) bounds every wait: a retry or a Retry-After that would
+    end after it is not waited for, and the error is raised instead.
+    """
 
     def __init__(
         self,
         api: GoogleApi,
-        credentials: OAuthCredentials,
-        on_token_refreshed: Callable[[AccessToken], Awaitable[None]],
+        credentials: StoredCredentials,
+        tokens: TokenStore,
+        *,
+        deadline: float | None = None,
     ) -> None:
         self._api = api
         self._settings = api.settings
-        self._refresh_token = credentials.refresh_token
-        self._access_token = credentials.access_token
-        self._expires_at = credentials.access_token_expires_at
-        self._on_token_refreshed = on_token_refreshed
-        # Concurrent page reads of one sync share one refresh, not one each.
-        self._refresh_lock = asyncio.Lock()
+        self._credentials = credentials
+        self._tokens = tokens
+        self.deadline = deadline
         self.api_calls = 0
         self.token_refreshes = 0
 
+    @property
+    def credentials_version(self) -> str:
+        """The version of the stored credentials this session last used."""
+        return self._credentials.version
+
     # --- OAuth -------------------------------------------------------------------------
 
-    def _token_is_fresh(self) -> bool:
-        if not self._access_token:
+    def _token_is_fresh(self, credentials: StoredCredentials) -> bool:
+        if not credentials.access_token:
             return False
-        if self._expires_at is None:
+        if credentials.access_token_expires_at is None:
             return True
         margin = self._settings.token_refresh_margin
-        return self._expires_at - margin > datetime.now(UTC)
+        return credentials.access_token_expires_at - margin > datetime.now(UTC)
 
     async def _valid_access_token(self) -> str:
-        if self._token_is_fresh():
-            assert self._access_token is not None
-            return self._access_token
-        async with self._refresh_lock:
-            if not self._token_is_fresh():
-                await self._refresh()
-        assert self._access_token is not None
-        return self._access_token
+        if not self._token_is_fresh(self._credentials):
+            await self._refresh(rejected=None)
+        assert self._credentials.access_token is not None
+        return self._credentials.access_token
 
-    async def _refresh_after_401(self, rejected: str) -> str:
-        async with self._refresh_lock:
-            # Another task may have refreshed while this one waited for the lock.
-            if self._access_token == rejected or not self._access_token:
-                await self._refresh()
-        assert self._access_token is not None
-        return self._access_token
+    async def _refresh(self, rejected: str | None) -> None:
+        """Gets a fresh access token: one that another sync (of this process or another)
+        stored meanwhile if there is one, else a new one from Google. Concurrent syncs of one
+        account refresh once, not once each."""
+        async with (
+            self._api.refresh_lock(self._credentials.key),
+            self._tokens.refresh_guard() as guard,
+        ):
+            current = guard.current or self._credentials
+            if current.access_token != rejected and self._token_is_fresh(current):
+                self._credentials = current
+                return
+            # The stored refresh token, not this session's copy: the account may have been
+            # reconnected since the sync began.
+            self._credentials = current
+            token = await self._request_token(current.refresh_token)
+            self._credentials = dataclasses.replace(
+                current,
+                access_token=token.value,
+                access_token_expires_at=token.expires_at,
+                refresh_token=token.refresh_token or current.refresh_token,
+            )
+            self.token_refreshes += 1
+            await guard.save(token)
 
-    async def _refresh(self) -> None:
+    async def _request_token(self, refresh_token: str) -> AccessToken:
         settings = self._settings
         form = {
             "grant_type": "refresh_token",
-            "refresh_token": self._refresh_token,
+            "refresh_token": refresh_token,
             "client_id": settings.client_id,
             "client_secret": settings.client_secret,
         }
@@ -392,8 +517,10 @@ class GoogleSession:
             if not isinstance(value, str) or not value:
                 raise ValueError("empty access_token")
         except (ValueError, KeyError, TypeError):
-            raise BadRequest(
-                "Google's OAuth token endpoint answered 200 without an access_token",
+            raise GoogleUnavailable(
+                "Google's OAuth token endpoint answered 200 without a readable access_token; "
+                "retry later",
+                retry_after=DEFAULT_UNAVAILABLE_RETRY_AFTER,
                 http_status=200,
                 url=url,
             ) from None
@@ -404,18 +531,17 @@ class GoogleSession:
             else None
         )
         rotated = body.get("refresh_token") if isinstance(body.get("refresh_token"), str) else None
-        token = AccessToken(
+        log.debug("access token refreshed (expires %s)", expires_at)
+        return AccessToken(
             value=value, expires_at=expires_at, scope=body.get("scope"), refresh_token=rotated
         )
-        self._access_token = token.value
-        self._expires_at = token.expires_at
-        if rotated:
-            self._refresh_token = rotated
-        self.token_refreshes += 1
-        log.debug("access token refreshed (expires %s)", expires_at)
-        await self._on_token_refreshed(token)
 
     # --- HTTP ----------------------------------------------------------------------------
+
+    def _fits_deadline(self, delay: float) -> bool:
+        if self.deadline is None:
+            return True
+        return asyncio.get_running_loop().time() + delay < self.deadline
 
     async def _send_with_retries(
         self,
@@ -424,17 +550,20 @@ class GoogleSession:
         what: str,
         classify: Callable[[httpx.Response], GoogleError] = classify_api_error,
         rate_limited: bool = True,
+        expect_json: bool = False,
     ) -> httpx.Response:
         """Sends, retrying transient failures a bounded number of times, within the deadline.
 
         Returns the last response unless it was a transient failure with no retries left; the
-        caller classifies other error responses. The token endpoint is not rate limited: it
-        is OAuth's, not the project's API quota.
+        caller classifies other error responses. A 429 whose delay fits the in-call limit and
+        the deadline is waited out too, and so is a 200 whose body is not whole JSON
+        (`expect_json`). The token endpoint is not rate limited: it is OAuth's, not the
+        project's API quota.
         """
         settings = self._settings
         attempt = 0
         while True:
-            failure: GoogleUnavailable
+            failure: RetryableGoogleError
             try:
                 self.api_calls += 1
                 if rate_limited:
@@ -443,64 +572,97 @@ class GoogleSession:
                 else:
                     response = await send()
                 if response.status_code == 200:
-                    return response
-                classified = classify(response)
-                if not isinstance(classified, GoogleUnavailable):
-                    return response
-                failure = classified
+                    if not expect_json or _json_object(response) is not None:
+                        return response
+                    failure = GoogleUnavailable(
+                        f"Google answered {what} with a body that is not whole JSON; retry later",
+                        retry_after=DEFAULT_UNAVAILABLE_RETRY_AFTER,
+                        http_status=200,
+                        url=what,
+                    )
+                else:
+                    classified = classify(response)
+                    if not isinstance(classified, RetryableGoogleError) or isinstance(
+                        classified, PageTokenExpired
+                    ):
+                        return response
+                    failure = classified
             except httpx.HTTPError as exc:
                 failure = _transport_error(exc, what)
             if attempt >= settings.max_retries:
                 raise failure
             backoff = settings.retry_base_delay.total_seconds() * (2**attempt)
-            # A delay the server asked for wins; otherwise exponential backoff with jitter
-            # (GBP_RETRY_BASE_DELAY defaults to Google's advised 1 s after a 5xx).
-            delay = max(failure.server_delay or 0.0, backoff * random.uniform(0.9, 1.1))
-            if delay > settings.max_in_call_wait.total_seconds():
+            if isinstance(failure, QuotaExceeded):
+                # Only a delay the server named is worth waiting for in-call; without one,
+                # Google's advice (30 s) is for the queue to keep.
+                if failure.server_delay is None:
+                    raise failure
+                delay = failure.server_delay
+            else:
+                # A delay the server asked for wins; otherwise exponential backoff with jitter
+                # (GBP_RETRY_BASE_DELAY defaults to Google's advised 1 s after a 5xx).
+                delay = max(failure.server_delay or 0.0, backoff * random.uniform(0.9, 1.1))
+            if delay > settings.max_in_call_wait.total_seconds() or not self._fits_deadline(delay):
                 raise failure
             attempt += 1
             log.info("retrying %s in %.2fs after: %s", what, delay, failure.message)
             await asyncio.sleep(delay)
 
-    def _getter(
-        self, url: str, params: dict[str, Any], token: str
-    ) -> Callable[[], Awaitable[httpx.Response]]:
-        headers = {"authorization": f"Bearer {token}"}
-        return lambda: self._api.http.get(url, params=params, headers=headers)
+    async def _call_json(
+        self, url: str, *, params: dict[str, Any] | None = None, body: Any = None
+    ) -> dict[str, Any]:
+        """GET (or POST `body`) an API resource with the account's token: one refresh and
+        retry on a 401."""
 
-    async def _get_json(self, url: str, params: dict[str, Any]) -> dict[str, Any]:
-        """GET an API resource with the account's token: one refresh and retry on a 401."""
+        def sender(token: str) -> Callable[[], Awaitable[httpx.Response]]:
+            headers = {"authorization": f"Bearer {token}"}
+            if body is None:
+                return lambda: self._api.http.get(url, params=params, headers=headers)
+            return lambda: self._api.http.post(url, json=body, headers=headers)
+
         token = await self._valid_access_token()
-        response = await self._send_with_retries(self._getter(url, params, token), what=url)
+        response = await self._send_with_retries(sender(token), what=url, expect_json=True)
         if response.status_code == 401:
-            token = await self._refresh_after_401(token)
-            response = await self._send_with_retries(self._getter(url, params, token), what=url)
+            await self._refresh(rejected=token)
+            token = await self._valid_access_token()
+            response = await self._send_with_retries(sender(token), what=url, expect_json=True)
         if response.status_code != 200:
             raise classify_api_error(response)
-        try:
-            body = response.json()
-        except ValueError:
-            raise BadRequest(
-                f"Google answered {url} with a body that is not JSON", http_status=200, url=url
-            ) from None
-        if not isinstance(body, dict):
-            raise BadRequest(f"Google answered {url} with unexpected JSON", url=url)
-        return body
+        parsed = _json_object(response)
+        assert parsed is not None  # _send_with_retries returns a 200 only with a JSON object
+        return parsed
 
-    async def _pages(self, url: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Every page of a list call, following nextPageToken to the end."""
+    async def _pages(
+        self, url: str, params: dict[str, Any] | None = None, *, body: dict[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every page of a list call, following nextPageToken to the end. A page token that
+        Google no longer accepts restarts the listing once: the consumer sees the first pages
+        again and must tolerate repeats (every consumer keys rows by Google's id)."""
+        restarts = 0
         seen_tokens: set[str] = set()
-        page_params = dict(params)
+        token: str | None = None
         while True:
-            body = await self._get_json(url, page_params)
-            yield body
-            token = body.get("nextPageToken")
+            try:
+                if body is None:
+                    page_params = {**(params or {}), **({"pageToken": token} if token else {})}
+                    page = await self._call_json(url, params=page_params)
+                else:
+                    page_body = {**body, **({"pageToken": token} if token else {})}
+                    page = await self._call_json(url, body=page_body)
+            except PageTokenExpired:
+                if restarts >= 1 or token is None:
+                    raise
+                restarts += 1
+                seen_tokens.clear()
+                token = None
+                continue
+            yield page
+            token = page.get("nextPageToken")
             if not token:
                 return
             if token in seen_tokens:  # a server bug must not become an endless loop
                 raise BadRequest(f"Google repeated a page token for {url}", url=url)
             seen_tokens.add(token)
-            page_params = {**params, "pageToken": token}
 
     # --- Resources --------------------------------------------------------------------------
 
@@ -528,3 +690,28 @@ class GoogleSession:
         """
         url = f"{self._settings.endpoints.v4_url}/v4/{account}/{location}/reviews"
         return self._pages(url, {"pageSize": REVIEWS_PAGE_SIZE, "orderBy": "updateTime desc"})
+
+    def batch_review_pages(
+        self, account: str, locations: Sequence[str]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """locations:batchGetReviews pages over up to 50 locations at once, newest update first
+        across all of them; each item is `{"name": "accounts/a/locations/l", "review": {...}}`.
+        The caller may stop early."""
+        if not 1 <= len(locations) <= BATCH_REVIEWS_MAX_LOCATIONS:
+            raise ValueError(f"batchGetReviews takes 1..{BATCH_REVIEWS_MAX_LOCATIONS} locations")
+        url = f"{self._settings.endpoints.v4_url}/v4/{account}/locations:batchGetReviews"
+        body = {
+            "locationNames": [f"{account}/{location}" for location in locations],
+            "pageSize": REVIEWS_PAGE_SIZE,
+            "orderBy": "updateTime desc",
+        }
+        return self._pages(url, body=body)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The response's JSON object, or None if its body is not one (truncated, HTML...)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

@@ -6,6 +6,7 @@ the raw document only as something to keep.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import json
@@ -13,7 +14,10 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sync_service.google_client import StoredCredentials
 
 STAR_RATINGS = {"ONE": 1, "TWO": 2, "THREE": 3, "FOUR": 4, "FIVE": 5}
 
@@ -68,6 +72,9 @@ class LocationRow:
     place_id: str | None
     raw: dict[str, Any]
     content_hash: str
+    # Why Google serves no reviews for this location (None: it does). Such a location is not
+    # asked for them.
+    ineligible_reason: str | None = None
 
     @classmethod
     def from_google(cls, doc: dict[str, Any]) -> LocationRow:
@@ -85,7 +92,26 @@ class LocationRow:
             place_id=(doc.get("metadata") or {}).get("placeId"),
             raw=doc,
             content_hash=content_hash(doc),
+            ineligible_reason=_ineligible_reason(doc),
         )
+
+
+def _ineligible_reason(doc: dict[str, Any]) -> str | None:
+    """Google serves reviews only for verified locations that are not duplicates: one whose
+    `metadata.hasVoiceOfMerchant` is false (unverified, suspended, pending) or that names the
+    location it duplicates has none to give."""
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict):
+        return None  # a read mask without metadata says nothing either way: ask
+    duplicate_of = metadata.get("duplicateLocation")
+    if duplicate_of:
+        return f"a duplicate of {str(duplicate_of)[:80]}: Google serves no reviews for it"
+    if not metadata.get("hasVoiceOfMerchant"):
+        return (
+            "not verified, or suspended (Google reports no voice of merchant): Google serves "
+            "no reviews for it"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,18 +174,6 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
-class OAuthCredentials:
-    """An account's decrypted tokens, held in memory for one sync only."""
-
-    refresh_token: str
-    access_token: str | None
-    access_token_expires_at: datetime | None
-
-    def __repr__(self) -> str:  # never print a secret, even in a traceback
-        return f"OAuthCredentials(access_token_expires_at={self.access_token_expires_at!r})"
-
-
-@dataclass(frozen=True, slots=True)
 class SyncStatusRecord:
     """The sync_status row of one account."""
 
@@ -173,6 +187,7 @@ class SyncStatusRecord:
     reviews_count: int = 0
     reviews_watermark: datetime | None = None
     updated_at: datetime | None = None
+    locations_skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,30 +196,65 @@ class SyncContext:
 
     account: Account
     # None when the account has no stored tokens (it was never connected through this service).
-    credentials: OAuthCredentials | None
+    credentials: StoredCredentials | None
     status: SyncStatusRecord | None
     known_location_ids: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
-class SyncSnapshot:
-    """What one sync read from Google, to be written in one transaction."""
+class SyncPass:
+    """One pass over an account: its snapshot time (the database's clock when it began), and
+    whether an earlier attempt began it."""
+
+    started_at: datetime
+    resumed: bool
+    # False when an incremental sync runs beside an unfinished full pass, which keeps its
+    # checkpoint.
+    checkpointed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LocationRead:
+    """What one sync read of one location's reviews."""
 
     account_id: uuid.UUID
-    sync_type: SyncType
-    # When the reading began: rows carry it as `last_seen_at`, so a late, older snapshot never
-    # overwrites or deletes what a newer one wrote.
-    started_at: datetime
-    locations: list[LocationRow]
+    location_id: str
     reviews: list[ReviewRow]
+    # True when the read proved that stored reviews it did not see are gone: a full read of a
+    # list that did not change while it was paged (see `Syncer._read_location_full`).
+    verified: bool = False
+    average_rating: float | None = None
+    total_review_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LocationStatusRecord:
+    """A stored location, as GetSyncStatus shows it."""
+
+    location_id: str
+    title: str
+    review_state: str
+    review_state_reason: str | None
+    average_rating: float | None
+    total_review_count: int | None
+    reviews_read_at: datetime | None
+    reviews_stored: int
 
 
 @dataclass(frozen=True, slots=True)
 class WriteCounts:
-    """What writing one snapshot changed."""
+    """What a sync changed."""
 
-    locations_synced: int
-    locations_removed: int
-    reviews_added: int
-    reviews_updated: int
-    reviews_removed: int
+    locations_synced: int = 0
+    locations_removed: int = 0
+    reviews_added: int = 0
+    reviews_updated: int = 0
+    reviews_removed: int = 0
+
+    def __add__(self, other: WriteCounts) -> WriteCounts:
+        return WriteCounts(
+            *(
+                a + b
+                for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+            )
+        )

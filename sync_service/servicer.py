@@ -19,7 +19,7 @@ import grpc
 from gmbsync.sync.v1 import sync_service_pb2 as pb
 from gmbsync.sync.v1 import sync_service_pb2_grpc as pb_grpc
 from service_runtime.auth import OPERATOR, USER, Principal, Role, current_principal
-from service_runtime.errors import FieldViolation, InvalidArgument, abort
+from service_runtime.errors import ErrorInfo, FieldViolation, InvalidArgument, abort
 from service_runtime.protoconv import (
     as_utc,
     from_timestamp,
@@ -29,7 +29,7 @@ from service_runtime.protoconv import (
     to_timestamp,
 )
 from sync_service import google_client as google
-from sync_service.models import Account, SyncStatusRecord, SyncType
+from sync_service.models import Account, LocationStatusRecord, SyncStatusRecord, SyncType
 from sync_service.store import BadPageToken, SyncStore
 from sync_service.sync import (
     AccountInactive,
@@ -39,6 +39,7 @@ from sync_service.sync import (
     SyncDeadlineExceeded,
     Syncer,
     SyncError,
+    SyncIncomplete,
 )
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SyncService"].full_name
@@ -50,7 +51,18 @@ POLICY = {
     f"{_PREFIX}GetSyncStatus": USER,
     f"{_PREFIX}ConnectAccount": OPERATOR,
     f"{_PREFIX}ListAccounts": USER,
+    f"{_PREFIX}DiscoverAccounts": OPERATOR,
 }
+ERROR_DOMAIN = "gmbsync.sync.v1"
+# A sync that made progress is resumed by the next attempt; there is nothing to wait for.
+RESUME_DELAY_SECONDS = 1.0
+_REVIEW_STATES = {
+    "synced": pb.REVIEW_STATE_SYNCED,
+    "ineligible": pb.REVIEW_STATE_INELIGIBLE,
+    "failed": pb.REVIEW_STATE_FAILED,
+}
+_ACCOUNT_TYPES = ("PERSONAL", "LOCATION_GROUP", "ORGANIZATION", "USER_GROUP")
+DEFAULT_ACCOUNT_TYPES = ("PERSONAL", "LOCATION_GROUP", "ORGANIZATION")
 
 T = TypeVar("T")
 
@@ -95,7 +107,24 @@ def status_pb(account_id: uuid.UUID, status: SyncStatusRecord | None) -> pb.Sync
         reviews_count=status.reviews_count,
         reviews_watermark=to_timestamp(status.reviews_watermark),
         updated_at=to_timestamp(status.updated_at),
+        locations_skipped=status.locations_skipped,
     )
+
+
+def location_pb(location: LocationStatusRecord) -> pb.LocationStatus:
+    message = pb.LocationStatus(
+        location_id=location.location_id,
+        title=location.title,
+        review_state=_REVIEW_STATES.get(location.review_state, pb.REVIEW_STATE_UNSPECIFIED),
+        review_state_reason=location.review_state_reason or "",
+        reviews_stored=location.reviews_stored,
+        reviews_read_at=to_timestamp(location.reviews_read_at),
+    )
+    if location.average_rating is not None:
+        message.average_rating = location.average_rating
+    if location.total_review_count is not None:
+        message.total_review_count = location.total_review_count
+    return message
 
 
 def _sync_type(value: int) -> SyncType:
@@ -186,6 +215,14 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         except (SyncError, google.GoogleError) as exc:
             await _sync_failed(context, exc)
         counts = result.counts
+        skipped = [
+            pb.SkippedLocation(
+                location_id=location.location_id,
+                review_state=_REVIEW_STATES[location.review_state],
+                reason=location.reason,
+            )
+            for location in result.skipped
+        ]
         return pb.SyncAccountResponse(
             account_id=str(result.account_id),
             sync_type=_SYNC_TYPES_PB[result.sync_type],
@@ -197,6 +234,10 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             api_calls=result.api_calls,
             duration=to_duration(result.duration),
             status=status_pb(result.account_id, result.status),
+            locations_skipped=len(skipped),
+            skipped_locations=skipped,
+            resumed=result.resumed,
+            locations_deletions_deferred=result.deletions_deferred,
         )
 
     async def GetSyncStatus(
@@ -211,7 +252,10 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             # Someone else's account is indistinguishable from a missing one.
             await abort(context, grpc.StatusCode.NOT_FOUND, f"account {account_id} not found")
         status = await self._store.status_get(account_id)
-        return pb.GetSyncStatusResponse(status=status_pb(account_id, status))
+        locations = await self._store.location_statuses(account_id)
+        return pb.GetSyncStatusResponse(
+            status=status_pb(account_id, status), locations=[location_pb(x) for x in locations]
+        )
 
     async def ConnectAccount(
         self, request: pb.ConnectAccountRequest, context: grpc.aio.ServicerContext
@@ -277,6 +321,57 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
             accounts=[account_pb(a) for a in accounts], next_page_token=next_token
         )
 
+    async def DiscoverAccounts(
+        self, request: pb.DiscoverAccountsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DiscoverAccountsResponse:
+        violations: list[FieldViolation] = []
+        try:
+            require_uuid("user_id", request.user_id)
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+        violations += _text_violations(
+            "refresh_token", request.refresh_token, maximum=MAX_REFRESH_TOKEN, required=True
+        )
+        unknown = [t for t in request.account_types if t not in _ACCOUNT_TYPES]
+        if unknown:
+            violations.append(
+                FieldViolation(
+                    "account_types",
+                    f"{unknown[0][:40]!r} is not one of {', '.join(_ACCOUNT_TYPES)}",
+                )
+            )
+        if violations:
+            await _invalid(context, InvalidArgument(violations))
+        wanted = set(request.account_types or DEFAULT_ACCOUNT_TYPES)
+        try:
+            found = await self._syncer.discover_accounts(
+                request.refresh_token, time_budget=context.time_remaining()
+            )
+        except (SyncError, google.GoogleError) as exc:
+            await _sync_failed(context, exc)
+        response = pb.DiscoverAccountsResponse()
+        now = datetime.now(UTC)
+        for doc in found.accounts:
+            name, kind = doc.get("name"), str(doc.get("type") or "")
+            if not isinstance(name, str) or not _GOOGLE_ACCOUNT_ID.match(name):
+                continue  # not an account this service can sync
+            if kind not in wanted:
+                response.skipped += 1
+                continue
+            account, updated = await self._store.account_connect(
+                user_id=uuid.UUID(request.user_id),
+                account_name=str(doc.get("accountName") or name)[:MAX_ACCOUNT_NAME],
+                google_account_id=name,
+                refresh_token=request.refresh_token,
+                access_token=found.access_token,
+                access_token_expires_at=found.access_token_expires_at,
+                now=now,
+            )
+            response.accounts.append(
+                pb.DiscoveredAccount(account=account_pb(account), type=kind, updated=updated)
+            )
+        return response
+
 
 def _collect(violations: list[FieldViolation], parse: Callable[[], T]) -> T | None:
     """Runs one field's parser, adding its violation instead of raising: a request with
@@ -308,6 +403,34 @@ async def _sync_failed(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             message,
             retry_delay_seconds=exc.retry_after,
+            error_info=ErrorInfo("GOOGLE_QUOTA", ERROR_DOMAIN, {"url": exc.url or ""}),
+        )
+    if isinstance(exc, SyncIncomplete):
+        await abort(
+            context,
+            grpc.StatusCode.ABORTED,
+            message,
+            retry_delay_seconds=RESUME_DELAY_SECONDS,
+            error_info=ErrorInfo(
+                "SYNC_INCOMPLETE",
+                ERROR_DOMAIN,
+                {
+                    "locations_done": str(exc.locations_done),
+                    "locations_total": str(exc.locations_total),
+                },
+            ),
+        )
+    if isinstance(exc, google.ApiDisabled):
+        await abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            message,
+            retry_delay_seconds=exc.retry_after,
+            error_info=ErrorInfo(
+                "GOOGLE_API_DISABLED",
+                ERROR_DOMAIN,
+                {"service": exc.service, "activation_url": exc.activation_url},
+            ),
         )
     if isinstance(exc, google.RetryableGoogleError):
         await abort(

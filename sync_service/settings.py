@@ -86,6 +86,9 @@ class SyncSettings:
     location_concurrency: int = 4
     # Upper bound of one sync when the caller sets no deadline.
     max_sync_duration: timedelta = timedelta(minutes=10)
+    # An unfinished pass older than this is not resumed but begun again: its snapshot time
+    # would be too old to stamp what the next attempt reads.
+    checkpoint_max_age: timedelta = timedelta(hours=6)
     grace_period: timedelta = timedelta(seconds=10)
     log_level: str = "INFO"
 
@@ -171,6 +174,12 @@ class SyncSettings:
                 cls.max_sync_duration,
                 minimum=timedelta(seconds=1),
                 maximum=timedelta(hours=6),
+            ),
+            checkpoint_max_age=env.duration(
+                "SYNC_CHECKPOINT_MAX_AGE",
+                cls.checkpoint_max_age,
+                minimum=timedelta(minutes=1),
+                maximum=timedelta(days=7),
             ),
             grace_period=env.duration(
                 "GRACE_PERIOD",

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,14 +27,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync_service.crypto import TokenCipher
-from sync_service.google_client import AccessToken
+from sync_service.google_client import AccessToken, StoredCredentials
 from sync_service.models import (
     Account,
+    LocationRead,
     LocationRow,
-    OAuthCredentials,
+    LocationStatusRecord,
     ReviewRow,
     SyncContext,
-    SyncSnapshot,
+    SyncPass,
     SyncStatusRecord,
     SyncType,
     WriteCounts,
@@ -43,11 +46,14 @@ from sync_service.tables import (
     gmb_locations,
     gmb_reviews,
     oauth_tokens,
+    sync_checkpoints,
     sync_status,
 )
 
-# Advisory lock class for "one account's sync write" (two-int form: a key space of its own).
+# Advisory lock classes (two-int form: key spaces of their own): "one account's sync write" and
+# "one account's token refresh".
 _ACCOUNT_LOCK_CLASS = 0x534E4331  # "SNC1"
+_TOKEN_LOCK_CLASS = 0x544F4B31  # "TOK1"
 _MAX_ERROR_LENGTH = 2000
 ERROR_SOURCE = "sync_service"
 
@@ -84,7 +90,114 @@ def _status(row: Any) -> SyncStatusRecord:
         reviews_count=row.reviews_count,
         reviews_watermark=row.reviews_watermark,
         updated_at=row.updated_at,
+        locations_skipped=row.locations_skipped,
     )
+
+
+def _changed_at(table: sa.Table, excluded: Any) -> Any:
+    """`updated_at` of an upsert: moves only when the content changed or the row comes back
+    from deletion."""
+    return sa.case(
+        (
+            sa.or_(
+                table.c.content_hash != excluded.content_hash,
+                table.c.deleted_at.is_not(None),
+            ),
+            excluded.updated_at,
+        ),
+        else_=table.c.updated_at,
+    )
+
+
+def _location_values(
+    account_id: uuid.UUID, loc: LocationRow, seen: datetime, now: datetime
+) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "location_id": loc.location_id,
+        "title": loc.title,
+        "store_code": loc.store_code,
+        "primary_category": loc.primary_category,
+        "primary_phone": loc.primary_phone,
+        "website_uri": loc.website_uri,
+        "place_id": loc.place_id,
+        "raw": loc.raw,
+        "content_hash": loc.content_hash,
+        "first_seen_at": now,
+        "last_seen_at": seen,
+        "observed_at": seen,
+        "updated_at": now,
+        "deleted_at": None,
+        "review_state": "ineligible" if loc.ineligible_reason else "pending",
+        "review_state_reason": loc.ineligible_reason,
+    }
+
+
+def _review_values(
+    account_id: uuid.UUID, review: ReviewRow, seen: datetime, now: datetime
+) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "location_id": review.location_id,
+        "review_id": review.review_id,
+        "review_name": review.review_name,
+        "reviewer_name": review.reviewer_name,
+        "reviewer_photo_url": review.reviewer_photo_url,
+        "reviewer_anonymous": review.reviewer_anonymous,
+        "star_rating": review.star_rating,
+        "comment": review.comment,
+        "reply_comment": review.reply_comment,
+        "reply_update_time": review.reply_update_time,
+        "create_time": review.create_time,
+        "update_time": review.update_time,
+        "raw": review.raw,
+        "content_hash": review.content_hash,
+        "first_seen_at": now,
+        "last_seen_at": seen,
+        "observed_at": seen,
+        "updated_at": now,
+        "deleted_at": None,
+    }
+
+
+@dataclass
+class _TokenGuard:
+    current: StoredCredentials | None
+    _store: SyncStore
+    _conn: AsyncConnection | None
+    _account_id: uuid.UUID
+
+    async def save(self, token: AccessToken) -> None:
+        now = datetime.now(UTC)
+        if self._conn is not None:
+            await self._store._token_save(self._conn, self._account_id, token, now)
+        else:
+            await self._store.token_save(self._account_id, token, now)
+
+
+class AccountTokens:
+    """One account's tokens as a Google session refreshes them (see `TokenStore`)."""
+
+    def __init__(self, store: SyncStore, account_id: uuid.UUID) -> None:
+        self._store = store
+        self._account_id = account_id
+
+    @contextlib.asynccontextmanager
+    async def refresh_guard(self) -> AsyncIterator[_TokenGuard]:
+        """On PostgreSQL, a transaction holding the account's token lock: a replica that
+        waited for it reads the token its peer just stored instead of refreshing again. (SQLite
+        serves one process, where the session's in-process lock is enough, and a write
+        transaction held across an HTTP call would stall every other writer.)"""
+        store, account_id = self._store, self._account_id
+        if not store._postgres:
+            async with store.engine.connect() as conn:
+                current = await store._stored_credentials(conn, account_id)
+            yield _TokenGuard(current, store, None, account_id)
+            return
+        async with store.engine.begin() as conn:
+            await store._lock_account(conn, account_id, _TOKEN_LOCK_CLASS)
+            current = await store._stored_credentials(conn, account_id)
+            yield _TokenGuard(current, store, conn, account_id)
 
 
 def encode_page_token(created_at: datetime, account_id: uuid.UUID) -> str:
@@ -236,9 +349,19 @@ class SyncStore:
 
     # --- Sync ----------------------------------------------------------------------------------
 
+    async def now(self) -> datetime:
+        """The database's clock: every replica stamps snapshots with the same clock. (SQLite
+        serves one process, whose clock is the only one.)"""
+        if not self._postgres:
+            return datetime.now(UTC)
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
+        return value.astimezone(UTC)
+
     async def sync_context(self, account_id: uuid.UUID) -> SyncContext | None:
-        """The account, its decrypted tokens, its status and the locations it has: None if the
-        account does not exist. Raises TokenDecryptError if the tokens cannot be decrypted."""
+        """The account, its decrypted tokens, its status and the locations whose reviews are
+        synced: None if the account does not exist. Raises TokenDecryptError if the tokens
+        cannot be decrypted."""
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -260,31 +383,46 @@ class SyncStore:
                     sa.select(gmb_locations.c.location_id).where(
                         gmb_locations.c.account_id == account_id,
                         gmb_locations.c.deleted_at.is_(None),
+                        gmb_locations.c.review_state == "synced",
                     )
                 )
             ).scalars()
             known_ids = frozenset(known)
-        credentials = None
-        if row.refresh_token_encrypted is not None:
-            credentials = OAuthCredentials(
-                refresh_token=self._cipher.decrypt(row.refresh_token_encrypted),
-                access_token=(
-                    self._cipher.decrypt(row.access_token_encrypted)
-                    if row.access_token_encrypted
-                    else None
-                ),
-                access_token_expires_at=row.access_token_expires_at,
-            )
         return SyncContext(
             account=_account(row),
-            credentials=credentials,
+            credentials=self._credentials(account_id, row),
             status=status,
             known_location_ids=known_ids,
         )
 
+    def _credentials(self, account_id: uuid.UUID, row: Any) -> StoredCredentials | None:
+        if row.refresh_token_encrypted is None:
+            return None
+        return StoredCredentials(
+            key=str(account_id),
+            refresh_token=self._cipher.decrypt(row.refresh_token_encrypted),
+            access_token=(
+                self._cipher.decrypt(row.access_token_encrypted)
+                if row.access_token_encrypted
+                else None
+            ),
+            access_token_expires_at=row.access_token_expires_at,
+            version=row.refresh_token_encrypted,
+        )
+
+    def account_tokens(self, account_id: uuid.UUID) -> AccountTokens:
+        """The token store a Google session of this account refreshes through."""
+        return AccountTokens(self, account_id)
+
     async def token_save(self, account_id: uuid.UUID, token: AccessToken, now: datetime) -> None:
         """Stores a refreshed access token (and a rotated refresh token) in its own transaction,
         so it outlives a sync that fails afterwards."""
+        async with self.engine.begin() as conn:
+            await self._token_save(conn, account_id, token, now)
+
+    async def _token_save(
+        self, conn: AsyncConnection, account_id: uuid.UUID, token: AccessToken, now: datetime
+    ) -> None:
         values: dict[str, Any] = {
             "access_token_encrypted": self._cipher.encrypt(token.value),
             "access_token_expires_at": token.expires_at,
@@ -293,215 +431,370 @@ class SyncStore:
         }
         if token.refresh_token:
             values["refresh_token_encrypted"] = self._cipher.encrypt(token.refresh_token)
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.update(oauth_tokens)
-                .where(oauth_tokens.c.account_id == account_id)
-                .values(**values)
-            )
+        await conn.execute(
+            sa.update(oauth_tokens).where(oauth_tokens.c.account_id == account_id).values(**values)
+        )
 
-    async def _lock_account(self, conn: AsyncConnection, account_id: uuid.UUID) -> None:
+    async def _stored_credentials(
+        self, conn: AsyncConnection, account_id: uuid.UUID
+    ) -> StoredCredentials | None:
+        row = (
+            await conn.execute(
+                sa.select(
+                    oauth_tokens.c.refresh_token_encrypted,
+                    oauth_tokens.c.access_token_encrypted,
+                    oauth_tokens.c.access_token_expires_at,
+                ).where(oauth_tokens.c.account_id == account_id)
+            )
+        ).one_or_none()
+        return self._credentials(account_id, row) if row is not None else None
+
+    async def _lock_account(
+        self, conn: AsyncConnection, account_id: uuid.UUID, lock_class: int = _ACCOUNT_LOCK_CLASS
+    ) -> None:
         if self._postgres:
             object_id = int.from_bytes(account_id.bytes[:4], "big", signed=True)
-            await conn.execute(
-                sa.select(sa.func.pg_advisory_xact_lock(_ACCOUNT_LOCK_CLASS, object_id))
-            )
+            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_class, object_id)))
 
-    async def sync_write(
-        self, snapshot: SyncSnapshot, now: datetime
-    ) -> tuple[WriteCounts, SyncStatusRecord]:
-        """Writes what one sync read and its success status, all in one transaction."""
-        account_id = snapshot.account_id
-        seen = snapshot.started_at
+    async def _require_account(self, conn: AsyncConnection, account_id: uuid.UUID) -> None:
+        exists = (
+            await conn.execute(sa.select(gmb_accounts.c.id).where(gmb_accounts.c.id == account_id))
+        ).one_or_none()
+        if exists is None:
+            raise AccountGone(str(account_id))
+
+    async def pass_begin(
+        self, account_id: uuid.UUID, sync_type: SyncType, max_age: timedelta
+    ) -> SyncPass:
+        """Begins a pass, or resumes the account's unfinished pass of the same type if it is
+        younger than `max_age`. A full pass replaces an unfinished incremental one; an
+        incremental sync leaves an unfinished full pass alone and runs without a checkpoint."""
         async with self.engine.begin() as conn:
             await self._lock_account(conn, account_id)
-            exists = (
+            await self._require_account(conn, account_id)
+            now = await self._now(conn)
+            row = (
                 await conn.execute(
-                    sa.select(gmb_accounts.c.id).where(gmb_accounts.c.id == account_id)
+                    sa.select(sync_checkpoints).where(sync_checkpoints.c.account_id == account_id)
                 )
             ).one_or_none()
-            if exists is None:
-                raise AccountGone(str(account_id))
+            fresh = row is not None and now - row.pass_started_at <= max_age
+            if row is not None and fresh and row.sync_type == sync_type.value:
+                await conn.execute(
+                    sa.update(sync_checkpoints)
+                    .where(sync_checkpoints.c.account_id == account_id)
+                    .values(attempts=sync_checkpoints.c.attempts + 1, updated_at=now)
+                )
+                return SyncPass(row.pass_started_at, resumed=True, checkpointed=True)
+            if row is not None and fresh and sync_type is SyncType.INCREMENTAL:
+                return SyncPass(now, resumed=False, checkpointed=False)
+            values = {
+                "sync_type": sync_type.value,
+                "pass_started_at": now,
+                "attempts": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+            insert = self._insert(sync_checkpoints).values(account_id=account_id, **values)
+            await conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[sync_checkpoints.c.account_id], set_=values
+                )
+            )
+            return SyncPass(now, resumed=False, checkpointed=True)
 
-            old_locations = {
-                r.location_id: r
-                for r in await conn.execute(
-                    sa.select(
-                        gmb_locations.c.location_id,
-                        gmb_locations.c.last_seen_at,
-                    ).where(gmb_locations.c.account_id == account_id)
+    async def _now(self, conn: AsyncConnection) -> datetime:
+        if not self._postgres:
+            return datetime.now(UTC)
+        value = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
+        return value.astimezone(UTC)
+
+    async def locations_write(
+        self, account_id: uuid.UUID, locations: Sequence[LocationRow], seen: datetime
+    ) -> None:
+        """Stores the locations a pass listed. A location that cannot have reviews is marked
+        ineligible with the reason; one that can again goes back to pending. Rows that a newer
+        snapshot decided are left alone."""
+        if not locations:
+            return
+        async with self.engine.begin() as conn:
+            await self._lock_account(conn, account_id)
+            await self._require_account(conn, account_id)
+            now = await self._now(conn)
+            rows = [_location_values(account_id, loc, seen, now) for loc in locations]
+            insert = self._insert(gmb_locations)
+            excluded = insert.excluded
+            table = gmb_locations
+            changes: dict[str, Any] = {
+                name: getattr(excluded, name)
+                for name in (
+                    "title",
+                    "store_code",
+                    "primary_category",
+                    "primary_phone",
+                    "website_uri",
+                    "place_id",
+                    "raw",
+                    "content_hash",
+                    "last_seen_at",
+                    "observed_at",
                 )
             }
-            location_rows = [
-                self._location_values(account_id, loc, seen, now)
-                for loc in snapshot.locations
-                if loc.location_id not in old_locations
-                or old_locations[loc.location_id].last_seen_at <= seen
-            ]
-            await self._upsert_locations(conn, location_rows)
+            changes["deleted_at"] = None
+            changes["updated_at"] = _changed_at(table, excluded)
+            became_eligible = sa.and_(
+                excluded.review_state != "ineligible", table.c.review_state == "ineligible"
+            )
+            changes["review_state"] = sa.case(
+                (excluded.review_state == "ineligible", excluded.review_state),
+                (became_eligible, "pending"),
+                else_=table.c.review_state,
+            )
+            changes["review_state_reason"] = sa.case(
+                (excluded.review_state == "ineligible", excluded.review_state_reason),
+                (became_eligible, None),
+                else_=table.c.review_state_reason,
+            )
+            await conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[table.c.account_id, table.c.location_id],
+                    set_=changes,
+                    where=table.c.observed_at <= excluded.observed_at,
+                ),
+                rows,
+            )
 
-            old_reviews = {
-                (r.location_id, r.review_id): r
-                for r in await conn.execute(
-                    sa.select(
-                        gmb_reviews.c.location_id,
-                        gmb_reviews.c.review_id,
-                        gmb_reviews.c.content_hash,
-                        gmb_reviews.c.last_seen_at,
-                        gmb_reviews.c.deleted_at,
-                    ).where(gmb_reviews.c.account_id == account_id)
+    async def locations_read_in_pass(self, account_id: uuid.UUID, seen: datetime) -> set[str]:
+        """Locations whose reviews this pass (snapshot time `seen`) already read."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(gmb_locations.c.location_id).where(
+                    gmb_locations.c.account_id == account_id,
+                    gmb_locations.c.reviews_read_at >= seen,
+                    gmb_locations.c.review_state == "synced",
                 )
-            }
+            )
+            return set(rows.scalars())
+
+    async def review_ids(self, account_id: uuid.UUID, location_id: str) -> set[str]:
+        """The stored, not deleted, reviews of a location."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(gmb_reviews.c.review_id).where(
+                    gmb_reviews.c.account_id == account_id,
+                    gmb_reviews.c.location_id == location_id,
+                    gmb_reviews.c.deleted_at.is_(None),
+                )
+            )
+            return set(rows.scalars())
+
+    async def location_reviews_write(self, read: LocationRead, seen: datetime) -> WriteCounts:
+        """Stores what was read of one location's reviews, and its state, in one transaction:
+        a sync that runs out of time keeps every location it finished."""
+        account_id = read.account_id
+        async with self.engine.begin() as conn:
+            await self._lock_account(conn, account_id)
+            await self._require_account(conn, account_id)
+            now = await self._now(conn)
+            ids = [review.review_id for review in read.reviews]
+            old_reviews = (
+                {
+                    r.review_id: r
+                    for r in await conn.execute(
+                        sa.select(
+                            gmb_reviews.c.review_id,
+                            gmb_reviews.c.content_hash,
+                            gmb_reviews.c.observed_at,
+                            gmb_reviews.c.deleted_at,
+                        ).where(
+                            gmb_reviews.c.account_id == account_id,
+                            gmb_reviews.c.location_id == read.location_id,
+                            gmb_reviews.c.review_id.in_(ids),
+                        )
+                    )
+                }
+                if ids
+                else {}
+            )
             added = updated = 0
-            review_rows: list[dict[str, Any]] = []
-            for review in snapshot.reviews:
-                old = old_reviews.get((review.location_id, review.review_id))
-                if old is not None and old.last_seen_at > seen:
-                    continue  # a newer sync already wrote this review
+            rows: list[dict[str, Any]] = []
+            for review in read.reviews:
+                old = old_reviews.get(review.review_id)
+                if old is not None and old.observed_at > seen:
+                    continue  # a newer sync already decided this review
                 if old is None or old.deleted_at is not None:
                     added += 1
                 elif old.content_hash != review.content_hash:
                     updated += 1
-                review_rows.append(self._review_values(account_id, review, seen, now))
-            await self._upsert_reviews(conn, review_rows)
+                rows.append(_review_values(account_id, review, seen, now))
+            await self._upsert_reviews(conn, rows)
+            location = gmb_locations.c
+            values: dict[str, Any] = {
+                "review_state": "synced",
+                "review_state_reason": None,
+                "reviews_read_at": seen,
+                "reviews_verified": read.verified,
+            }
+            if read.average_rating is not None or read.total_review_count is not None:
+                values["average_rating"] = read.average_rating
+                values["total_review_count"] = read.total_review_count
+            await conn.execute(
+                sa.update(gmb_locations)
+                .where(
+                    location.account_id == account_id,
+                    location.location_id == read.location_id,
+                    location.observed_at <= seen,
+                )
+                .values(**values)
+            )
+        return WriteCounts(reviews_added=added, reviews_updated=updated)
 
+    async def location_reviews_refused(
+        self, account_id: uuid.UUID, location_id: str, reason: str, seen: datetime
+    ) -> None:
+        """Records that Google refused a location's reviews (the rest of the account syncs)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(gmb_locations)
+                .where(
+                    gmb_locations.c.account_id == account_id,
+                    gmb_locations.c.location_id == location_id,
+                    gmb_locations.c.observed_at <= seen,
+                )
+                .values(review_state="failed", review_state_reason=reason[:_MAX_ERROR_LENGTH])
+            )
+
+    async def pass_complete(
+        self,
+        account_id: uuid.UUID,
+        sync_type: SyncType,
+        seen: datetime,
+        *,
+        locations_skipped: int,
+    ) -> tuple[WriteCounts, SyncStatusRecord]:
+        """Ends a pass whose every location was read: a full pass soft-deletes the locations it
+        did not list and the reviews it proved gone (of locations whose read was verified, and
+        of removed locations), stamping each deletion with the pass's snapshot time so that no
+        older snapshot revives it; then the success status, and the checkpoint is dropped."""
+        async with self.engine.begin() as conn:
+            await self._lock_account(conn, account_id)
+            await self._require_account(conn, account_id)
+            now = await self._now(conn)
             locations_removed = reviews_removed = 0
-            if snapshot.sync_type is SyncType.FULL:
-                # Only after a complete pass, and only what no sync as new as this one saw.
-                reviews_removed = await self._soft_delete(conn, gmb_reviews, account_id, seen, now)
+            if sync_type is SyncType.FULL:
                 locations_removed = await self._soft_delete(
                     conn, gmb_locations, account_id, seen, now
                 )
-
+                location = gmb_locations.c
+                proven = sa.select(location.location_id).where(
+                    location.account_id == account_id,
+                    sa.or_(
+                        sa.and_(location.reviews_read_at >= seen, location.reviews_verified),
+                        sa.and_(location.deleted_at.is_not(None), location.observed_at == seen),
+                    ),
+                )
+                reviews_removed = await self._soft_delete(
+                    conn,
+                    gmb_reviews,
+                    account_id,
+                    seen,
+                    now,
+                    gmb_reviews.c.last_seen_at < seen,
+                    gmb_reviews.c.location_id.in_(proven),
+                )
+            live = sa.func.count()
             locations_count = (
                 await conn.execute(
-                    sa.select(sa.func.count()).where(
+                    sa.select(live).where(
                         gmb_locations.c.account_id == account_id,
                         gmb_locations.c.deleted_at.is_(None),
                     )
                 )
             ).scalar_one()
-            reviews_count = (
+            reviews_count, newest = (
                 await conn.execute(
-                    sa.select(sa.func.count()).where(
-                        gmb_reviews.c.account_id == account_id,
-                        gmb_reviews.c.deleted_at.is_(None),
-                    )
+                    sa.select(
+                        sa.func.count().filter(gmb_reviews.c.deleted_at.is_(None)),
+                        sa.func.max(gmb_reviews.c.update_time).filter(
+                            gmb_reviews.c.last_seen_at >= seen
+                        ),
+                    ).where(gmb_reviews.c.account_id == account_id)
                 )
-            ).scalar_one()
-            newest = max((r.update_time for r in snapshot.reviews), default=None)
+            ).one()
             status = await self._status_success(
                 conn,
                 account_id,
-                sync_type=snapshot.sync_type,
+                sync_type=sync_type,
                 locations_count=locations_count,
                 reviews_count=reviews_count,
+                locations_skipped=locations_skipped,
                 newest_review=newest,
                 now=now,
             )
-        counts = WriteCounts(
-            locations_synced=len(snapshot.locations),
-            locations_removed=locations_removed,
-            reviews_added=added,
-            reviews_updated=updated,
-            reviews_removed=reviews_removed,
-        )
+            await conn.execute(
+                sa.delete(sync_checkpoints).where(
+                    sync_checkpoints.c.account_id == account_id,
+                    sync_checkpoints.c.pass_started_at == seen,
+                )
+            )
+        counts = WriteCounts(locations_removed=locations_removed, reviews_removed=reviews_removed)
         return counts, status
 
-    @staticmethod
-    def _location_values(
-        account_id: uuid.UUID, loc: LocationRow, seen: datetime, now: datetime
-    ) -> dict[str, Any]:
-        return {
-            "account_id": account_id,
-            "location_id": loc.location_id,
-            "title": loc.title,
-            "store_code": loc.store_code,
-            "primary_category": loc.primary_category,
-            "primary_phone": loc.primary_phone,
-            "website_uri": loc.website_uri,
-            "place_id": loc.place_id,
-            "raw": loc.raw,
-            "content_hash": loc.content_hash,
-            "first_seen_at": now,
-            "last_seen_at": seen,
-            "observed_at": seen,
-            "updated_at": now,
-            "deleted_at": None,
-        }
+    async def location_statuses(self, account_id: uuid.UUID) -> list[LocationStatusRecord]:
+        """The stored locations of an account with their review state and figures."""
+        reviews = gmb_reviews.c
+        stored = (
+            sa.select(sa.func.count())
+            .where(
+                reviews.account_id == gmb_locations.c.account_id,
+                reviews.location_id == gmb_locations.c.location_id,
+                reviews.deleted_at.is_(None),
+            )
+            .scalar_subquery()
+        )
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(
+                    gmb_locations.c.location_id,
+                    gmb_locations.c.title,
+                    gmb_locations.c.review_state,
+                    gmb_locations.c.review_state_reason,
+                    gmb_locations.c.average_rating,
+                    gmb_locations.c.total_review_count,
+                    gmb_locations.c.reviews_read_at,
+                    stored.label("reviews_stored"),
+                )
+                .where(
+                    gmb_locations.c.account_id == account_id,
+                    gmb_locations.c.deleted_at.is_(None),
+                )
+                .order_by(gmb_locations.c.location_id)
+            )
+            return [LocationStatusRecord(**row._mapping) for row in rows]
 
-    @staticmethod
-    def _review_values(
-        account_id: uuid.UUID, review: ReviewRow, seen: datetime, now: datetime
-    ) -> dict[str, Any]:
-        return {
-            "account_id": account_id,
-            "location_id": review.location_id,
-            "review_id": review.review_id,
-            "review_name": review.review_name,
-            "reviewer_name": review.reviewer_name,
-            "reviewer_photo_url": review.reviewer_photo_url,
-            "reviewer_anonymous": review.reviewer_anonymous,
-            "star_rating": review.star_rating,
-            "comment": review.comment,
-            "reply_comment": review.reply_comment,
-            "reply_update_time": review.reply_update_time,
-            "create_time": review.create_time,
-            "update_time": review.update_time,
-            "raw": review.raw,
-            "content_hash": review.content_hash,
-            "first_seen_at": now,
-            "last_seen_at": seen,
-            "observed_at": seen,
-            "updated_at": now,
-            "deleted_at": None,
-        }
-
-    async def _upsert(
-        self,
-        conn: AsyncConnection,
-        table: sa.Table,
-        key: Sequence[str],
-        rows: Sequence[dict[str, Any]],
-    ) -> None:
+    async def _upsert_reviews(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
         """INSERT ... ON CONFLICT DO UPDATE of every column but the key and `first_seen_at`;
         `updated_at` moves only when the content changed or the row comes back from deletion,
-        and nothing moves if a newer sync already saw the row."""
+        and nothing moves if a newer snapshot decided the row."""
         if not rows:
             return
         # One statement executed with many parameter sets: compiled once (and cached), then
-        # batched into multi-row VALUES by SQLAlchemy's insertmanyvalues. Building a VALUES
-        # list per call instead costs far more in compilation than the database spends.
+        # batched into multi-row VALUES by SQLAlchemy's insertmanyvalues.
+        table = gmb_reviews
         insert = self._insert(table)
         excluded = insert.excluded
+        key = ("account_id", "location_id", "review_id")
         fixed = {*key, "first_seen_at", "updated_at"}
         changes: dict[str, Any] = {
             name: getattr(excluded, name) for name in rows[0] if name not in fixed
         }
-        changes["updated_at"] = sa.case(
-            (
-                sa.or_(
-                    table.c.content_hash != excluded.content_hash,
-                    table.c.deleted_at.is_not(None),
-                ),
-                excluded.updated_at,
-            ),
-            else_=table.c.updated_at,
-        )
+        changes["updated_at"] = _changed_at(table, excluded)
         upsert = insert.on_conflict_do_update(
             index_elements=[table.c[name] for name in key],
             set_=changes,
-            where=table.c.last_seen_at <= excluded.last_seen_at,
+            where=table.c.observed_at <= excluded.observed_at,
         )
         await conn.execute(upsert, list(rows))
-
-    async def _upsert_locations(
-        self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]
-    ) -> None:
-        await self._upsert(conn, gmb_locations, ("account_id", "location_id"), rows)
-
-    async def _upsert_reviews(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-        await self._upsert(conn, gmb_reviews, ("account_id", "location_id", "review_id"), rows)
 
     @staticmethod
     async def _soft_delete(
@@ -510,15 +803,19 @@ class SyncStore:
         account_id: uuid.UUID,
         seen: datetime,
         now: datetime,
+        *where: Any,
     ) -> int:
+        """Marks deleted what the pass of snapshot time `seen` did not see, unless a newer
+        snapshot decided it; the deletion carries `seen` so an older snapshot cannot undo it."""
         result = await conn.execute(
             sa.update(table)
             .where(
                 table.c.account_id == account_id,
                 table.c.deleted_at.is_(None),
-                table.c.last_seen_at < seen,
+                table.c.observed_at < seen,
+                *where,
             )
-            .values(deleted_at=now, updated_at=now)
+            .values(deleted_at=now, updated_at=now, observed_at=seen)
         )
         return result.rowcount
 
@@ -530,6 +827,7 @@ class SyncStore:
         sync_type: SyncType,
         locations_count: int,
         reviews_count: int,
+        locations_skipped: int,
         newest_review: datetime | None,
         now: datetime,
     ) -> SyncStatusRecord:
@@ -544,6 +842,7 @@ class SyncStore:
             consecutive_failures=0,
             locations_count=locations_count,
             reviews_count=reviews_count,
+            locations_skipped=locations_skipped,
             reviews_watermark=newest_review,
             updated_at=now,
         )
@@ -558,6 +857,7 @@ class SyncStore:
                     "consecutive_failures": 0,
                     "locations_count": insert.excluded.locations_count,
                     "reviews_count": insert.excluded.reviews_count,
+                    "locations_skipped": insert.excluded.locations_skipped,
                     "reviews_watermark": sa.case(
                         (watermark.is_(None), insert.excluded.reviews_watermark),
                         (insert.excluded.reviews_watermark.is_(None), watermark),
@@ -584,11 +884,13 @@ class SyncStore:
         details: dict[str, Any],
         job_id: uuid.UUID | None,
         now: datetime,
-        deactivate: bool = False,
-    ) -> SyncStatusRecord | None:
+        deactivate_if_version: str | None = None,
+    ) -> tuple[SyncStatusRecord | None, bool]:
         """The seed's update_sync_status_failure plus an error_logs row, in one transaction;
-        `deactivate` also marks the account inactive (its grant is gone). None if the account
-        does not exist (nothing is written)."""
+        with `deactivate_if_version`, the account is also marked inactive (its grant is gone),
+        but only if the stored grant is still the one that failed (`StoredCredentials.version`):
+        an account reconnected during the sync stays active. Returns the status (None if the
+        account does not exist: nothing is written) and whether the account was deactivated."""
         message = message[:_MAX_ERROR_LENGTH]
         async with self.engine.begin() as conn:
             exists = (
@@ -597,7 +899,7 @@ class SyncStore:
                 )
             ).one_or_none()
             if exists is None:
-                return None
+                return None, False
             insert = self._insert(sync_status).values(
                 account_id=account_id,
                 last_error=message,
@@ -616,6 +918,20 @@ class SyncStore:
                     },
                 )
             )
+            deactivated = False
+            if deactivate_if_version is not None:
+                still_stored = sa.exists().where(
+                    oauth_tokens.c.account_id == account_id,
+                    oauth_tokens.c.refresh_token_encrypted == deactivate_if_version,
+                )
+                result = await conn.execute(
+                    sa.update(gmb_accounts)
+                    .where(gmb_accounts.c.id == account_id, still_stored)
+                    .values(is_active=False, updated_at=now)
+                )
+                deactivated = result.rowcount == 1
+            if deactivated:
+                details = {**details, "account_deactivated": True}
             await conn.execute(
                 sa.insert(error_logs).values(
                     id=uuid.uuid4(),
@@ -628,10 +944,4 @@ class SyncStore:
                     created_at=now,
                 )
             )
-            if deactivate:
-                await conn.execute(
-                    sa.update(gmb_accounts)
-                    .where(gmb_accounts.c.id == account_id)
-                    .values(is_active=False, updated_at=now)
-                )
-            return await self._status_get(conn, account_id)
+            return await self._status_get(conn, account_id), deactivated

@@ -1,43 +1,57 @@
-"""The sync of one account: read everything from Google first, then write it in one transaction.
+"""The sync of one account, location by location, resumable across attempts.
 
-Full sync: every location and every review, upserted by Google id; what Google no longer
-returns is soft-deleted, and only after the whole pass succeeded. Incremental sync: each known
-location's reviews newest-first, stopping below the last successful sync's watermark minus an
-overlap; a location never seen before is read whole; nothing is deleted.
+A pass lists the account's locations, then reads each location's reviews and writes them in a
+transaction of its own, so a sync that runs out of time keeps what it finished; the pass's
+checkpoint (its snapshot time, the database's clock when it began) lets the next attempt read
+only the locations not done yet. Full syncs read every review; deletions happen only when every
+location of the pass is done, and only of reviews the pass proved gone. Incremental syncs read
+reviews newest-first down to the last watermark minus an overlap, many locations per call
+(batchGetReviews), and delete nothing.
 
-The reading phase is bounded by the caller's deadline (less a reserve for the write); if it runs
-out, nothing of the sync is written, only a failure in sync_status and error_logs. A refreshed
-access token is stored at once, in its own transaction, whatever happens to the sync.
+Google refuses reviews for some locations (unverified, suspended, duplicates, just removed):
+such a location is skipped with its reason recorded, and the rest of the account syncs.
+Errors of the whole account (quota, Google down, a revoked grant, a disabled API) stop the pass;
+what was written stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import trace
 
 from sync_service.crypto import TokenDecryptError
 from sync_service.google_client import (
+    BATCH_REVIEWS_MAX_LOCATIONS,
+    AccessDenied,
     AccessToken,
+    ApiDisabled,
     BadRequest,
     GoogleApi,
     GoogleError,
     GoogleSession,
     InvalidGrant,
+    ResourceNotFound,
+    ScopeInsufficient,
+    StoredCredentials,
 )
 from sync_service.models import (
+    LocationRead,
     LocationRow,
     ReviewRow,
     SyncContext,
-    SyncSnapshot,
+    SyncPass,
     SyncStatusRecord,
     SyncType,
     WriteCounts,
@@ -47,6 +61,13 @@ from sync_service.store import AccountGone, SyncStore
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+T = TypeVar("T")
+
+# Google's clock and ours differ: a location's list counts as "changed while read" if a review
+# was updated after the read began less this much.
+CLOCK_SKEW = timedelta(minutes=5)
+# Errors Google gives for one location alone: that location is skipped, the account syncs.
+LOCATION_SCOPED = (BadRequest, AccessDenied, ResourceNotFound)
 
 
 class SyncError(Exception):
@@ -70,7 +91,23 @@ class CredentialsUnreadable(SyncError):
 
 
 class SyncDeadlineExceeded(SyncError):
-    """The caller's deadline ran out before the sync finished; nothing was written."""
+    """The caller's deadline ran out before the sync finished a single location."""
+
+
+class SyncIncomplete(SyncError):
+    """The deadline ran out after some locations were written: the next attempt resumes."""
+
+    def __init__(self, message: str, *, locations_done: int, locations_total: int) -> None:
+        super().__init__(message)
+        self.locations_done = locations_done
+        self.locations_total = locations_total
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedLocation:
+    location_id: str
+    review_state: str  # 'ineligible' or 'failed'
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +120,21 @@ class SyncResult:
     api_calls: int
     duration: timedelta
     status: SyncStatusRecord
+    skipped: list[SkippedLocation] = field(default_factory=list)
+    resumed: bool = False
+    deletions_deferred: int = 0
+
+
+@dataclass
+class _Progress:
+    """What a pass did so far (shared by its concurrent location tasks)."""
+
+    counts: WriteCounts = field(default_factory=WriteCounts)
+    locations_total: int = 0
+    locations_done: int = 0  # done in earlier attempts or this one
+    written_now: int = 0  # locations written by this attempt
+    skipped: list[SkippedLocation] = field(default_factory=list)
+    deletions_deferred: int = 0
 
 
 def _error_type(exc: BaseException) -> str:
@@ -91,8 +143,8 @@ def _error_type(exc: BaseException) -> str:
 
 
 def _write_reserve(budget: float) -> float:
-    """Time kept back from the reading phase for the write (or the failure record)."""
-    return min(max(budget * 0.25, 0.25), 3.0)
+    """Time kept back from the pass for its last write (or the failure record)."""
+    return min(max(budget * 0.1, 0.25), 3.0)
 
 
 class Syncer:
@@ -118,11 +170,12 @@ class Syncer:
         budget = self._settings.max_sync_duration.total_seconds()
         if time_budget is not None:
             budget = min(budget, time_budget)
+        record = _FailureRecorder(self._store, account_id, sync_type, job_id, attempt)
         try:
             context = await self._store.sync_context(account_id)
         except TokenDecryptError as exc:
             failure = CredentialsUnreadable(str(exc))
-            await self._record_failure(account_id, failure, sync_type, job_id, attempt, 0)
+            await record(failure, 0)
             raise failure from None
         if context is None:
             raise AccountNotFound(f"account {account_id} does not exist")
@@ -135,63 +188,72 @@ class Syncer:
             failure = AccountNotConnected(
                 f"account {account_id} has no stored OAuth tokens: connect it with ConnectAccount"
             )
-            await self._record_failure(account_id, failure, sync_type, job_id, attempt, 0)
+            await record(failure, 0)
             raise failure
 
+        deadline = asyncio.get_running_loop().time() + budget - _write_reserve(budget)
         session = self._google.session(
-            context.credentials,
-            on_token_refreshed=lambda token: self._store_token(account_id, token),
+            context.credentials, self._store.account_tokens(account_id), deadline=deadline
         )
-        read_budget = budget - _write_reserve(budget)
-        read_started_at = datetime.now(UTC)
+        progress = _Progress()
         try:
-            with tracer.start_as_current_span(
-                "sync.read", attributes={"gmb.sync_type": sync_type.value}
-            ):
-                async with asyncio.timeout(read_budget):
-                    snapshot = await self._read(context, sync_type, session, read_started_at)
-        except TimeoutError:
-            failure_deadline = SyncDeadlineExceeded(
-                f"the deadline ran out after {time.monotonic() - started:.1f}s while reading "
-                f"from Google ({session.api_calls} HTTP calls made); nothing was written"
-            )
-            await self._record_failure(
-                account_id, failure_deadline, sync_type, job_id, attempt, session.api_calls
-            )
-            raise failure_deadline from None
-        except GoogleError as exc:
-            await self._record_failure(
+            async with asyncio.timeout_at(deadline):
+                sync_pass = await self._store.pass_begin(
+                    account_id, sync_type, self._settings.checkpoint_max_age
+                )
+                with tracer.start_as_current_span(
+                    "sync.pass",
+                    attributes={"gmb.sync_type": sync_type.value, "gmb.resumed": sync_pass.resumed},
+                ):
+                    await self._run_pass(context, sync_type, sync_pass, session, progress)
+            counts, status = await self._store.pass_complete(
                 account_id,
-                exc,
                 sync_type,
-                job_id,
-                attempt,
+                sync_pass.started_at,
+                locations_skipped=len(progress.skipped),
+            )
+        except TimeoutError:
+            elapsed = time.monotonic() - started
+            if progress.written_now:
+                incomplete = SyncIncomplete(
+                    f"the deadline ran out after {elapsed:.1f}s with {progress.locations_done} "
+                    f"of {progress.locations_total} locations written; the next attempt "
+                    "resumes from there",
+                    locations_done=progress.locations_done,
+                    locations_total=progress.locations_total,
+                )
+                log.info("sync of account %s incomplete: %s", account_id, incomplete)
+                raise incomplete from None
+            failure = SyncDeadlineExceeded(
+                f"the deadline ran out after {elapsed:.1f}s before a location was finished "
+                f"({session.api_calls} HTTP calls made)"
+            )
+            await record(failure, session.api_calls)
+            raise failure from None
+        except AccountGone:
+            raise AccountNotFound(f"account {account_id} was deleted during its sync") from None
+        except GoogleError as exc:
+            grant_is_gone = isinstance(exc, InvalidGrant | ScopeInsufficient)
+            await record(
+                exc,
                 session.api_calls,
-                deactivate=isinstance(exc, InvalidGrant),
+                deactivate_if_version=session.credentials_version if grant_is_gone else None,
             )
             raise
 
-        with tracer.start_as_current_span(
-            "sync.write",
-            attributes={
-                "gmb.locations": len(snapshot.locations),
-                "gmb.reviews": len(snapshot.reviews),
-            },
-        ):
-            try:
-                counts, status = await self._store.sync_write(snapshot, datetime.now(UTC))
-            except AccountGone:
-                raise AccountNotFound(f"account {account_id} was deleted during its sync") from None
+        counts += progress.counts
         duration = timedelta(seconds=time.monotonic() - started)
         log.info(
-            "synced account %s (%s, job %s attempt %d): %d locations (-%d), reviews +%d ~%d -%d, "
-            "%d HTTP calls, %.2fs",
+            "synced account %s (%s, job %s attempt %d%s): %d locations (-%d, %d skipped), "
+            "reviews +%d ~%d -%d, %d HTTP calls, %.2fs",
             account_id,
             sync_type.value,
             job_id,
             attempt,
-            counts.locations_synced,
+            ", resumed" if sync_pass.resumed else "",
+            progress.locations_total,
             counts.locations_removed,
+            len(progress.skipped),
             counts.reviews_added,
             counts.reviews_updated,
             counts.reviews_removed,
@@ -201,110 +263,374 @@ class Syncer:
         return SyncResult(
             account_id=account_id,
             sync_type=sync_type,
-            counts=counts,
+            counts=WriteCounts(
+                locations_synced=progress.locations_total,
+                locations_removed=counts.locations_removed,
+                reviews_added=counts.reviews_added,
+                reviews_updated=counts.reviews_updated,
+                reviews_removed=counts.reviews_removed,
+            ),
             api_calls=session.api_calls,
             duration=duration,
             status=status,
+            skipped=progress.skipped,
+            resumed=sync_pass.resumed,
+            deletions_deferred=progress.deletions_deferred,
         )
 
-    async def _store_token(self, account_id: uuid.UUID, token: AccessToken) -> None:
-        await self._store.token_save(account_id, token, datetime.now(UTC))
+    async def discover_accounts(
+        self, refresh_token: str, *, time_budget: float | None = None
+    ) -> DiscoveredGrant:
+        """Every account a grant can see (accounts.list), within the caller's deadline."""
+        budget = self._settings.max_sync_duration.total_seconds()
+        if time_budget is not None:
+            budget = min(budget, time_budget)
+        tokens = _GrantTokens(refresh_token)
+        deadline = asyncio.get_running_loop().time() + budget
+        assert tokens.current is not None
+        session = self._google.session(tokens.current, tokens, deadline=deadline)
+        try:
+            async with asyncio.timeout_at(deadline):
+                accounts = await session.list_accounts()
+        except TimeoutError:
+            raise SyncDeadlineExceeded(
+                "the deadline ran out while listing the grant's accounts"
+            ) from None
+        current = tokens.current
+        return DiscoveredGrant(
+            accounts=[a for a in accounts if isinstance(a, dict)],
+            access_token=current.access_token if current else None,
+            access_token_expires_at=current.access_token_expires_at if current else None,
+        )
 
-    async def _read(
+    async def _run_pass(
         self,
         context: SyncContext,
         sync_type: SyncType,
+        sync_pass: SyncPass,
         session: GoogleSession,
-        started_at: datetime,
-    ) -> SyncSnapshot:
+        progress: _Progress,
+    ) -> None:
+        account_id = context.account.id
         account = context.account.google_account_id
+        seen = sync_pass.started_at
         locations = _unique_locations(
             _parse(LocationRow.from_google, doc, "location")
             for doc in await session.list_locations(account)
         )
+        await self._store.locations_write(account_id, locations, seen)
+        done = (
+            await self._store.locations_read_in_pass(account_id, seen)
+            if sync_pass.resumed
+            else set()
+        )
+        progress.locations_total = len(locations)
+        progress.locations_done = len(done)
+        todo: list[LocationRow] = []
+        for location in locations:
+            if location.ineligible_reason is not None:
+                progress.skipped.append(
+                    SkippedLocation(location.location_id, "ineligible", location.ineligible_reason)
+                )
+                progress.locations_done += 1
+            elif location.location_id not in done:
+                todo.append(location)
+
         cutoff: datetime | None = None
         watermark = context.status.reviews_watermark if context.status else None
         if sync_type is SyncType.INCREMENTAL and watermark is not None:
             cutoff = watermark - self._settings.incremental_overlap
+        run = _PassRun(self._store, session, account_id, account, seen, progress)
         limit = asyncio.Semaphore(self._settings.location_concurrency)
 
-        async def read_location(location: LocationRow) -> list[ReviewRow]:
-            # A location this account never had is read whole, even in an incremental sync.
-            known = location.location_id in context.known_location_ids
+        async def limited(step: Callable[[], Any]) -> None:
             async with limit:
-                return await _read_reviews(
-                    session, account, location.location_id, cutoff if known else None
-                )
+                await step()
 
-        tasks: list[asyncio.Task[list[ReviewRow]]] = []
+        # A location this account never synced is read whole, even in an incremental sync.
+        known = [
+            loc
+            for loc in todo
+            if cutoff is not None and loc.location_id in context.known_location_ids
+        ]
+        whole = [loc for loc in todo if loc not in known]
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(read_location(loc)) for loc in locations]
+                for location in whole:
+                    read = (
+                        run.read_full if sync_type is SyncType.FULL else run.read_whole_incremental
+                    )
+                    group.create_task(limited(lambda loc=location, r=read: run.location(loc, r)))
+                for chunk in _chunks(known, BATCH_REVIEWS_MAX_LOCATIONS):
+                    assert cutoff is not None
+                    group.create_task(limited(lambda c=chunk, at=cutoff: run.batch(c, at)))
         except BaseExceptionGroup as group_error:
             # One failure cancels the other reads; the first real error is the one to report.
             raise _first_error(group_error) from None
-        reviews: dict[tuple[str, str], ReviewRow] = {}
-        for task in tasks:
-            for review in task.result():
-                # Pages can shift while they are read; the first (newest) copy wins.
-                reviews.setdefault((review.location_id, review.review_id), review)
-        return SyncSnapshot(
-            account_id=context.account.id,
-            sync_type=sync_type,
-            started_at=started_at,
-            locations=locations,
-            reviews=list(reviews.values()),
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredGrant:
+    """What accounts.list showed through one grant, and the access token it was read with."""
+
+    accounts: list[dict[str, Any]]
+    access_token: str | None
+    access_token_expires_at: datetime | None
+
+
+class _GrantTokens:
+    """The tokens of a grant not stored yet: held in memory while its accounts are listed."""
+
+    def __init__(self, refresh_token: str) -> None:
+        digest = hashlib.sha256(refresh_token.encode()).hexdigest()[:16]
+        self.current: StoredCredentials | None = StoredCredentials(
+            key=f"grant:{digest}",
+            refresh_token=refresh_token,
+            access_token=None,
+            access_token_expires_at=None,
+            version="",
         )
 
-    async def _record_failure(
+    @contextlib.asynccontextmanager
+    async def refresh_guard(self) -> AsyncIterator[_GrantTokens]:
+        yield self
+
+    async def save(self, token: AccessToken) -> None:
+        assert self.current is not None
+        self.current = dataclasses.replace(
+            self.current,
+            access_token=token.value,
+            access_token_expires_at=token.expires_at,
+            refresh_token=token.refresh_token or self.current.refresh_token,
+        )
+
+
+class _PassRun:
+    """The reads and writes of one pass's locations."""
+
+    def __init__(
         self,
+        store: SyncStore,
+        session: GoogleSession,
         account_id: uuid.UUID,
-        exc: Exception,
+        account: str,
+        seen: datetime,
+        progress: _Progress,
+    ) -> None:
+        self._store = store
+        self._session = session
+        self._account_id = account_id
+        self._account = account
+        self._seen = seen
+        self._progress = progress
+
+    async def location(self, location: LocationRow, read: Callable[[LocationRow], Any]) -> None:
+        """Reads and writes one location; a refusal scoped to it skips it, with the reason."""
+        try:
+            result: LocationRead = await read(location)
+        except LOCATION_SCOPED as exc:
+            await self._refused(location.location_id, exc)
+            return
+        await self._write(result)
+
+    async def _refused(self, location_id: str, exc: GoogleError) -> None:
+        reason = f"Google refused its reviews (HTTP {exc.http_status}): {exc.message}"
+        log.warning("account %s: skipping %s: %s", self._account_id, location_id, reason)
+        await _shielded(
+            self._store.location_reviews_refused(self._account_id, location_id, reason, self._seen)
+        )
+        self._progress.skipped.append(SkippedLocation(location_id, "failed", reason))
+        self._progress.locations_done += 1
+
+    async def _write(self, read: LocationRead) -> None:
+        counts = await _shielded(self._store.location_reviews_write(read, self._seen))
+        progress = self._progress
+        progress.counts += counts
+        progress.locations_done += 1
+        progress.written_now += 1
+
+    async def _reviews(
+        self, location_id: str, *, stop_below: datetime | None = None
+    ) -> tuple[dict[str, ReviewRow], dict[str, Any]]:
+        """A location's reviews newest update first, down to `stop_below` (all if None), and
+        the first page (Google's rating figures)."""
+        rows: dict[str, ReviewRow] = {}
+        first: dict[str, Any] | None = None
+        pages = self._session.review_pages(self._account, location_id)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                first = first if first is not None else page
+                reached = False
+                for doc in page.get("reviews") or ():
+                    review = _parse(lambda d: ReviewRow.from_google(location_id, d), doc, "review")
+                    if stop_below is not None and review.update_time < stop_below:
+                        reached = True
+                        continue
+                    # Pages shift while they are read; the newest copy of a review wins.
+                    old = rows.get(review.review_id)
+                    if old is None or review.update_time >= old.update_time:
+                        rows[review.review_id] = review
+                if reached:
+                    break
+        return rows, first or {}
+
+    async def read_full(self, location: LocationRow) -> LocationRead:
+        """Every review of the location, and whether the read proves which stored reviews are
+        gone.
+
+        With `orderBy=updateTime desc`, a review edited while the list is paged moves to a page
+        already read, and one deleted shifts a later review onto it: either can hide a review
+        that still exists. So if stored reviews were not seen, the head of the list is read
+        again down to the time the read began: it holds every edit since. What is still
+        missing is gone if the list did not change meanwhile (same `totalReviewCount`, no new
+        review); otherwise its deletion waits for the next full sync.
+        """
+        location_id = location.location_id
+        read_began = datetime.now(UTC) - CLOCK_SKEW
+        rows, first = await self._reviews(location_id)
+        total = _int(first.get("totalReviewCount"), default=len(rows) if not rows else None)
+        missing = await self._store.review_ids(self._account_id, location_id) - rows.keys()
+        verified = True
+        if missing:
+            stored = missing | rows.keys()
+            head, head_first = await self._reviews(location_id, stop_below=read_began)
+            new_meanwhile = any(rid not in rows and rid not in stored for rid in head)
+            for review_id, review in head.items():
+                rows[review_id] = review
+            missing -= head.keys()
+            head_total = _int(
+                head_first.get("totalReviewCount"),
+                default=0 if not head_first.get("reviews") else None,
+            )
+            stable = head_total == total and not new_meanwhile
+            complete = head_total is None or len(rows) >= head_total
+            verified = not missing or (stable and complete)
+            if not verified:
+                self._progress.deletions_deferred += 1
+                log.info(
+                    "account %s, %s: the review list changed while it was read; %d unseen "
+                    "reviews are kept until the next full sync",
+                    self._account_id,
+                    location_id,
+                    len(missing),
+                )
+        return LocationRead(
+            account_id=self._account_id,
+            location_id=location_id,
+            reviews=list(rows.values()),
+            verified=verified,
+            average_rating=_float(first.get("averageRating")),
+            total_review_count=total,
+        )
+
+    async def read_whole_incremental(self, location: LocationRow) -> LocationRead:
+        """A location an incremental sync has never synced: every review, nothing deleted."""
+        rows, first = await self._reviews(location.location_id)
+        return LocationRead(
+            account_id=self._account_id,
+            location_id=location.location_id,
+            reviews=list(rows.values()),
+            average_rating=_float(first.get("averageRating")),
+            total_review_count=_int(
+                first.get("totalReviewCount"), default=len(rows) if not rows else None
+            ),
+        )
+
+    async def batch(self, locations: Sequence[LocationRow], cutoff: datetime) -> None:
+        """Reviews updated since `cutoff` of up to 50 known locations in one listing
+        (batchGetReviews, newest first across them). If Google refuses the batch for one of
+        them, each is read alone, so that only the refused one is skipped."""
+        ids = {loc.location_id for loc in locations}
+        found: dict[str, dict[str, ReviewRow]] = {loc_id: {} for loc_id in ids}
+        pages = self._session.batch_review_pages(self._account, sorted(ids))
+        try:
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    reached = False
+                    for item in page.get("locationReviews") or ():
+                        name = item.get("name") if isinstance(item, dict) else None
+                        location_id = _location_of(name)
+                        if location_id not in found:
+                            raise BadRequest(
+                                f"batchGetReviews answered for a location not asked: {str(name)[:80]}"
+                            )
+                        review = _parse(
+                            lambda d, loc=location_id: ReviewRow.from_google(loc, d),
+                            item.get("review"),
+                            "review",
+                        )
+                        if review.update_time < cutoff:
+                            reached = True
+                            continue
+                        found[location_id].setdefault(review.review_id, review)
+                    if reached:
+                        break
+        except LOCATION_SCOPED:
+            if len(locations) == 1:
+                raise
+            for location in locations:
+                await self.location(location, lambda loc: self._one_incremental(loc, cutoff))
+            return
+        for location_id, rows in found.items():
+            await self._write(LocationRead(self._account_id, location_id, list(rows.values())))
+
+    async def _one_incremental(self, location: LocationRow, cutoff: datetime) -> LocationRead:
+        rows, _ = await self._reviews(location.location_id, stop_below=cutoff)
+        return LocationRead(self._account_id, location.location_id, list(rows.values()))
+
+
+class _FailureRecorder:
+    """Records a failed sync in sync_status and error_logs."""
+
+    def __init__(
+        self,
+        store: SyncStore,
+        account_id: uuid.UUID,
         sync_type: SyncType,
         job_id: uuid.UUID | None,
         attempt: int,
-        api_calls: int,
-        *,
-        deactivate: bool = False,
+    ) -> None:
+        self._store = store
+        self._account_id = account_id
+        self._sync_type = sync_type
+        self._job_id = job_id
+        self._attempt = attempt
+
+    async def __call__(
+        self, exc: Exception, api_calls: int, *, deactivate_if_version: str | None = None
     ) -> None:
         details: dict[str, Any] = {
-            "sync_type": sync_type.value,
-            "attempt": attempt,
+            "sync_type": self._sync_type.value,
+            "attempt": self._attempt,
             "api_calls": api_calls,
         }
         if isinstance(exc, GoogleError):
             details.update(exc.details())
-        if deactivate:
-            details["account_deactivated"] = True
-        log.warning("sync of account %s failed: %s", account_id, exc)
-        await self._store.sync_failure(
-            account_id,
-            error_type=_error_type(exc),
-            message=str(exc),
-            details=details,
-            job_id=job_id,
-            now=datetime.now(UTC),
-            deactivate=deactivate,
+        if isinstance(exc, ApiDisabled):
+            log.error("sync of account %s held: %s", self._account_id, exc)
+        else:
+            log.warning("sync of account %s failed: %s", self._account_id, exc)
+        _, deactivated = await _shielded(
+            self._store.sync_failure(
+                self._account_id,
+                error_type=_error_type(exc),
+                message=str(exc),
+                details=details,
+                job_id=self._job_id,
+                now=datetime.now(UTC),
+                deactivate_if_version=deactivate_if_version,
+            )
         )
+        if deactivate_if_version is not None and not deactivated:
+            log.info(
+                "account %s was reconnected during its sync: it stays active", self._account_id
+            )
 
 
-async def _read_reviews(
-    session: GoogleSession, account: str, location_id: str, cutoff: datetime | None
-) -> list[ReviewRow]:
-    """A location's reviews, newest update first, down to `cutoff` (all of them if None)."""
-    rows: list[ReviewRow] = []
-    async with contextlib.aclosing(session.review_pages(account, location_id)) as pages:
-        async for page in pages:
-            reached_cutoff = False
-            for doc in page.get("reviews") or ():
-                review = _parse(lambda d: ReviewRow.from_google(location_id, d), doc, "review")
-                if cutoff is not None and review.update_time < cutoff:
-                    reached_cutoff = True
-                    continue
-                rows.append(review)
-            if reached_cutoff:
-                break
-    return rows
+async def _shielded(write: Any) -> Any:
+    """Lets a started write finish even if the sync's deadline cancels the caller: a location
+    is written whole or not at all, and never abandoned mid-transaction."""
+    return await asyncio.shield(write)
 
 
 def _parse(parse: Any, doc: Any, what: str) -> Any:
@@ -321,6 +647,27 @@ def _unique_locations(locations: Any) -> list[LocationRow]:
     for location in locations:
         unique.setdefault(location.location_id, location)
     return list(unique.values())
+
+
+def _location_of(name: Any) -> str | None:
+    """`accounts/a/locations/l` -> `locations/l`."""
+    if not isinstance(name, str) or "/locations/" not in name:
+        return None
+    return "locations/" + name.rsplit("/locations/", 1)[1]
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _int(value: Any, *, default: int | None) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"gmbsync/sync/v1/sync_service.proto\x12\x0fgmbsync.sync.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x03 \x01(\t\x12\x19\n\x11google_account_id\x18\x04 \x01(\t\x12\x11\n\tis_active\x18\x05 \x01(\x08\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x03\n\nSyncStatus\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x30\n\x0clast_sync_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x0elast_sync_type\x18\x03 \x01(\x0e\x32\x19.gmbsync.sync.v1.SyncType\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x31\n\rlast_error_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\x12\x17\n\x0flocations_count\x18\x07 \x01(\x05\x12\x15\n\rreviews_count\x18\x08 \x01(\x05\x12\x35\n\x11reviews_watermark\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x12SyncAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\tsync_type\x18\x02 \x01(\x0e\x32\x19.gmbsync.sync.v1.SyncType\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xc2\x02\n\x13SyncAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\tsync_type\x18\x02 \x01(\x0e\x32\x19.gmbsync.sync.v1.SyncType\x12\x18\n\x10locations_synced\x18\x03 \x01(\x05\x12\x19\n\x11locations_removed\x18\x04 \x01(\x05\x12\x15\n\rreviews_added\x18\x05 \x01(\x05\x12\x17\n\x0freviews_updated\x18\x06 \x01(\x05\x12\x17\n\x0freviews_removed\x18\x07 \x01(\x05\x12\x11\n\tapi_calls\x18\x08 \x01(\x05\x12+\n\x08\x64uration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x06status\x18\n \x01(\x0b\x32\x1b.gmbsync.sync.v1.SyncStatus\"*\n\x14GetSyncStatusRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"D\n\x15GetSyncStatusResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.gmbsync.sync.v1.SyncStatus\"\xc3\x01\n\x15\x43onnectAccountRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x02 \x01(\t\x12\x19\n\x11google_account_id\x18\x03 \x01(\t\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x05 \x01(\t\x12;\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x16\x43onnectAccountResponse\x12)\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x18.gmbsync.sync.v1.Account\x12\x0f\n\x07updated\x18\x02 \x01(\x08\"g\n\x13ListAccountsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x18\n\x10include_inactive\x18\x04 \x01(\x08\"[\n\x14ListAccountsResponse\x12*\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x18.gmbsync.sync.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*T\n\x08SyncType\x12\x19\n\x15SYNC_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSYNC_TYPE_FULL\x10\x01\x12\x19\n\x15SYNC_TYPE_INCREMENTAL\x10\x02\x32\x87\x03\n\x0bSyncService\x12X\n\x0bSyncAccount\x12#.gmbsync.sync.v1.SyncAccountRequest\x1a$.gmbsync.sync.v1.SyncAccountResponse\x12^\n\rGetSyncStatus\x12%.gmbsync.sync.v1.GetSyncStatusRequest\x1a&.gmbsync.sync.v1.GetSyncStatusResponse\x12\x61\n\x0e\x43onnectAccount\x12&.gmbsync.sync.v1.ConnectAccountRequest\x1a\'.gmbsync.sync.v1.ConnectAccountResponse\x12[\n\x0cListAccounts\x12$.gmbsync.sync.v1.ListAccountsRequest\x1a%.gmbsync.sync.v1.ListAccountsResponseBAZ?github.com/gmbsync/gmb-sync-queue/gen/go/gmbsync/sync/v1;syncv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"gmbsync/sync/v1/sync_service.proto\x12\x0fgmbsync.sync.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x03 \x01(\t\x12\x19\n\x11google_account_id\x18\x04 \x01(\t\x12\x11\n\tis_active\x18\x05 \x01(\x08\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x03\n\nSyncStatus\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x30\n\x0clast_sync_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x0elast_sync_type\x18\x03 \x01(\x0e\x32\x19.gmbsync.sync.v1.SyncType\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x31\n\rlast_error_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\x12\x17\n\x0flocations_count\x18\x07 \x01(\x05\x12\x15\n\rreviews_count\x18\x08 \x01(\x05\x12\x35\n\x11reviews_watermark\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11locations_skipped\x18\x0b \x01(\x05\"\xba\x02\n\x0eLocationStatus\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x32\n\x0creview_state\x18\x03 \x01(\x0e\x32\x1c.gmbsync.sync.v1.ReviewState\x12\x1b\n\x13review_state_reason\x18\x04 \x01(\t\x12\x1b\n\x0e\x61verage_rating\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12total_review_count\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x16\n\x0ereviews_stored\x18\x07 \x01(\x05\x12\x33\n\x0freviews_read_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\n\x0f_average_ratingB\x15\n\x13_total_review_count\"j\n\x0fSkippedLocation\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x32\n\x0creview_state\x18\x02 \x01(\x0e\x32\x1c.gmbsync.sync.v1.ReviewState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"w\n\x12SyncAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\tsync_type\x18\x02 \x01(\x0e\x32\x19.gmbsync.sync.v1.SyncType\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xd1\x03\n\x13SyncAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\tsync_type\x18\x02 \x01(\x0e\x32\x19.gmbsync.sync.v1.SyncType\x12\x18\n\x10locations_synced\x18\x03 \x01(\x05\x12\x19\n\x11locations_removed\x18\x04 \x01(\x05\x12\x15\n\rreviews_added\x18\x05 \x01(\x05\x12\x17\n\x0freviews_updated\x18\x06 \x01(\x05\x12\x17\n\x0freviews_removed\x18\x07 \x01(\x05\x12\x11\n\tapi_calls\x18\x08 \x01(\x05\x12+\n\x08\x64uration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x06status\x18\n \x01(\x0b\x32\x1b.gmbsync.sync.v1.SyncStatus\x12\x19\n\x11locations_skipped\x18\x0b \x01(\x05\x12;\n\x11skipped_locations\x18\x0c \x03(\x0b\x32 .gmbsync.sync.v1.SkippedLocation\x12\x0f\n\x07resumed\x18\r \x01(\x08\x12$\n\x1clocations_deletions_deferred\x18\x0e \x01(\x05\"*\n\x14GetSyncStatusRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"x\n\x15GetSyncStatusResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.gmbsync.sync.v1.SyncStatus\x12\x32\n\tlocations\x18\x02 \x03(\x0b\x32\x1f.gmbsync.sync.v1.LocationStatus\"\xc3\x01\n\x15\x43onnectAccountRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x02 \x01(\t\x12\x19\n\x11google_account_id\x18\x03 \x01(\t\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x05 \x01(\t\x12;\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x16\x43onnectAccountResponse\x12)\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x18.gmbsync.sync.v1.Account\x12\x0f\n\x07updated\x18\x02 \x01(\x08\"g\n\x13ListAccountsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x18\n\x10include_inactive\x18\x04 \x01(\x08\"[\n\x14ListAccountsResponse\x12*\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x18.gmbsync.sync.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x17\x44iscoverAccountsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x15\n\raccount_types\x18\x03 \x03(\t\"a\n\x18\x44iscoverAccountsResponse\x12\x34\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\".gmbsync.sync.v1.DiscoveredAccount\x12\x0f\n\x07skipped\x18\x02 \x01(\x05\"]\n\x11\x44iscoveredAccount\x12)\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x18.gmbsync.sync.v1.Account\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07updated\x18\x03 \x01(\x08*T\n\x08SyncType\x12\x19\n\x15SYNC_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSYNC_TYPE_FULL\x10\x01\x12\x19\n\x15SYNC_TYPE_INCREMENTAL\x10\x02*z\n\x0bReviewState\x12\x1c\n\x18REVIEW_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13REVIEW_STATE_SYNCED\x10\x01\x12\x1b\n\x17REVIEW_STATE_INELIGIBLE\x10\x02\x12\x17\n\x13REVIEW_STATE_FAILED\x10\x03\x32\xf0\x03\n\x0bSyncService\x12X\n\x0bSyncAccount\x12#.gmbsync.sync.v1.SyncAccountRequest\x1a$.gmbsync.sync.v1.SyncAccountResponse\x12^\n\rGetSyncStatus\x12%.gmbsync.sync.v1.GetSyncStatusRequest\x1a&.gmbsync.sync.v1.GetSyncStatusResponse\x12\x61\n\x0e\x43onnectAccount\x12&.gmbsync.sync.v1.ConnectAccountRequest\x1a\'.gmbsync.sync.v1.ConnectAccountResponse\x12[\n\x0cListAccounts\x12$.gmbsync.sync.v1.ListAccountsRequest\x1a%.gmbsync.sync.v1.ListAccountsResponse\x12g\n\x10\x44iscoverAccounts\x12(.gmbsync.sync.v1.DiscoverAccountsRequest\x1a).gmbsync.sync.v1.DiscoverAccountsResponseBAZ?github.com/gmbsync/gmb-sync-queue/gen/go/gmbsync/sync/v1;syncv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gmbsync.sync.v1.sync_servic
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/gmbsync/gmb-sync-queue/gen/go/gmbsync/sync/v1;syncv1'
-  _globals['_SYNCTYPE']._serialized_start=1755
-  _globals['_SYNCTYPE']._serialized_end=1839
+  _globals['_SYNCTYPE']._serialized_start=2686
+  _globals['_SYNCTYPE']._serialized_end=2770
+  _globals['_REVIEWSTATE']._serialized_start=2772
+  _globals['_REVIEWSTATE']._serialized_end=2894
   _globals['_ACCOUNT']._serialized_start=121
   _globals['_ACCOUNT']._serialized_end=323
   _globals['_SYNCSTATUS']._serialized_start=326
-  _globals['_SYNCSTATUS']._serialized_end=711
-  _globals['_SYNCACCOUNTREQUEST']._serialized_start=713
-  _globals['_SYNCACCOUNTREQUEST']._serialized_end=832
-  _globals['_SYNCACCOUNTRESPONSE']._serialized_start=835
-  _globals['_SYNCACCOUNTRESPONSE']._serialized_end=1157
-  _globals['_GETSYNCSTATUSREQUEST']._serialized_start=1159
-  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=1201
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=1203
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=1271
-  _globals['_CONNECTACCOUNTREQUEST']._serialized_start=1274
-  _globals['_CONNECTACCOUNTREQUEST']._serialized_end=1469
-  _globals['_CONNECTACCOUNTRESPONSE']._serialized_start=1471
-  _globals['_CONNECTACCOUNTRESPONSE']._serialized_end=1555
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1557
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1660
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1662
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1753
-  _globals['_SYNCSERVICE']._serialized_start=1842
-  _globals['_SYNCSERVICE']._serialized_end=2233
+  _globals['_SYNCSTATUS']._serialized_end=738
+  _globals['_LOCATIONSTATUS']._serialized_start=741
+  _globals['_LOCATIONSTATUS']._serialized_end=1055
+  _globals['_SKIPPEDLOCATION']._serialized_start=1057
+  _globals['_SKIPPEDLOCATION']._serialized_end=1163
+  _globals['_SYNCACCOUNTREQUEST']._serialized_start=1165
+  _globals['_SYNCACCOUNTREQUEST']._serialized_end=1284
+  _globals['_SYNCACCOUNTRESPONSE']._serialized_start=1287
+  _globals['_SYNCACCOUNTRESPONSE']._serialized_end=1752
+  _globals['_GETSYNCSTATUSREQUEST']._serialized_start=1754
+  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=1796
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=1798
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=1918
+  _globals['_CONNECTACCOUNTREQUEST']._serialized_start=1921
+  _globals['_CONNECTACCOUNTREQUEST']._serialized_end=2116
+  _globals['_CONNECTACCOUNTRESPONSE']._serialized_start=2118
+  _globals['_CONNECTACCOUNTRESPONSE']._serialized_end=2202
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=2204
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=2307
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=2309
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=2400
+  _globals['_DISCOVERACCOUNTSREQUEST']._serialized_start=2402
+  _globals['_DISCOVERACCOUNTSREQUEST']._serialized_end=2490
+  _globals['_DISCOVERACCOUNTSRESPONSE']._serialized_start=2492
+  _globals['_DISCOVERACCOUNTSRESPONSE']._serialized_end=2589
+  _globals['_DISCOVEREDACCOUNT']._serialized_start=2591
+  _globals['_DISCOVEREDACCOUNT']._serialized_end=2684
+  _globals['_SYNCSERVICE']._serialized_start=2897
+  _globals['_SYNCSERVICE']._serialized_end=3393
 # @@protoc_insertion_point(module_scope)

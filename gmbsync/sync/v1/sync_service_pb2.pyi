@@ -45,6 +45,34 @@ SYNC_TYPE_INCREMENTAL: SyncType.ValueType  # 2
 """Reviews updated since the last successful sync (minus an overlap); deletes nothing."""
 Global___SyncType: _TypeAlias = SyncType  # noqa: Y015
 
+class _ReviewState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReviewStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVIEW_STATE_UNSPECIFIED: _ReviewState.ValueType  # 0
+    """Not read yet."""
+    REVIEW_STATE_SYNCED: _ReviewState.ValueType  # 1
+    """Its reviews are synced."""
+    REVIEW_STATE_INELIGIBLE: _ReviewState.ValueType  # 2
+    """Google serves no reviews for it (unverified, suspended or duplicate): not asked for them."""
+    REVIEW_STATE_FAILED: _ReviewState.ValueType  # 3
+    """Google refused its reviews (400, 403 or 404 for this location alone); retried next sync."""
+
+class ReviewState(_ReviewState, metaclass=_ReviewStateEnumTypeWrapper):
+    """ReviewState says whether a location's reviews can be synced."""
+
+REVIEW_STATE_UNSPECIFIED: ReviewState.ValueType  # 0
+"""Not read yet."""
+REVIEW_STATE_SYNCED: ReviewState.ValueType  # 1
+"""Its reviews are synced."""
+REVIEW_STATE_INELIGIBLE: ReviewState.ValueType  # 2
+"""Google serves no reviews for it (unverified, suspended or duplicate): not asked for them."""
+REVIEW_STATE_FAILED: ReviewState.ValueType  # 3
+"""Google refused its reviews (400, 403 or 404 for this location alone); retried next sync."""
+Global___ReviewState: _TypeAlias = ReviewState  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     """Account is a connected Google Business Profile account. It never carries a token."""
@@ -111,6 +139,7 @@ class SyncStatus(_message.Message):
     REVIEWS_COUNT_FIELD_NUMBER: _builtins.int
     REVIEWS_WATERMARK_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    LOCATIONS_SKIPPED_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Account id (UUID)."""
     last_sync_type: Global___SyncType.ValueType
@@ -123,6 +152,8 @@ class SyncStatus(_message.Message):
     """Locations stored for the account (not deleted)."""
     reviews_count: _builtins.int
     """Reviews stored for the account (not deleted)."""
+    locations_skipped: _builtins.int
+    """Locations whose reviews the last successful sync could not read (see `LocationStatus`)."""
     @_builtins.property
     def last_sync_at(self) -> _timestamp_pb2.Timestamp:
         """When the last successful sync finished; unset if none."""
@@ -152,14 +183,104 @@ class SyncStatus(_message.Message):
         reviews_count: _builtins.int = ...,
         reviews_watermark: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        locations_skipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_error_at", b"last_error_at", "last_sync_at", b"last_sync_at", "reviews_watermark", b"reviews_watermark", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "consecutive_failures", b"consecutive_failures", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_sync_at", b"last_sync_at", "last_sync_type", b"last_sync_type", "locations_count", b"locations_count", "reviews_count", b"reviews_count", "reviews_watermark", b"reviews_watermark", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "consecutive_failures", b"consecutive_failures", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_sync_at", b"last_sync_at", "last_sync_type", b"last_sync_type", "locations_count", b"locations_count", "locations_skipped", b"locations_skipped", "reviews_count", b"reviews_count", "reviews_watermark", b"reviews_watermark", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SyncStatus: _TypeAlias = SyncStatus  # noqa: Y015
+
+@_typing.final
+class LocationStatus(_message.Message):
+    """LocationStatus is what is known of one stored location."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    REVIEW_STATE_FIELD_NUMBER: _builtins.int
+    REVIEW_STATE_REASON_FIELD_NUMBER: _builtins.int
+    AVERAGE_RATING_FIELD_NUMBER: _builtins.int
+    TOTAL_REVIEW_COUNT_FIELD_NUMBER: _builtins.int
+    REVIEWS_STORED_FIELD_NUMBER: _builtins.int
+    REVIEWS_READ_AT_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    """Google's `locations/{id}`."""
+    title: _builtins.str
+    """The location's title."""
+    review_state: Global___ReviewState.ValueType
+    """Whether its reviews are synced."""
+    review_state_reason: _builtins.str
+    """Why its reviews are not synced; empty when they are."""
+    average_rating: _builtins.float
+    """Google's average star rating of the location; unset if Google gave none."""
+    total_review_count: _builtins.int
+    """Google's count of the location's reviews; unset if Google gave none."""
+    reviews_stored: _builtins.int
+    """Reviews stored for the location (not deleted)."""
+    @_builtins.property
+    def reviews_read_at(self) -> _timestamp_pb2.Timestamp:
+        """When a sync last read the location's reviews."""
+
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        review_state: Global___ReviewState.ValueType = ...,
+        review_state_reason: _builtins.str = ...,
+        average_rating: _builtins.float | None = ...,
+        total_review_count: _builtins.int | None = ...,
+        reviews_stored: _builtins.int = ...,
+        reviews_read_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_average_rating", b"_average_rating", "_total_review_count", b"_total_review_count", "average_rating", b"average_rating", "reviews_read_at", b"reviews_read_at", "total_review_count", b"total_review_count"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_average_rating", b"_average_rating", "_total_review_count", b"_total_review_count", "average_rating", b"average_rating", "location_id", b"location_id", "review_state", b"review_state", "review_state_reason", b"review_state_reason", "reviews_read_at", b"reviews_read_at", "reviews_stored", b"reviews_stored", "title", b"title", "total_review_count", b"total_review_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__average_rating: _TypeAlias = _typing.Literal["average_rating"]  # noqa: Y015
+    _WhichOneofArgType__average_rating: _TypeAlias = _typing.Literal["_average_rating", b"_average_rating"]  # noqa: Y015
+    _WhichOneofReturnType__total_review_count: _TypeAlias = _typing.Literal["total_review_count"]  # noqa: Y015
+    _WhichOneofArgType__total_review_count: _TypeAlias = _typing.Literal["_total_review_count", b"_total_review_count"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__average_rating) -> _WhichOneofReturnType__average_rating | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_review_count) -> _WhichOneofReturnType__total_review_count | None: ...
+
+Global___LocationStatus: _TypeAlias = LocationStatus  # noqa: Y015
+
+@_typing.final
+class SkippedLocation(_message.Message):
+    """SkippedLocation is a location whose reviews a sync could not read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    REVIEW_STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    """Google's `locations/{id}`."""
+    review_state: Global___ReviewState.ValueType
+    """Why: ineligible for reviews, or Google's refusal."""
+    reason: _builtins.str
+    """A sentence for people."""
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        review_state: Global___ReviewState.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "reason", b"reason", "review_state", b"review_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkippedLocation: _TypeAlias = SkippedLocation  # noqa: Y015
 
 @_typing.final
 class SyncAccountRequest(_message.Message):
@@ -211,6 +332,10 @@ class SyncAccountResponse(_message.Message):
     API_CALLS_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    LOCATIONS_SKIPPED_FIELD_NUMBER: _builtins.int
+    SKIPPED_LOCATIONS_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
+    LOCATIONS_DELETIONS_DEFERRED_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Account id (UUID)."""
     sync_type: Global___SyncType.ValueType
@@ -227,6 +352,14 @@ class SyncAccountResponse(_message.Message):
     """Reviews soft-deleted because Google no longer returns them (full sync only)."""
     api_calls: _builtins.int
     """HTTP calls made to Google (token refreshes included)."""
+    locations_skipped: _builtins.int
+    """Locations whose reviews could not be read; the rest of the account was synced."""
+    resumed: _builtins.bool
+    """True when this sync resumed a pass that an earlier attempt began (its checkpoint)."""
+    locations_deletions_deferred: _builtins.int
+    """Locations of a full sync whose review list changed while it was read, so that which of
+    their reviews are gone could not be proven: their deletions wait for the next full sync.
+    """
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """How long the sync took."""
@@ -234,6 +367,10 @@ class SyncAccountResponse(_message.Message):
     @_builtins.property
     def status(self) -> Global___SyncStatus:
         """The account's sync status after this sync."""
+
+    @_builtins.property
+    def skipped_locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkippedLocation]:
+        """The skipped locations and why."""
 
     def __init__(
         self,
@@ -248,10 +385,14 @@ class SyncAccountResponse(_message.Message):
         api_calls: _builtins.int = ...,
         duration: _duration_pb2.Duration | None = ...,
         status: Global___SyncStatus | None = ...,
+        locations_skipped: _builtins.int = ...,
+        skipped_locations: _abc.Iterable[Global___SkippedLocation] | None = ...,
+        resumed: _builtins.bool = ...,
+        locations_deletions_deferred: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "api_calls", b"api_calls", "duration", b"duration", "locations_removed", b"locations_removed", "locations_synced", b"locations_synced", "reviews_added", b"reviews_added", "reviews_removed", b"reviews_removed", "reviews_updated", b"reviews_updated", "status", b"status", "sync_type", b"sync_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "api_calls", b"api_calls", "duration", b"duration", "locations_deletions_deferred", b"locations_deletions_deferred", "locations_removed", b"locations_removed", "locations_skipped", b"locations_skipped", "locations_synced", b"locations_synced", "resumed", b"resumed", "reviews_added", b"reviews_added", "reviews_removed", b"reviews_removed", "reviews_updated", b"reviews_updated", "skipped_locations", b"skipped_locations", "status", b"status", "sync_type", b"sync_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,18 +427,24 @@ class GetSyncStatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
+    LOCATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def status(self) -> Global___SyncStatus:
         """The status; every field unset except `account_id` if the account never synced."""
+
+    @_builtins.property
+    def locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocationStatus]:
+        """The account's stored locations (not deleted), by location id."""
 
     def __init__(
         self,
         *,
         status: Global___SyncStatus | None = ...,
+        locations: _abc.Iterable[Global___LocationStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["locations", b"locations", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -436,3 +583,97 @@ class ListAccountsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAccountsResponse: _TypeAlias = ListAccountsResponse  # noqa: Y015
+
+@_typing.final
+class DiscoverAccountsRequest(_message.Message):
+    """DiscoverAccountsRequest names an OAuth grant and the user to connect its accounts for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    ACCOUNT_TYPES_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Owner (UUID). Required."""
+    refresh_token: _builtins.str
+    """OAuth refresh token of the grant, 1..2048 characters. Required; encrypted at rest."""
+    @_builtins.property
+    def account_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Account types to connect: `PERSONAL`, `LOCATION_GROUP`, `ORGANIZATION`, `USER_GROUP`.
+        Empty means the first three (a user group holds no locations of its own).
+        """
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        refresh_token: _builtins.str = ...,
+        account_types: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_types", b"account_types", "refresh_token", b"refresh_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoverAccountsRequest: _TypeAlias = DiscoverAccountsRequest  # noqa: Y015
+
+@_typing.final
+class DiscoverAccountsResponse(_message.Message):
+    """DiscoverAccountsResponse lists the accounts connected."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    skipped: _builtins.int
+    """Accounts the grant sees whose type was not asked for."""
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiscoveredAccount]:
+        """Every account connected (new or updated), in the order Google listed them."""
+
+    def __init__(
+        self,
+        *,
+        accounts: _abc.Iterable[Global___DiscoveredAccount] | None = ...,
+        skipped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoverAccountsResponse: _TypeAlias = DiscoverAccountsResponse  # noqa: Y015
+
+@_typing.final
+class DiscoveredAccount(_message.Message):
+    """DiscoveredAccount is one account found through a grant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """Google's account type (`PERSONAL`, `LOCATION_GROUP`, ...)."""
+    updated: _builtins.bool
+    """True when the account was connected before and its tokens were replaced."""
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The stored account."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+        type: _builtins.str = ...,
+        updated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "type", b"type", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoveredAccount: _TypeAlias = DiscoveredAccount  # noqa: Y015

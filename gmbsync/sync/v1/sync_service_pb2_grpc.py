@@ -31,7 +31,13 @@ class SyncServiceStub:
 
     Errors of SyncAccount say whether to retry: UNAVAILABLE or RESOURCE_EXHAUSTED (with a
     `google.rpc.RetryInfo` delay) are worth retrying; FAILED_PRECONDITION (the account must be
-    reconnected, API access not approved) and NOT_FOUND are not.
+    reconnected, API access not approved) and NOT_FOUND are not. Three answers carry a
+    `google.rpc.ErrorInfo` (domain `gmbsync.sync.v1`) and mean "come back later, this attempt is
+    not a failure of the job": RESOURCE_EXHAUSTED with reason `GOOGLE_QUOTA` (Google's quota, or
+    the deployment's shared budget, has no room before the deadline), ABORTED with reason
+    `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
+    resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
+    Google Cloud project: every account would fail the same way until an operator enables it).
     """
 
     def __init__(self, channel):
@@ -60,6 +66,11 @@ class SyncServiceStub:
                 request_serializer=gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.ListAccountsRequest.SerializeToString,
                 response_deserializer=gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.ListAccountsResponse.FromString,
                 _registered_method=True)
+        self.DiscoverAccounts = channel.unary_unary(
+                '/gmbsync.sync.v1.SyncService/DiscoverAccounts',
+                request_serializer=gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.DiscoverAccountsRequest.SerializeToString,
+                response_deserializer=gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.DiscoverAccountsResponse.FromString,
+                _registered_method=True)
 
 
 class SyncServiceServicer:
@@ -68,7 +79,13 @@ class SyncServiceServicer:
 
     Errors of SyncAccount say whether to retry: UNAVAILABLE or RESOURCE_EXHAUSTED (with a
     `google.rpc.RetryInfo` delay) are worth retrying; FAILED_PRECONDITION (the account must be
-    reconnected, API access not approved) and NOT_FOUND are not.
+    reconnected, API access not approved) and NOT_FOUND are not. Three answers carry a
+    `google.rpc.ErrorInfo` (domain `gmbsync.sync.v1`) and mean "come back later, this attempt is
+    not a failure of the job": RESOURCE_EXHAUSTED with reason `GOOGLE_QUOTA` (Google's quota, or
+    the deployment's shared budget, has no room before the deadline), ABORTED with reason
+    `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
+    resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
+    Google Cloud project: every account would fail the same way until an operator enables it).
     """
 
     def SyncAccount(self, request, context):
@@ -100,6 +117,15 @@ class SyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiscoverAccounts(self, request, context):
+        """Lists every Google account that an OAuth grant can see (personal accounts, location
+        groups, organizations) and connects each one for a user, so that locations held in a
+        location group are not missed. Admin or worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SyncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +149,11 @@ def add_SyncServiceServicer_to_server(servicer, server):
                     request_deserializer=gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.ListAccountsRequest.FromString,
                     response_serializer=gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.ListAccountsResponse.SerializeToString,
             ),
+            'DiscoverAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscoverAccounts,
+                    request_deserializer=gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.DiscoverAccountsRequest.FromString,
+                    response_serializer=gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.DiscoverAccountsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'gmbsync.sync.v1.SyncService', rpc_method_handlers)
@@ -137,7 +168,13 @@ class SyncService:
 
     Errors of SyncAccount say whether to retry: UNAVAILABLE or RESOURCE_EXHAUSTED (with a
     `google.rpc.RetryInfo` delay) are worth retrying; FAILED_PRECONDITION (the account must be
-    reconnected, API access not approved) and NOT_FOUND are not.
+    reconnected, API access not approved) and NOT_FOUND are not. Three answers carry a
+    `google.rpc.ErrorInfo` (domain `gmbsync.sync.v1`) and mean "come back later, this attempt is
+    not a failure of the job": RESOURCE_EXHAUSTED with reason `GOOGLE_QUOTA` (Google's quota, or
+    the deployment's shared budget, has no room before the deadline), ABORTED with reason
+    `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
+    resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
+    Google Cloud project: every account would fail the same way until an operator enables it).
     """
 
     @staticmethod
@@ -238,6 +275,33 @@ class SyncService:
             '/gmbsync.sync.v1.SyncService/ListAccounts',
             gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.ListAccountsRequest.SerializeToString,
             gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscoverAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gmbsync.sync.v1.SyncService/DiscoverAccounts',
+            gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.DiscoverAccountsRequest.SerializeToString,
+            gmbsync_dot_sync_dot_v1_dot_sync__service__pb2.DiscoverAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,7 +32,13 @@ class SyncServiceStub:
 
     Errors of SyncAccount say whether to retry: UNAVAILABLE or RESOURCE_EXHAUSTED (with a
     `google.rpc.RetryInfo` delay) are worth retrying; FAILED_PRECONDITION (the account must be
-    reconnected, API access not approved) and NOT_FOUND are not.
+    reconnected, API access not approved) and NOT_FOUND are not. Three answers carry a
+    `google.rpc.ErrorInfo` (domain `gmbsync.sync.v1`) and mean "come back later, this attempt is
+    not a failure of the job": RESOURCE_EXHAUSTED with reason `GOOGLE_QUOTA` (Google's quota, or
+    the deployment's shared budget, has no room before the deadline), ABORTED with reason
+    `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
+    resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
+    Google Cloud project: every account would fail the same way until an operator enables it).
     """
 
     @_typing.overload
@@ -49,6 +55,11 @@ class SyncServiceStub:
     """Stores a Google account and its OAuth tokens for a user. Admin or worker."""
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_sync_service_pb2.ListAccountsRequest, _sync_service_pb2.ListAccountsResponse]
     """Lists the accounts of a user: the caller's own, or any user's for admins and workers."""
+    DiscoverAccounts: _grpc.UnaryUnaryMultiCallable[_sync_service_pb2.DiscoverAccountsRequest, _sync_service_pb2.DiscoverAccountsResponse]
+    """Lists every Google account that an OAuth grant can see (personal accounts, location
+    groups, organizations) and connects each one for a user, so that locations held in a
+    location group are not missed. Admin or worker.
+    """
 
 @_typing.type_check_only
 class SyncServiceAsyncStub(SyncServiceStub):
@@ -57,7 +68,13 @@ class SyncServiceAsyncStub(SyncServiceStub):
 
     Errors of SyncAccount say whether to retry: UNAVAILABLE or RESOURCE_EXHAUSTED (with a
     `google.rpc.RetryInfo` delay) are worth retrying; FAILED_PRECONDITION (the account must be
-    reconnected, API access not approved) and NOT_FOUND are not.
+    reconnected, API access not approved) and NOT_FOUND are not. Three answers carry a
+    `google.rpc.ErrorInfo` (domain `gmbsync.sync.v1`) and mean "come back later, this attempt is
+    not a failure of the job": RESOURCE_EXHAUSTED with reason `GOOGLE_QUOTA` (Google's quota, or
+    the deployment's shared budget, has no room before the deadline), ABORTED with reason
+    `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
+    resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
+    Google Cloud project: every account would fail the same way until an operator enables it).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -71,6 +88,11 @@ class SyncServiceAsyncStub(SyncServiceStub):
     """Stores a Google account and its OAuth tokens for a user. Admin or worker."""
     ListAccounts: _aio.UnaryUnaryMultiCallable[_sync_service_pb2.ListAccountsRequest, _sync_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     """Lists the accounts of a user: the caller's own, or any user's for admins and workers."""
+    DiscoverAccounts: _aio.UnaryUnaryMultiCallable[_sync_service_pb2.DiscoverAccountsRequest, _sync_service_pb2.DiscoverAccountsResponse]  # type: ignore[assignment]
+    """Lists every Google account that an OAuth grant can see (personal accounts, location
+    groups, organizations) and connects each one for a user, so that locations held in a
+    location group are not missed. Admin or worker.
+    """
 
 class SyncServiceServicer(metaclass=_abc_1.ABCMeta):
     """SyncService runs the sync of one Google Business Profile account against Google's APIs and
@@ -78,7 +100,13 @@ class SyncServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Errors of SyncAccount say whether to retry: UNAVAILABLE or RESOURCE_EXHAUSTED (with a
     `google.rpc.RetryInfo` delay) are worth retrying; FAILED_PRECONDITION (the account must be
-    reconnected, API access not approved) and NOT_FOUND are not.
+    reconnected, API access not approved) and NOT_FOUND are not. Three answers carry a
+    `google.rpc.ErrorInfo` (domain `gmbsync.sync.v1`) and mean "come back later, this attempt is
+    not a failure of the job": RESOURCE_EXHAUSTED with reason `GOOGLE_QUOTA` (Google's quota, or
+    the deployment's shared budget, has no room before the deadline), ABORTED with reason
+    `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
+    resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
+    Google Cloud project: every account would fail the same way until an operator enables it).
     """
 
     @_abc_1.abstractmethod
@@ -114,5 +142,16 @@ class SyncServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sync_service_pb2.ListAccountsResponse, _abc.Awaitable[_sync_service_pb2.ListAccountsResponse]]:
         """Lists the accounts of a user: the caller's own, or any user's for admins and workers."""
+
+    @_abc_1.abstractmethod
+    def DiscoverAccounts(
+        self,
+        request: _sync_service_pb2.DiscoverAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_service_pb2.DiscoverAccountsResponse, _abc.Awaitable[_sync_service_pb2.DiscoverAccountsResponse]]:
+        """Lists every Google account that an OAuth grant can see (personal accounts, location
+        groups, organizations) and connects each one for a user, so that locations held in a
+        location group are not missed. Admin or worker.
+        """
 
 def add_SyncServiceServicer_to_server(servicer: SyncServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
