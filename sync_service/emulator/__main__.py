@@ -126,17 +126,22 @@ async def _serve(args: argparse.Namespace) -> None:
     await server.stop()
 
 
+def parse_args(argv: list[str] | None, env: Env) -> argparse.Namespace:
+    """The options, from the command line over the environment; raises ConfigError."""
+    args = _parser(env).parse_args(argv)
+    raw = args.api_quota
+    if raw is None:
+        raw = [e for e in env.str("EMULATOR_API_QUOTAS", "").split(",") if e.strip()]
+    args.api_quotas = _api_quotas(raw)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        env = Env()
-        args = _parser(env).parse_args(argv)
-        raw = args.api_quota
-        if raw is None:
-            raw = [e for e in env.str("EMULATOR_API_QUOTAS", "").split(",") if e.strip()]
-        args.api_quotas = _api_quotas(raw)
+        args = parse_args(argv, Env())
     except ConfigError as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 2
