@@ -80,19 +80,22 @@ class Review:
     reply_comment: str | None = None
     reply_update_time: datetime | None = None
 
+    # Both follow from the review id, which never changes: computed once, as sorting a long
+    # list asks for them again and again.
     @functools.cached_property
-    def _digest(self) -> bytes:
-        return hashlib.sha256(self.review_id.encode()).digest()
-
-    @property
     def precision(self) -> int:
         """How many fractional digits this review's times are written with (0, 3, 6 or 9)."""
-        return _PRECISIONS[self._digest[0] % 4]
+        return _PRECISIONS[hashlib.sha256(self.review_id.encode()).digest()[0] % 4]
 
-    @property
+    @functools.cached_property
     def nanos(self) -> str:
         """The digits beyond microseconds of a 9-digit time: fixed per review."""
-        return f"{int.from_bytes(self._digest[1:3], 'big') % 1000:03d}"
+        digest = hashlib.sha256(self.review_id.encode()).digest()
+        return f"{int.from_bytes(digest[1:3], 'big') % 1000:03d}"
+
+    @functools.cached_property
+    def _extra_nanos(self) -> int:
+        return int(self.nanos) if self.precision == 9 else 0
 
     def stamp(self, when: datetime, after: datetime | None = None) -> datetime:
         """`when` as this review writes it, and later than `after` (an edit must move the time
@@ -104,8 +107,7 @@ class Review:
 
     def order_key(self) -> tuple[datetime, int, str]:
         """updateTime order, with the digits beyond microseconds that a 9-digit time shows."""
-        extra = int(self.nanos) if self.precision == 9 else 0
-        return (self.update_time, extra, self.review_id)
+        return (self.update_time, self._extra_nanos, self.review_id)
 
     def _time(self, value: datetime) -> str:
         return format_time(value, self.precision, self.nanos)

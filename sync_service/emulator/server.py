@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -336,7 +337,7 @@ class EmulatorServer:
     def _page(
         self,
         scope: str,
-        items: list[dict[str, Any]],
+        items: Sequence[Any],
         key: str,
         *,
         size: str | int | None,
@@ -344,7 +345,10 @@ class EmulatorServer:
         default: int,
         maximum: int,
         extra: dict[str, Any] | None = None,
+        render: Callable[[Any], dict[str, Any]] | None = None,
     ) -> web.Response:
+        """One page of `items`; `render` writes an item as JSON (only those of the page, so a
+        page of a long list costs what the page costs)."""
         page_size = _page_size(size, default, maximum)
         if page_size is None:
             return bad_request("page_size", "Invalid page size")
@@ -354,7 +358,9 @@ class EmulatorServer:
             if read is None:
                 return bad_request("page_token", "Invalid page token")
             offset = read
-        page = items[offset : offset + page_size]
+        page = list(items[offset : offset + page_size])
+        if render is not None:
+            page = [render(item) for item in page]
         body: dict[str, Any] = dict(extra or {})
         if page:  # empty lists are left out, as Google does
             body[key] = page
@@ -424,13 +430,14 @@ class EmulatorServer:
         token = request.query.get("pageToken")
         response = self._page(
             f"reviews:{account_id}:{location_id}:{order}",
-            [r.to_json(account_id, location_id) for _, _, r in reviews],
+            reviews,
             "reviews",
             size=request.query.get("pageSize"),
             token=token,
             default=REVIEWS_DEFAULT_PAGE,
             maximum=REVIEWS_MAX_PAGE,
             extra=extra,
+            render=lambda item: item[2].to_json(item[0], item[1]),
         )
         if response.status == 200:
             # The page is built (its body is fixed): now a hook may change what comes next.
@@ -488,16 +495,16 @@ class EmulatorServer:
                 if r.comment or not ignore
             )
         _order(reviews, order)
-        items = [
-            {"name": f"accounts/{a}/locations/{loc}", "review": r.to_json(a, loc)}
-            for a, loc, r in reviews
-        ]
         return self._page(
             f"batch:{account_id}:{'|'.join(names)}:{order}:{ignore}",
-            items,
+            reviews,
             "locationReviews",
             size=fields.get("pageSize"),
             token=token,
             default=REVIEWS_DEFAULT_PAGE,
             maximum=REVIEWS_MAX_PAGE,
+            render=lambda item: {
+                "name": f"accounts/{item[0]}/locations/{item[1]}",
+                "review": item[2].to_json(item[0], item[1]),
+            },
         )
