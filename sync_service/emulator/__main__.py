@@ -1,9 +1,11 @@
 """`python -m sync_service.emulator [--port N] [--seed S] [--accounts K] [--locations L]
-[--reviews R] [--quota Q]`: serve the Google emulator until SIGTERM or SIGINT.
+[--reviews R] [--quota Q] [--api-quota API=N ...] [--messy]`: serve the Google emulator until
+SIGTERM or SIGINT.
 
 Each option also reads its environment variable (EMULATOR_PORT, EMULATOR_SEED,
 EMULATOR_ACCOUNTS, EMULATOR_LOCATIONS, EMULATOR_REVIEWS, EMULATOR_QUOTA_PER_MINUTE,
-EMULATOR_HOST); an option on the command line wins.
+EMULATOR_API_QUOTAS as `api=n,api=n`, EMULATOR_MESSY, EMULATOR_HOST); an option on the
+command line wins.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import sys
 
 from service_runtime.config import ConfigError, Env
+from sync_service.emulator.faults import Api
 from sync_service.emulator.server import EmulatorServer
 
 log = logging.getLogger("sync_service.emulator")
@@ -54,9 +57,40 @@ def _parser(env: Env) -> argparse.ArgumentParser:
         "--quota",
         type=int,
         default=env.int("EMULATOR_QUOTA_PER_MINUTE", 300, minimum=1, maximum=1_000_000),
-        help="requests per minute per Google Cloud project (OAuth client id)",
+        help="requests per minute per Google Cloud project (OAuth client id), for each API",
+    )
+    parser.add_argument(
+        "--api-quota",
+        action="append",
+        metavar="API=N",
+        default=None,
+        help=f"another quota for one API ({', '.join(a.value for a in Api)}); repeatable",
+    )
+    parser.add_argument(
+        "--messy",
+        action=argparse.BooleanOptionalAction,
+        default=env.bool("EMULATOR_MESSY", False),
+        help="also give each seeded account an unverified, a suspended, a duplicate and a "
+        "closed location",
     )
     return parser
+
+
+def _api_quotas(entries: list[str]) -> dict[str, int]:
+    """`["reviews=100", "business_information=50"]` -> {"reviews": 100, ...}."""
+    quotas: dict[str, int] = {}
+    for entry in entries:
+        api, _, limit = entry.partition("=")
+        api = api.strip()
+        if api not in {a.value for a in Api}:
+            raise ConfigError(f"unknown API {api!r} in quota {entry!r}")
+        try:
+            quotas[api] = int(limit)
+        except ValueError:
+            raise ConfigError(f"quota {entry!r} is not API=N") from None
+        if quotas[api] < 0:
+            raise ConfigError(f"quota {entry!r} is negative")
+    return quotas
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -66,18 +100,21 @@ async def _serve(args: argparse.Namespace) -> None:
         locations_per_account=args.locations,
         reviews_per_location=args.reviews,
         quota_per_minute=args.quota,
+        api_quotas=args.api_quotas,
+        messy=args.messy,
     )
     port = await server.start(args.host, args.port)
     log.info(
-        "Google emulator on http://%s:%d (seed %d: %d accounts x %d locations x %d reviews, "
-        "quota %d/min); set GBP_API_ROOT=http://%s:%d",
+        "Google emulator on http://%s:%d (seed %d: %d accounts x %d locations x %d reviews%s, "
+        "quota %s); set GBP_API_ROOT=http://%s:%d",
         args.host,
         port,
         args.seed,
         args.accounts,
         args.locations,
         args.reviews,
-        args.quota,
+        ", messy" if args.messy else "",
+        ", ".join(f"{a.value} {server.state.quota_for(a)}/min" for a in Api),
         args.host,
         port,
     )
@@ -89,12 +126,22 @@ async def _serve(args: argparse.Namespace) -> None:
     await server.stop()
 
 
+def parse_args(argv: list[str] | None, env: Env) -> argparse.Namespace:
+    """The options, from the command line over the environment; raises ConfigError."""
+    args = _parser(env).parse_args(argv)
+    raw = args.api_quota
+    if raw is None:
+        raw = [e for e in env.str("EMULATOR_API_QUOTAS", "").split(",") if e.strip()]
+    args.api_quotas = _api_quotas(raw)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        args = _parser(Env()).parse_args(argv)
+        args = parse_args(argv, Env())
     except ConfigError as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 2

@@ -5,10 +5,12 @@ Served under one root, as `GBP_API_ROOT` expects:
   GET  /v1/accounts                                    Account Management accounts.list
   GET  /v1/accounts/{a}/locations                      Business Information locations.list
   GET  /v4/accounts/{a}/locations/{l}/reviews          v4 reviews.list
-  /__control/...                                       test control (see `_control_routes`)
+  POST /v4/accounts/{a}/locations:batchGetReviews      v4 batchGetReviews
+  /__control/...                                       test control (`control.py`)
 
 Each API request goes through: added latency and injected faults, then the bearer token, then
-the per-project quota (a sliding window, like the client's limiter), then the handler.
+the quota of its API for the token's project (a sliding window, like the client's limiter),
+then the account check (the grant must see the account), then the handler.
 """
 
 from __future__ import annotations
@@ -19,131 +21,66 @@ import hashlib
 import hmac
 import json
 import logging
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from sync_service.emulator.state import (
+from sync_service.emulator.control import ControlApi
+from sync_service.emulator.data import (
+    LOCATION_FIELDS,
     STARS,
+    AccountType,
+    LocationKind,
+    ReadMaskError,
+    Review,
+    apply_mask,
+    parse_read_mask,
+)
+from sync_service.emulator.errors import (
+    api_fault,
+    bad_request,
+    failed_precondition,
+    google_error,
+    not_found,
+    permission_denied,
+    quota_error,
+    token_error,
+    token_fault,
+    unauthenticated,
+)
+from sync_service.emulator.state import (
+    AccessGrant,
+    Api,
     EmulatorState,
     Endpoint,
     Fault,
     FaultKind,
+    Location,
     NotFoundError,
 )
 
+__all__ = ["LOCATION_FIELDS", "EmulatorServer", "PageTokens", "google_error"]
+
 log = logging.getLogger(__name__)
 
-ACCOUNTS_MAX_PAGE = 20
+ACCOUNTS_DEFAULT_PAGE, ACCOUNTS_MAX_PAGE = 20, 20
 LOCATIONS_DEFAULT_PAGE, LOCATIONS_MAX_PAGE = 10, 100
 REVIEWS_DEFAULT_PAGE, REVIEWS_MAX_PAGE = 50, 50
-LOCATION_FIELDS = {
-    "name",
-    "title",
-    "storeCode",
-    "languageCode",
-    "phoneNumbers",
-    "categories",
-    "storefrontAddress",
-    "websiteUri",
-    "openInfo",
-    "metadata",
-}
+BATCH_MAX_LOCATIONS = 50
 REVIEW_ORDERS = ("updateTime desc", "rating", "rating desc")
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
+_ACCOUNT_FILTER = re.compile(r'^\s*type\s*=\s*"?([A-Z_]+)"?\s*$')
+_LOCATION_NAME = re.compile(r"^accounts/([^/]+)/locations/([^/]+)$")
+# batchGetReviews body fields; proto JSON accepts the lowerCamel and the original names.
+_BATCH_FIELDS = {
+    "locationNames": "location_names",
+    "pageSize": "page_size",
+    "pageToken": "page_token",
+    "orderBy": "order_by",
+    "ignoreRatingOnlyReviews": "ignore_rating_only_reviews",
 }
-
-
-def google_error(
-    status: int,
-    message: str,
-    *,
-    details: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    """An AIP-193 error body, as Google's JSON APIs send them."""
-    error: dict[str, Any] = {
-        "code": status,
-        "message": message,
-        "status": _STATUS_NAMES.get(status, "UNKNOWN"),
-    }
-    if details:
-        error["details"] = details
-    return web.json_response({"error": error}, status=status, headers=headers)
-
-
-def _error_info(reason: str, **metadata: str) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-        "reason": reason,
-        "domain": "googleapis.com",
-    }
-    if metadata:
-        info["metadata"] = metadata
-    return info
-
-
-def _quota_error(service: str, project: str, limit: int) -> web.Response:
-    return google_error(
-        429,
-        f"Quota exceeded for quota metric 'Requests' and limit 'Requests per minute' of "
-        f"service '{service}' for consumer 'project_number:{project}'.",
-        details=[
-            _error_info(
-                "RATE_LIMIT_EXCEEDED",
-                service=service,
-                quota_limit="DefaultRequestsPerMinutePerProject",
-                quota_limit_value=str(limit),
-                quota_unit="1/min/{project}",
-            )
-        ],
-    )
-
-
-def _services(endpoint: Endpoint) -> str:
-    return {
-        Endpoint.ACCOUNTS: "mybusinessaccountmanagement.googleapis.com",
-        Endpoint.LOCATIONS: "mybusinessbusinessinformation.googleapis.com",
-        Endpoint.REVIEWS: "mybusiness.googleapis.com",
-    }.get(endpoint, "oauth2.googleapis.com")
-
-
-def _fault_response(fault: Fault, endpoint: Endpoint, project: str, quota: int) -> web.Response:
-    headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
-    if endpoint is Endpoint.TOKEN and fault.kind not in (FaultKind.UNAVAILABLE, FaultKind.INTERNAL):
-        # The OAuth endpoint speaks its own error shape.
-        return web.json_response(
-            {"error": "invalid_grant", "error_description": "Token has been expired or revoked."},
-            status=400,
-        )
-    if fault.kind is FaultKind.EXPIRED_TOKEN:
-        return google_error(
-            401,
-            "Request had invalid authentication credentials. Expected OAuth 2 access token, "
-            "login cookie or other valid authentication credential.",
-            details=[_error_info("ACCESS_TOKEN_EXPIRED", service=_services(endpoint))],
-        )
-    if fault.kind is FaultKind.RATE_LIMIT:
-        response = _quota_error(_services(endpoint), project, quota)
-        if headers:
-            response.headers.update(headers)
-        return response
-    if fault.kind is FaultKind.QUOTA_ZERO:
-        return _quota_error(_services(endpoint), project, 0)
-    if fault.kind is FaultKind.PERMISSION_DENIED:
-        return google_error(403, "The caller does not have permission")
-    if fault.kind is FaultKind.NOT_FOUND:
-        return google_error(404, "Requested entity was not found.")
-    if fault.kind is FaultKind.INTERNAL:
-        return google_error(500, "Internal error encountered.", headers=headers)
-    return google_error(503, "The service is currently unavailable.", headers=headers)
+_BATCH_KEYS = {**{k: k for k in _BATCH_FIELDS}, **{v: k for k, v in _BATCH_FIELDS.items()}}
 
 
 class PageTokens:
@@ -173,17 +110,45 @@ class PageTokens:
         return offset
 
 
-def _page_size(raw: str | None, default: int, maximum: int) -> int | None:
+def _page_size(raw: str | int | None, default: int, maximum: int) -> int | None:
     if raw is None or raw == "":
         return default
+    if isinstance(raw, bool):
+        return None
     try:
         value = int(raw)
-    except ValueError:
+    except (TypeError, ValueError):
         return None
     if value < 0:
         return None
     # How Google treats a pageSize above its maximum is not documented: the emulator caps it.
     return min(value or default, maximum)
+
+
+def _order(reviews: list[tuple[str, str, Review]], order: str) -> None:
+    """Sorts (account, location, review) in place in Google's order for `orderBy`."""
+    if order == "updateTime desc":
+        reviews.sort(key=lambda item: item[2].order_key(), reverse=True)
+    else:
+        reviews.sort(key=lambda item: (STARS.index(item[2].star_rating), item[2].review_id))
+        if order == "rating desc":
+            reviews.reverse()
+
+
+def _no_reviews_for(location: Location) -> web.Response | None:
+    """reviews.list's answer for a location Google serves no reviews for, if it is one."""
+    if location.kind is LocationKind.UNVERIFIED:
+        return failed_precondition("Location is not verified.")
+    if location.kind is LocationKind.DUPLICATE:
+        return failed_precondition("Location is a duplicate.")
+    if location.kind is LocationKind.SUSPENDED:
+        return permission_denied()
+    return None
+
+
+def _truncated(response: web.Response) -> web.Response:
+    text = response.text or ""
+    return web.Response(status=200, text=text[: len(text) // 2], content_type="application/json")
 
 
 class EmulatorServer:
@@ -199,6 +164,8 @@ class EmulatorServer:
         quota_per_minute: int = 300,
         quota_window: float = 60.0,
         token_lifetime: float = 3600.0,
+        api_quotas: dict[str, int] | None = None,
+        messy: bool = False,
     ) -> None:
         self.state = EmulatorState(
             seed=seed,
@@ -208,6 +175,8 @@ class EmulatorServer:
             quota_per_minute=quota_per_minute,
             quota_window=quota_window,
             token_lifetime=token_lifetime,
+            api_quotas=api_quotas,
+            messy=messy,
         )
         self._tokens = PageTokens(f"emulator-page-tokens-{seed}".encode())
         self._runner: web.AppRunner | None = None
@@ -247,16 +216,19 @@ class EmulatorServer:
                 web.get("/v1/accounts", self._accounts),
                 web.get("/v1/accounts/{account}/locations", self._locations),
                 web.get("/v4/accounts/{account}/locations/{location}/reviews", self._reviews),
-                *self._control_routes(),
+                web.post("/v4/accounts/{account}/locations:batchGetReviews", self._batch_reviews),
+                *ControlApi(self.state).routes(),
             ]
         )
         return app
 
     # --- Google's endpoints ----------------------------------------------------------------------
 
-    async def _faults(self, endpoint: Endpoint, request: web.Request) -> Fault | None:
+    async def _faults(
+        self, endpoint: Endpoint, request: web.Request, *, page_token: bool = False
+    ) -> Fault | None:
         self.state.stats.requests[endpoint.value] += 1
-        latency, fault = self.state.faults_for(endpoint, request.path)
+        latency, fault = self.state.faults_for(endpoint, request.path, page_token=page_token)
         if latency:
             await asyncio.sleep(latency)
         return fault
@@ -272,15 +244,13 @@ class EmulatorServer:
     async def _token_response(self, request: web.Request) -> web.Response:
         fault = await self._faults(Endpoint.TOKEN, request)
         if fault is not None:
-            return _fault_response(fault, Endpoint.TOKEN, "", self.state.quota_per_minute)
+            return token_fault(fault)
         form = await request.post()
         if form.get("grant_type") != "refresh_token":
-            return web.json_response(
-                {
-                    "error": "unsupported_grant_type",
-                    "error_description": "Invalid grant_type: " + str(form.get("grant_type")),
-                },
-                status=400,
+            return token_error(
+                400,
+                "unsupported_grant_type",
+                "Invalid grant_type: " + str(form.get("grant_type")),
             )
         try:
             token = self.state.issue_access_token(
@@ -289,18 +259,9 @@ class EmulatorServer:
                 str(form.get("client_secret", "")),
             )
         except PermissionError:
-            return web.json_response(
-                {"error": "invalid_client", "error_description": "The OAuth client was not found."},
-                status=401,
-            )
+            return token_error(401, "invalid_client", "The OAuth client was not found.")
         except LookupError:
-            return web.json_response(
-                {
-                    "error": "invalid_grant",
-                    "error_description": "Token has been expired or revoked.",
-                },
-                status=400,
-            )
+            return token_error(400, "invalid_grant", "Token has been expired or revoked.")
         return web.json_response(
             {
                 "access_token": token,
@@ -310,33 +271,37 @@ class EmulatorServer:
             }
         )
 
-    async def _api(self, endpoint: Endpoint, request: web.Request) -> web.Response:
-        """The common path of every API call."""
-        fault = await self._faults(endpoint, request)
+    async def _api(
+        self, endpoint: Endpoint, request: web.Request, body: Any = None
+    ) -> web.Response:
+        """The common path of every API call; `body`: batchGetReviews' parsed JSON."""
+        if endpoint is Endpoint.BATCH_REVIEWS:
+            page_token = isinstance(body, dict) and bool(body.get("pageToken"))
+        else:
+            page_token = bool(request.query.get("pageToken"))
+        fault = await self._faults(endpoint, request, page_token=page_token)
         state = self.state
+        api = Api.of(endpoint)
         header = request.headers.get("Authorization", "")
         grant = state.access_grant(header[7:]) if header.startswith("Bearer ") else None
         project = grant.project if grant else "unknown"
-        if fault is not None:
-            response = _fault_response(fault, endpoint, project, state.quota_per_minute)
+        if fault is not None and fault.kind is not FaultKind.TRUNCATED_BODY:
+            response = api_fault(fault, endpoint, project, state.quota_for(api))
         elif grant is None:
-            response = google_error(
-                401,
-                "Request had invalid authentication credentials. Expected OAuth 2 access token, "
-                "login cookie or other valid authentication credential.",
-                details=[_error_info("ACCESS_TOKEN_EXPIRED", service=_services(endpoint))],
-            )
-        elif not state.admit(grant.project):
-            response = _quota_error(_services(endpoint), grant.project, state.quota_per_minute)
+            response = unauthenticated(endpoint)
+        elif not state.admit(grant.project, api):
+            response = quota_error(api, grant.project, state.quota_for(api))
         else:
             account = request.match_info.get("account")
-            if account is not None and account != grant.account_id:
-                response = google_error(403, "The caller does not have permission")
+            if account is not None and not grant.sees(account):
+                response = permission_denied()
             else:
                 try:
-                    response = self._serve(endpoint, request, grant.account_id)
+                    response = self._serve(endpoint, request, grant, body)
                 except NotFoundError:
-                    response = google_error(404, "Requested entity was not found.")
+                    response = not_found()
+            if fault is not None:  # truncated_body: the real answer, cut in half
+                response = _truncated(response)
         self._record(endpoint, request, response)
         return response
 
@@ -349,251 +314,197 @@ class EmulatorServer:
     async def _reviews(self, request: web.Request) -> web.Response:
         return await self._api(Endpoint.REVIEWS, request)
 
-    def _serve(self, endpoint: Endpoint, request: web.Request, account_id: str) -> web.Response:
+    async def _batch_reviews(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        return await self._api(Endpoint.BATCH_REVIEWS, request, body)
+
+    def _serve(
+        self, endpoint: Endpoint, request: web.Request, grant: AccessGrant, body: Any
+    ) -> web.Response:
         if endpoint is Endpoint.ACCOUNTS:
-            items = [self.state.account(account_id).to_json()]
-            return self._page(request, "accounts", items, "accounts", 20, ACCOUNTS_MAX_PAGE, {})
+            return self._list_accounts(request, grant)
+        account_id = request.match_info["account"]
         if endpoint is Endpoint.LOCATIONS:
             return self._list_locations(request, account_id)
+        if endpoint is Endpoint.BATCH_REVIEWS:
+            return self._batch_get_reviews(account_id, body)
         return self._list_reviews(request, account_id, request.match_info["location"])
 
     def _page(
         self,
-        request: web.Request,
         scope: str,
-        items: list[dict[str, Any]],
+        items: Sequence[Any],
         key: str,
+        *,
+        size: str | int | None,
+        token: str | None,
         default: int,
         maximum: int,
-        extra: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        render: Callable[[Any], dict[str, Any]] | None = None,
     ) -> web.Response:
-        size = _page_size(request.query.get("pageSize"), default, maximum)
-        if size is None:
-            return _bad_request("page_size", "Invalid page size")
+        """One page of `items`; `render` writes an item as JSON (only those of the page, so a
+        page of a long list costs what the page costs)."""
+        page_size = _page_size(size, default, maximum)
+        if page_size is None:
+            return bad_request("page_size", "Invalid page size")
         offset = 0
-        token = request.query.get("pageToken")
         if token:
             read = self._tokens.read(scope, token)
             if read is None:
-                return _bad_request("page_token", "Invalid page token")
+                return bad_request("page_token", "Invalid page token")
             offset = read
-        page = items[offset : offset + size]
-        body: dict[str, Any] = dict(extra)
+        page = list(items[offset : offset + page_size])
+        if render is not None:
+            page = [render(item) for item in page]
+        body: dict[str, Any] = dict(extra or {})
         if page:  # empty lists are left out, as Google does
             body[key] = page
-        if offset + size < len(items):
-            body["nextPageToken"] = self._tokens.issue(scope, offset + size)
+        if offset + page_size < len(items):
+            body["nextPageToken"] = self._tokens.issue(scope, offset + page_size)
         return web.json_response(body)
+
+    def _list_accounts(self, request: web.Request, grant: AccessGrant) -> web.Response:
+        filter_text = request.query.get("filter", "")
+        wanted: AccountType | None = None
+        if filter_text:
+            found = _ACCOUNT_FILTER.match(filter_text)
+            if not found or found.group(1) not in AccountType.__members__:
+                return bad_request("filter", f"Invalid filter: {filter_text[:60]}")
+            wanted = AccountType(found.group(1))
+        accounts = [self.state.accounts[a] for a in grant.account_ids if a in self.state.accounts]
+        items = [a.to_json() for a in accounts if wanted is None or a.type is wanted]
+        return self._page(
+            f"accounts:{','.join(grant.account_ids)}:{wanted or ''}",
+            items,
+            "accounts",
+            size=request.query.get("pageSize"),
+            token=request.query.get("pageToken"),
+            default=ACCOUNTS_DEFAULT_PAGE,
+            maximum=ACCOUNTS_MAX_PAGE,
+        )
 
     def _list_locations(self, request: web.Request, account_id: str) -> web.Response:
         mask = request.query.get("readMask", "")
-        if not mask:
-            return _bad_request("read_mask", "Field is required")
-        fields = {f.strip() for f in mask.split(",") if f.strip()}
-        unknown = fields - LOCATION_FIELDS
-        if unknown:
-            return _bad_request("read_mask", f"Invalid field mask: {sorted(unknown)[0]}")
+        try:
+            tree = parse_read_mask(mask)
+        except ReadMaskError as exc:
+            return bad_request("read_mask", f"Invalid field mask: {exc.args[0][:80]}")
+        if not tree:
+            return bad_request("read_mask", "Field is required")
         account = self.state.account(account_id)
-        items = [
-            {k: v for k, v in loc.to_json().items() if k in fields}
-            for loc in account.locations.values()
-        ]
+        items = [apply_mask(loc.to_json(), tree) for loc in account.locations.values()]
         return self._page(
-            request,
             f"locations:{account_id}:{mask}",
             items,
             "locations",
-            LOCATIONS_DEFAULT_PAGE,
-            LOCATIONS_MAX_PAGE,
-            {},
+            size=request.query.get("pageSize"),
+            token=request.query.get("pageToken"),
+            default=LOCATIONS_DEFAULT_PAGE,
+            maximum=LOCATIONS_MAX_PAGE,
         )
 
     def _list_reviews(
         self, request: web.Request, account_id: str, location_id: str
     ) -> web.Response:
         location = self.state.location(account_id, location_id)
+        refused = _no_reviews_for(location)
+        if refused is not None:
+            return refused
         order = request.query.get("orderBy", "updateTime desc")
         if order not in REVIEW_ORDERS:
-            return _bad_request("order_by", f"Invalid orderBy: {order[:40]}")
-        reviews = list(location.reviews.values())
-        if order == "updateTime desc":
-            reviews.sort(key=lambda r: (r.update_time, r.review_id), reverse=True)
-        else:
-            reviews.sort(key=lambda r: (STARS.index(r.star_rating), r.review_id))
-            if order == "rating desc":
-                reviews.reverse()
-        items = [r.to_json(account_id, location_id) for r in reviews]
+            return bad_request("order_by", f"Invalid orderBy: {order[:40]}")
+        reviews = [(account_id, location_id, r) for r in location.reviews.values()]
+        _order(reviews, order)
         extra: dict[str, Any] = {}
         if reviews:
-            stars = [STARS.index(r.star_rating) + 1 for r in reviews]
+            stars = [STARS.index(r.star_rating) + 1 for _, _, r in reviews]
             extra = {
                 "averageRating": round(sum(stars) / len(stars), 1),
                 "totalReviewCount": len(reviews),
             }
-        return self._page(
-            request,
+        token = request.query.get("pageToken")
+        response = self._page(
             f"reviews:{account_id}:{location_id}:{order}",
-            items,
+            reviews,
             "reviews",
-            REVIEWS_DEFAULT_PAGE,
-            REVIEWS_MAX_PAGE,
-            extra,
+            size=request.query.get("pageSize"),
+            token=token,
+            default=REVIEWS_DEFAULT_PAGE,
+            maximum=REVIEWS_MAX_PAGE,
+            extra=extra,
+            render=lambda item: item[2].to_json(item[0], item[1]),
         )
+        if response.status == 200:
+            # The page is built (its body is fixed): now a hook may change what comes next.
+            self.state.reviews_page_built(request.path, page_token=bool(token))
+        return response
 
-    # --- Control API -------------------------------------------------------------------------------
-
-    def _control_routes(self) -> list[web.RouteDef]:
-        base = "/__control"
-        loc = base + "/accounts/{account}/locations/{location}"
-        return [
-            web.get(base + "/state", self._c_state),
-            web.post(base + "/reset", self._c_reset),
-            web.post(base + "/accounts", self._c_add_account),
-            web.post(base + "/accounts/{account}/locations", self._c_add_location),
-            web.patch(loc, self._c_edit_location),
-            web.delete(loc, self._c_delete_location),
-            web.post(loc + "/reviews", self._c_add_review),
-            web.patch(loc + "/reviews/{review}", self._c_edit_review),
-            web.delete(loc + "/reviews/{review}", self._c_delete_review),
-            web.post(base + "/tokens/revoke", self._c_revoke),
-            web.post(base + "/tokens/expire", self._c_expire),
-            web.post(base + "/oauth-client", self._c_oauth_client),
-            web.post(base + "/faults", self._c_add_fault),
-            web.delete(base + "/faults", self._c_clear_faults),
-        ]
-
-    @staticmethod
-    async def _json(request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
-            return {}
-        try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            raise web.HTTPBadRequest(text="body must be JSON") from None
+    def _batch_get_reviews(self, account_id: str, body: Any) -> web.Response:
         if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text="body must be a JSON object")
-        return body
-
-    async def _control(self, action: Any) -> web.Response:
-        try:
-            result = action()
-        except NotFoundError as exc:
-            return web.json_response({"error": str(exc.args[0])}, status=404)
-        except (ValueError, KeyError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if result is None:
-            return web.json_response({"ok": True})
-        return web.json_response(result)
-
-    async def _c_state(self, request: web.Request) -> web.Response:
-        return web.json_response(self.state.summary())
-
-    async def _c_reset(self, request: web.Request) -> web.Response:
-        return await self._control(self.state.reset)
-
-    async def _c_add_account(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-
-        def add() -> dict[str, Any]:
-            name, token = self.state.add_account(
-                name=body.get("accountName"),
-                locations=int(body.get("locations", 0)),
-                reviews_per_location=int(body.get("reviewsPerLocation", 0)),
+            return google_error(400, "Invalid JSON payload received. Unexpected token.")
+        for key in body:
+            if key not in _BATCH_KEYS:
+                return google_error(
+                    400,
+                    f'Invalid JSON payload received. Unknown name "{key[:40]}": Cannot find field.',
+                )
+        fields = {_BATCH_KEYS[k]: v for k, v in body.items()}
+        names = fields.get("locationNames")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return bad_request("location_names", "Location names must be a list of strings")
+        if not 1 <= len(names) <= BATCH_MAX_LOCATIONS:
+            return bad_request(
+                "location_names",
+                f"Between 1 and {BATCH_MAX_LOCATIONS} location names are required",
             )
-            return {"name": name, "refreshToken": token}
-
-        return await self._control(add)
-
-    async def _c_add_location(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        account = request.match_info["account"]
-        return await self._control(
-            lambda: self.state.add_location(
-                account, title=body.get("title"), reviews=int(body.get("reviews", 0))
+        names = list(dict.fromkeys(names))  # a name given twice is read once
+        order = fields.get("orderBy", "updateTime desc")
+        if order not in REVIEW_ORDERS:
+            return bad_request("order_by", f"Invalid orderBy: {str(order)[:40]}")
+        ignore = fields.get("ignoreRatingOnlyReviews", False)
+        if not isinstance(ignore, bool):
+            return bad_request("ignore_rating_only_reviews", "Must be true or false")
+        token = fields.get("pageToken")
+        if token is not None and not isinstance(token, str):
+            return bad_request("page_token", "Invalid page token")
+        reviews: list[tuple[str, str, Review]] = []
+        for name in names:
+            found = _LOCATION_NAME.match(name)
+            if not found:
+                return bad_request("location_names", f"Invalid location name: {name[:80]}")
+            if found.group(1) != account_id:
+                return bad_request(
+                    "location_names",
+                    f"Location {name[:80]} does not belong to accounts/{account_id}",
+                )
+            location = self.state.location(account_id, found.group(2))  # NotFoundError: 404
+            if location.kind is LocationKind.DUPLICATE:
+                return failed_precondition(f"Location {name} is a duplicate.")
+            if location.kind is LocationKind.SUSPENDED:
+                return failed_precondition(f"Location {name} is suspended.")
+            if not location.serves_reviews:
+                return failed_precondition(f"Location {name} is not verified.")
+            reviews.extend(
+                (account_id, location.location_id, r)
+                for r in location.reviews.values()
+                if r.comment or not ignore
             )
+        _order(reviews, order)
+        return self._page(
+            f"batch:{account_id}:{'|'.join(names)}:{order}:{ignore}",
+            reviews,
+            "locationReviews",
+            size=fields.get("pageSize"),
+            token=token,
+            default=REVIEWS_DEFAULT_PAGE,
+            maximum=REVIEWS_MAX_PAGE,
+            render=lambda item: {
+                "name": f"accounts/{item[0]}/locations/{item[1]}",
+                "review": item[2].to_json(item[0], item[1]),
+            },
         )
-
-    async def _c_edit_location(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        m = request.match_info
-        return await self._control(
-            lambda: self.state.edit_location(m["account"], m["location"], **body)
-        )
-
-    async def _c_delete_location(self, request: web.Request) -> web.Response:
-        m = request.match_info
-        return await self._control(lambda: self.state.delete_location(m["account"], m["location"]))
-
-    async def _c_add_review(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        m = request.match_info
-        return await self._control(
-            lambda: self.state.add_review(
-                m["account"],
-                m["location"],
-                star_rating=body.get("starRating"),
-                comment=body.get("comment"),
-                reviewer_name=body.get("reviewerName"),
-                anonymous=bool(body.get("anonymous", False)),
-            )
-        )
-
-    async def _c_edit_review(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        m = request.match_info
-        return await self._control(
-            lambda: self.state.edit_review(
-                m["account"],
-                m["location"],
-                m["review"],
-                comment=body.get("comment"),
-                star_rating=body.get("starRating"),
-                reply_comment=body.get("replyComment"),
-            )
-        )
-
-    async def _c_delete_review(self, request: web.Request) -> web.Response:
-        m = request.match_info
-        return await self._control(
-            lambda: self.state.delete_review(m["account"], m["location"], m["review"])
-        )
-
-    async def _c_revoke(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        return await self._control(
-            lambda: self.state.revoke_refresh_token(str(body["refreshToken"]))
-        )
-
-    async def _c_expire(self, request: web.Request) -> web.Response:
-        return await self._control(self.state.expire_access_tokens)
-
-    async def _c_oauth_client(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        return await self._control(
-            lambda: self.state.require_client(str(body["clientId"]), str(body["clientSecret"]))
-        )
-
-    async def _c_add_fault(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-
-        def add() -> dict[str, Any]:
-            fault = self.state.add_fault(Fault.from_json(body))
-            return {"id": fault.id}
-
-        return await self._control(add)
-
-    async def _c_clear_faults(self, request: web.Request) -> web.Response:
-        return await self._control(self.state.clear_faults)
-
-
-def _bad_request(field: str, description: str) -> web.Response:
-    return google_error(
-        400,
-        "Request contains an invalid argument.",
-        details=[
-            {
-                "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": [{"field": field, "description": description}],
-            }
-        ],
-    )
