@@ -165,14 +165,14 @@ async def test_a_rejected_oauth_client_names_the_settings_to_fix(harness: Harnes
             "API access not approved",
         ),
         (
-            {"kind": "permission_denied"},
+            {"kind": "permission_denied", "endpoint": "locations"},
             grpc.StatusCode.FAILED_PRECONDITION,
             "access_denied",
             None,
             "denied access",
         ),
         (
-            {"kind": "not_found"},
+            {"kind": "not_found", "endpoint": "locations"},
             grpc.StatusCode.NOT_FOUND,
             "resource_not_found",
             None,
@@ -264,7 +264,9 @@ async def test_failures_count_up_and_a_success_resets_them(harness: Harness):
 # --- Deadlines ----------------------------------------------------------------------------------
 
 
-async def test_a_deadline_that_expires_mid_sync_writes_nothing_half_done(harness: Harness):
+async def test_a_deadline_that_expires_before_any_location_is_done_writes_no_review(
+    harness: Harness,
+):
     account = await harness.connect(1)
     # Locations answer at once; reviews pages take 10 s each, far beyond the 3 s deadline.
     harness.state.inject("latency", endpoint="reviews", latency=10.0)
@@ -273,12 +275,14 @@ async def test_a_deadline_that_expires_mid_sync_writes_nothing_half_done(harness
 
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert await harness.reviews(account.id, deleted=None) == []
-    assert await harness.locations(account.id, deleted=None) == []
+    # The listed locations are stored, none of them with reviews read.
+    locations = await harness.locations(account.id)
+    assert len(locations) == 3 and {r.review_state for r in locations} == {"pending"}
     harness.state.clear_faults()
     # The sync stopped before the deadline with time to spare: its failure is on record.
     [log] = await harness.error_logs(account.id)
     assert log.error_type == "sync_deadline_exceeded"
-    assert "nothing was written" in log.message
+    assert "before a location was finished" in log.message
     result = await harness.sync(account.id)
     assert result.reviews_added == 60
 
