@@ -140,6 +140,16 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """A leased job handed back unrun: `reason` is kept in `last_error`, `delay` holds it back."""
+
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    reason: str = ""
+    delay: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FailOutcome:
     job: Job
     will_retry: bool

@@ -271,9 +271,16 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
 
     @translated
     async def ReleaseJob(self, request, context):  # type: ignore[no-untyped-def]
-        job_id, token, delay = requests.release_request(request)
-        job = await self._store.job_release(job_id, token, delay)
-        log.info("job %s released unrun: %s", job_id, request.reason or "no reason given")
+        release = requests.release_request(request)
+        job = await self._store.job_release(
+            release.job_id, release.lease_token, release.delay, reason=release.reason
+        )
+        log.info(
+            "job %s released unrun%s: %s",
+            release.job_id,
+            f" for {release.delay}" if release.delay else "",
+            release.reason or "no reason given",
+        )
         return pb.ReleaseJobResponse(job=convert.job_to_pb(job))
 
     @translated

@@ -712,10 +712,21 @@ class JobStore:
         return outcome
 
     async def job_release(
-        self, job_id: uuid.UUID, lease_token: uuid.UUID, delay: timedelta | None = None
+        self,
+        job_id: uuid.UUID,
+        lease_token: uuid.UUID,
+        delay: timedelta | None = None,
+        *,
+        reason: str = "",
     ) -> Job:
-        """Returns a leased job to pending and gives its attempt back: it was never run."""
+        """Returns a leased job to pending and gives its attempt back: it was never run, or its
+        service asked for it later. Not picked before `now + delay`.
+
+        A `reason` replaces `last_error`, where an operator looking at a pending job sees why it
+        waits; `errors` stays the list of failed attempts, which a release is not.
+        """
         now = self.clock()
+        noted = {"last_error": reason[:MAX_ERROR_LENGTH]} if reason else {}
         statement = (
             sa.update(q)
             .where(
@@ -728,6 +739,7 @@ class JobStore:
                 attempts=sa.case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
                 scheduled_at=(now + delay) if delay else None,
                 updated_at=now,
+                **noted,
                 **_LEASE_CLEARED,
             )
             .returning(*_JOB_COLUMNS)
