@@ -238,7 +238,16 @@ class Worker:
             permits = self.breaker.acquire(min(wanted, _MAX_PICK))
             if not permits:
                 # Open breaker (or a probe still out): jobs stay pending, spending nothing.
-                await self._sleep(max(self.breaker.seconds_until_probe(), 0.1))
+                pause = max(self.breaker.seconds_until_probe(), 0.1)
+                if config.once and loop.time() + pause + config.job_timeout.total_seconds() >= (
+                    self._run_deadline  # type: ignore[operator]
+                ):
+                    # No job could start after the pause: end the run now, not after it.
+                    self._stop_reason = "--once: circuit breaker open until the run's end" + (
+                        f" ({self.breaker.hold_reason})" if self.breaker.hold_reason else ""
+                    )
+                    return
+                await self._sleep(pause)
                 continue
             try:
                 jobs = await self._pick(len(permits))
