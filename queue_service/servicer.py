@@ -128,6 +128,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             failure_rate=settings.alert_failure_rate,
             processing_age=settings.alert_processing_age,
             pending_backlog=settings.alert_pending_backlog,
+            api_disabled_window=settings.alert_api_disabled_window,
         )
 
     # -- users --------------------------------------------------------------------------------
@@ -335,7 +336,9 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     async def GetDiagnostics(self, request, context):  # type: ignore[no-untyped-def]
         limit = requests.recent_limit(request.recent_limit, default=10)
         snapshot = await self._store.diagnostics_snapshot(
-            stale_after=self._thresholds.processing_age, recent_limit=limit
+            stale_after=self._thresholds.processing_age,
+            recent_limit=limit,
+            api_disabled_window=self._thresholds.api_disabled_window,
         )
         return convert.diagnostics_to_pb(build_diagnostics(snapshot, self._thresholds))
 
