@@ -67,6 +67,9 @@ class RunSummary:
             "jobs_succeeded": run.jobs_succeeded if run else None,
             "jobs_failed": run.jobs_failed if run else None,
             "jobs_released": run.jobs_released if run else None,
+            # Of the released jobs, those SyncService asked to come back later (this process's
+            # own count: QueueService knows them only as released).
+            "jobs_deferred": self.outcomes[Outcome.DEFERRED],
             "outcomes": dict(self.outcomes),
             "stop_reason": self.stop_reason,
             **({"error": self.error} if self.error else {}),
@@ -416,13 +419,14 @@ class Worker:
             self._summary.run = run
             log.info(
                 "run %s finished: picked %d, processed %d, succeeded %d, failed %d, "
-                "released %d (%s)",
+                "released %d of which deferred %d (%s)",
                 run.id,
                 run.jobs_picked,
                 run.jobs_processed,
                 run.jobs_succeeded,
                 run.jobs_failed,
                 run.jobs_released,
+                self._summary.outcomes[Outcome.DEFERRED],
                 notes,
             )
             return

@@ -193,6 +193,8 @@ async def test_a_come_back_later_answer_defers_the_job_without_spending_an_attem
     assert summary.outcomes == {"deferred": 1}
     # picked, processed, succeeded, failed, released: a deferral is no failure.
     assert run_counts(summary) == (1, 0, 0, 0, 1)
+    shown = summary.as_dict()
+    assert (shown["jobs_released"], shown["jobs_deferred"], shown["jobs_failed"]) == (1, 1, 0)
     assert rig.sync.calls == [job.id]
 
 
