@@ -215,7 +215,8 @@ class JobExecution:
         deps, job = self._deps, self.job
         if not deps.breaker.allows(self.permit):
             deps.breaker.give_back(self.permit)
-            return await self._release("circuit breaker open: SyncService is failing")
+            why = deps.breaker.hold_reason or "SyncService is failing"
+            return await self._release(f"circuit breaker open: {why}")
 
         try:
             await deps.sync.wait_ready(deps.config.connect_timeout.total_seconds())
