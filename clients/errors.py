@@ -2,16 +2,23 @@
 
 Callers of QueueClient and SyncClient catch these instead of inspecting gRPC status codes:
 `ClientError` is the base; `retryable` says whether trying again later may succeed; the rich
-`google.rpc` details a server sent (field violations, a retry delay) are carried as attributes.
+`google.rpc` details a server sent (field violations, a retry delay, an ErrorInfo reason with its
+metadata) are carried as attributes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 
-from service_runtime.errors import FieldViolation, field_violations, retry_delay
+from service_runtime.errors import (
+    ErrorInfo,
+    FieldViolation,
+    error_info,
+    field_violations,
+    retry_delay,
+)
 
 # The trailer in which servers send a rich google.rpc.Status.
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -32,6 +39,9 @@ class ClientError(Exception):
         retry_delay: float | None = None,
         violations: Sequence[FieldViolation] = (),
         server_details: bool = False,
+        reason: str | None = None,
+        error_domain: str | None = None,
+        error_metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.message = message
         self.code = code
@@ -43,6 +53,13 @@ class ClientError(Exception):
         #: True when the server sent a rich status: the error came from the service's own code,
         #: not from the transport (connection refused, reset, or a proxy in between).
         self.server_details = server_details
+        #: The machine-readable reason the server gave (google.rpc.ErrorInfo.reason), if any:
+        #: branch on this, never on the message text.
+        self.reason = reason
+        #: The domain `reason` belongs to (ErrorInfo.domain), e.g. "gmbsync.sync.v1".
+        self.error_domain = error_domain
+        #: ErrorInfo's metadata: facts about the reason (e.g. `activation_url`); empty if none.
+        self.error_metadata: dict[str, str] = dict(error_metadata or {})
         prefix = f"{method}: " if method else ""
         super().__init__(f"{prefix}{code.name}: {message}")
 
@@ -148,12 +165,14 @@ def translate(error: grpc.aio.AioRpcError, *, method: str = "", lease: bool = Fa
     """The ClientError for a failed call. `lease` marks calls that need a held lease."""
     code = error.code()
     message = error.details() or ""
+    info: ErrorInfo | None
     try:
         delay = retry_delay(error)
         violations = field_violations(error)
+        info = error_info(error)
     except ValueError:
         # A status-details trailer whose code disagrees with the call's: ignore the details.
-        delay, violations = None, []
+        delay, violations, info = None, [], None
     cls = _BY_CODE.get(code, ClientError)
     if lease and code == grpc.StatusCode.FAILED_PRECONDITION:
         cls = LeaseLost
@@ -164,6 +183,9 @@ def translate(error: grpc.aio.AioRpcError, *, method: str = "", lease: bool = Fa
         retry_delay=delay,
         violations=violations,
         server_details=_has_status_details(error),
+        reason=info.reason if info else None,
+        error_domain=info.domain if info else None,
+        error_metadata=info.metadata if info else None,
     )
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from queue_service.models import (
     Alert,
+    AlertSeverity,
     Diagnostics,
     Job,
     JobStatus,
@@ -105,9 +106,19 @@ def worker_run_to_pb(run: WorkerRun) -> pb.WorkerRun:
     return message
 
 
+ALERT_SEVERITY_TO_PB = {
+    AlertSeverity.WARNING: pb.ALERT_SEVERITY_WARNING,
+    AlertSeverity.CRITICAL: pb.ALERT_SEVERITY_CRITICAL,
+}
+
+
 def alert_to_pb(alert: Alert) -> pb.Alert:
     return pb.Alert(
-        name=alert.name, message=alert.message, value=alert.value, threshold=alert.threshold
+        name=alert.name,
+        message=alert.message,
+        value=alert.value,
+        threshold=alert.threshold,
+        severity=ALERT_SEVERITY_TO_PB[alert.severity],
     )
 
 

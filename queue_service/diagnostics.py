@@ -1,4 +1,9 @@
-"""GetDiagnostics: the seed's monitoring queries and alerts, computed from one snapshot."""
+"""GetDiagnostics: the seed's monitoring queries and alerts, computed from one snapshot.
+
+Alerts are warnings (the queue is degraded but working) except `google_api_disabled`, which is
+critical: Google refuses every call of the Cloud project until someone enables the API, so no
+retry or backoff will ever make those syncs succeed.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from queue_service.models import Alert, Diagnostics, JobStatus
+from queue_service.models import Alert, AlertSeverity, ApiDisabled, Diagnostics, JobStatus
 from queue_service.store import percentile
 
 
@@ -17,6 +22,8 @@ class AlertThresholds:
     failure_rate: float = 0.20
     processing_age: timedelta = timedelta(minutes=15)
     pending_backlog: int = 50
+    # How far back an `api_disabled` row of error_logs raises google_api_disabled.
+    api_disabled_window: timedelta = timedelta(minutes=15)
 
 
 def _rate(part: int, whole: int) -> float:
@@ -84,6 +91,9 @@ def build_diagnostics(snapshot: dict[str, Any], thresholds: AlertThresholds) -> 
                 threshold=0.0,
             )
         )
+    disabled: list[ApiDisabled] = snapshot.get("api_disabled", [])
+    if disabled:
+        alerts.append(_api_disabled_alert(disabled, thresholds.api_disabled_window))
     return Diagnostics(
         stats=stats,
         oldest_pending_age=oldest_age,
@@ -99,4 +109,24 @@ def build_diagnostics(snapshot: dict[str, Any], thresholds: AlertThresholds) -> 
         recent_worker_runs=snapshot["recent_worker_runs"],
         alerts=alerts,
         generated_at=now,
+    )
+
+
+def _api_disabled_alert(disabled: list[ApiDisabled], window: timedelta) -> Alert:
+    def one(entry: ApiDisabled) -> str:
+        accounts = f"{entry.accounts} account{'' if entry.accounts == 1 else 's'}"
+        where = f"; enable it at {entry.activation_url}" if entry.activation_url else ""
+        return f"{entry.service or 'a Google API'} ({accounts} hit it{where})"
+
+    services = "; ".join(one(entry) for entry in disabled)
+    return Alert(
+        name="google_api_disabled",
+        message=(
+            f"Google API disabled for the whole Cloud project (seen in the last {window}): "
+            f"{services}. Every sync fails until it is enabled; workers hold their dispatch "
+            "meanwhile"
+        ),
+        value=float(sum(entry.accounts for entry in disabled)),
+        threshold=0.0,
+        severity=AlertSeverity.CRITICAL,
     )

@@ -28,6 +28,11 @@ class WorkerRunStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+class AlertSeverity(enum.StrEnum):
+    WARNING = "warning"  # degraded but working
+    CRITICAL = "critical"  # syncs fail until someone acts
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One row of `sync_queue`, with the account's name."""
@@ -140,6 +145,16 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """A leased job handed back unrun: `reason` is kept in `last_error`, `delay` holds it back."""
+
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    reason: str = ""
+    delay: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FailOutcome:
     job: Job
     will_retry: bool
@@ -179,6 +194,18 @@ class Alert:
     message: str
     value: float
     threshold: float
+    severity: AlertSeverity = AlertSeverity.WARNING
+
+
+@dataclass(frozen=True, slots=True)
+class ApiDisabled:
+    """A Google API that SyncService found disabled for the Cloud project, recently."""
+
+    service: str  # e.g. mybusinessbusinessinformation.googleapis.com; "" if not recorded
+    accounts: int  # distinct accounts whose syncs met it
+    errors: int  # error_logs rows
+    activation_url: str
+    last_seen: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from queue_service.models import (
     JobFilter,
     JobStatus,
     PageCursor,
+    Release,
     SyncType,
     WorkerRunStatus,
 )
@@ -43,6 +44,7 @@ LEASE_MIN, LEASE_MAX = timedelta(seconds=5), timedelta(hours=1)
 SCHEDULE_PAST_LIMIT = timedelta(days=1)
 SCHEDULE_FUTURE_LIMIT = timedelta(days=366)
 MAX_WORKER_ID = 200
+MAX_RELEASE_DELAY = timedelta(days=1)
 MAX_ERROR_INPUT = 64 * 1024
 STALE_MIN, STALE_MAX = timedelta(minutes=1), timedelta(days=7)
 
@@ -359,18 +361,25 @@ def failure(message: pb.FailJobRequest, v: Violations | None = None) -> Failure 
     )
 
 
-def release_request(message: pb.ReleaseJobRequest) -> tuple[uuid.UUID, uuid.UUID, timedelta | None]:
+def release_request(message: pb.ReleaseJobRequest) -> Release:
     v = Violations()
     job = _uuid(v, "job_id", message.job_id)
     token = lease_token(v, message.lease_token)
+    if len(message.reason) > MAX_ERROR_INPUT:
+        v.add(
+            "reason", f"is {len(message.reason)} characters; at most {MAX_ERROR_INPUT} are allowed"
+        )
     delay = None
     if _has(message, "delay"):
+        # The same bound as a failure's retry_after: a longer wait is an operator's decision.
         delay = _duration(
-            v, "delay", message.delay, minimum=timedelta(0), maximum=timedelta(days=1)
+            v, "delay", message.delay, minimum=timedelta(0), maximum=MAX_RELEASE_DELAY
         )
     v.check()
     assert job is not None and token is not None
-    return job, token, delay
+    return Release(
+        job_id=job, lease_token=token, reason=clean_text(message.reason.strip()), delay=delay
+    )
 
 
 def report_request(message: pb.ReportResultsRequest) -> list[Completion | Failure]:

@@ -128,6 +128,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             failure_rate=settings.alert_failure_rate,
             processing_age=settings.alert_processing_age,
             pending_backlog=settings.alert_pending_backlog,
+            api_disabled_window=settings.alert_api_disabled_window,
         )
 
     # -- users --------------------------------------------------------------------------------
@@ -271,9 +272,16 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
 
     @translated
     async def ReleaseJob(self, request, context):  # type: ignore[no-untyped-def]
-        job_id, token, delay = requests.release_request(request)
-        job = await self._store.job_release(job_id, token, delay)
-        log.info("job %s released unrun: %s", job_id, request.reason or "no reason given")
+        release = requests.release_request(request)
+        job = await self._store.job_release(
+            release.job_id, release.lease_token, release.delay, reason=release.reason
+        )
+        log.info(
+            "job %s released unrun%s: %s",
+            release.job_id,
+            f" for {release.delay}" if release.delay else "",
+            release.reason or "no reason given",
+        )
         return pb.ReleaseJobResponse(job=convert.job_to_pb(job))
 
     @translated
@@ -328,7 +336,9 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     async def GetDiagnostics(self, request, context):  # type: ignore[no-untyped-def]
         limit = requests.recent_limit(request.recent_limit, default=10)
         snapshot = await self._store.diagnostics_snapshot(
-            stale_after=self._thresholds.processing_age, recent_limit=limit
+            stale_after=self._thresholds.processing_age,
+            recent_limit=limit,
+            api_disabled_window=self._thresholds.api_disabled_window,
         )
         return convert.diagnostics_to_pb(build_diagnostics(snapshot, self._thresholds))
 

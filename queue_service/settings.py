@@ -31,6 +31,8 @@ class QueueSettings:
     alert_failure_rate: float = 0.20
     alert_processing_age: timedelta = timedelta(minutes=15)
     alert_pending_backlog: int = 50
+    # `api_disabled` rows of error_logs this recent raise the critical google_api_disabled alert.
+    alert_api_disabled_window: timedelta = timedelta(minutes=15)
     grace_period: timedelta = timedelta(seconds=10)
     # Finished jobs older than this are deleted by the leader; None keeps them forever.
     job_retention: timedelta | None = timedelta(days=30)
@@ -90,6 +92,12 @@ class QueueSettings:
             ),
             alert_pending_backlog=env.int(
                 "ALERT_PENDING_BACKLOG", cls.alert_pending_backlog, minimum=1, maximum=10_000_000
+            ),
+            alert_api_disabled_window=env.duration(
+                "ALERT_API_DISABLED_WINDOW",
+                cls.alert_api_disabled_window,
+                minimum=timedelta(minutes=1),
+                maximum=timedelta(days=7),
             ),
             grace_period=env.duration(
                 "GRACE_PERIOD",

@@ -41,6 +41,7 @@ from queue_service.errors import (
 )
 from queue_service.lifecycle import RetryPolicy, decide_failure
 from queue_service.models import (
+    ApiDisabled,
     Caller,
     Completion,
     EnqueueRequest,
@@ -65,7 +66,7 @@ from queue_service.tables import (
     sync_worker_runs,
 )
 from service_runtime.sqltypes import JsonDocument, UtcDateTime
-from sync_service.tables import gmb_accounts
+from sync_service.tables import error_logs, gmb_accounts
 
 NOTIFY_CHANNEL = "gmbsync_jobs"
 # Error texts are kept whole in logs but bounded in the row.
@@ -712,10 +713,21 @@ class JobStore:
         return outcome
 
     async def job_release(
-        self, job_id: uuid.UUID, lease_token: uuid.UUID, delay: timedelta | None = None
+        self,
+        job_id: uuid.UUID,
+        lease_token: uuid.UUID,
+        delay: timedelta | None = None,
+        *,
+        reason: str = "",
     ) -> Job:
-        """Returns a leased job to pending and gives its attempt back: it was never run."""
+        """Returns a leased job to pending and gives its attempt back: it was never run, or its
+        service asked for it later. Not picked before `now + delay`.
+
+        A `reason` replaces `last_error`, where an operator looking at a pending job sees why it
+        waits; `errors` stays the list of failed attempts, which a release is not.
+        """
         now = self.clock()
+        noted = {"last_error": reason[:MAX_ERROR_LENGTH]} if reason else {}
         statement = (
             sa.update(q)
             .where(
@@ -728,6 +740,7 @@ class JobStore:
                 attempts=sa.case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
                 scheduled_at=(now + delay) if delay else None,
                 updated_at=now,
+                **noted,
                 **_LEASE_CLEARED,
             )
             .returning(*_JOB_COLUMNS)
@@ -1154,7 +1167,11 @@ class JobStore:
     # -- diagnostics --------------------------------------------------------------------------
 
     async def diagnostics_snapshot(
-        self, *, stale_after: timedelta, recent_limit: int
+        self,
+        *,
+        stale_after: timedelta,
+        recent_limit: int,
+        api_disabled_window: timedelta = timedelta(minutes=15),
     ) -> dict[str, Any]:
         """The raw figures of GetDiagnostics, read in one snapshot of the database."""
         now = self.clock()
@@ -1250,6 +1267,7 @@ class JobStore:
                     )
                 )
             ).scalar_one()
+            api_disabled = await self._api_disabled(conn, since=now - api_disabled_window)
         return {
             "now": now,
             "stats": stats,
@@ -1261,7 +1279,46 @@ class JobStore:
             "recent_failures": [_job(r) for r in failure_rows],
             "recent_worker_runs": [_worker_run(r) for r in run_rows],
             "failed_worker_runs_24h": failed_runs,
+            "api_disabled": api_disabled,
         }
+
+    async def _api_disabled(self, conn: AsyncConnection, *, since: datetime) -> list[ApiDisabled]:
+        """Google APIs SyncService found disabled since `since` (its `api_disabled` rows in
+        error_logs), one entry per service, most accounts first."""
+        # Grouped in an outer query: with server-side parameters, the JSON key repeated in
+        # GROUP BY would be a second parameter, and PostgreSQL a different expression.
+        recent = (
+            sa.select(
+                sa.func.coalesce(error_logs.c.details["service"].as_string(), "").label("service"),
+                error_logs.c.details["activation_url"].as_string().label("activation_url"),
+                error_logs.c.account_id,
+                error_logs.c.created_at,
+            )
+            .where(error_logs.c.error_type == "api_disabled", error_logs.c.created_at >= since)
+            .subquery("recent")
+        )
+        accounts = sa.func.count(sa.distinct(recent.c.account_id)).label("accounts")
+        rows = await conn.execute(
+            sa.select(
+                recent.c.service,
+                accounts,
+                sa.func.count(),
+                sa.func.max(recent.c.activation_url),
+                sa.func.max(recent.c.created_at),
+            )
+            .group_by(recent.c.service)
+            .order_by(accounts.desc(), recent.c.service)
+        )
+        return [
+            ApiDisabled(
+                service=name,
+                accounts=n_accounts,
+                errors=n_errors,
+                activation_url=activation_url or "",
+                last_seen=last_seen,
+            )
+            for name, n_accounts, n_errors, activation_url, last_seen in rows
+        ]
 
 
 def percentile(values: Iterable[float], fraction: float) -> float:

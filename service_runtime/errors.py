@@ -2,10 +2,14 @@
 
 Field errors travel as `google.rpc.BadRequest` details (`grpc-status-details-bin`), so clients
 and grpcurl see which field is wrong; the message repeats it for people reading logs.
+`google.rpc.RetryInfo` says when to try again, and `google.rpc.ErrorInfo` says why, as a stable
+machine-readable `reason` in a `domain` with string `metadata`: programs branch on the reason,
+never on the message text.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +25,37 @@ class FieldViolation:
     description: str
 
 
+#: The ErrorInfo domain of SyncService's own reasons.
+SYNC_ERROR_DOMAIN = "gmbsync.sync.v1"
+
+
+class ErrorReason(enum.StrEnum):
+    """ErrorInfo reasons of SyncService's "come back later" answers (domain SYNC_ERROR_DOMAIN).
+
+    Each comes with a RetryInfo delay; none is a failure of the sync's own making, so a worker
+    hands the job back without spending an attempt.
+    """
+
+    #: RESOURCE_EXHAUSTED: Google's quota (or SyncService's shared quota) has no room before the
+    #: call's deadline. Metadata: `api`.
+    GOOGLE_QUOTA = "GOOGLE_QUOTA"
+    #: ABORTED: the sync made progress but ran out of time; its checkpoint is stored and the next
+    #: attempt resumes. Metadata: `locations_done`, `locations_total`.
+    SYNC_INCOMPLETE = "SYNC_INCOMPLETE"
+    #: UNAVAILABLE: Google says the API is disabled for the whole Cloud project, so every account
+    #: fails the same way. Metadata: `service`, `activation_url`.
+    GOOGLE_API_DISABLED = "GOOGLE_API_DISABLED"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A google.rpc.ErrorInfo: why a call failed, for programs."""
+
+    reason: str
+    domain: str = SYNC_ERROR_DOMAIN
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
 class InvalidArgument(Exception):
     """The request has one or more bad fields."""
 
@@ -33,25 +68,22 @@ class InvalidArgument(Exception):
         return cls([FieldViolation(field, description)])
 
 
-@dataclass(frozen=True)
-class ErrorInfo:
-    """A `google.rpc.ErrorInfo`: a machine-readable reason a client can act on."""
-
-    reason: str
-    domain: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
 def rich_status(
     code: grpc.StatusCode,
     message: str,
     *,
     violations: Iterable[FieldViolation] = (),
     retry_delay_seconds: float | None = None,
-    error_info: ErrorInfo | None = None,
+    reason: str | None = None,
+    domain: str = SYNC_ERROR_DOMAIN,
+    error_metadata: Mapping[str, object] | None = None,
 ) -> grpc.Status:
-    """A grpc.Status carrying google.rpc details (BadRequest, RetryInfo, ErrorInfo) in its
-    trailers."""
+    """A grpc.Status carrying google.rpc details in its trailers.
+
+    BadRequest when there are `violations`; RetryInfo when `retry_delay_seconds` is given;
+    ErrorInfo(`reason`, `domain`, `error_metadata`) when `reason` is given. Metadata values are
+    sent as strings (ErrorInfo's map is string to string), so `{"locations_done": 120}` works.
+    """
     details: list[any_pb2.Any] = []
     violations = list(violations)
     if violations:
@@ -72,16 +104,18 @@ def rich_status(
         packed = any_pb2.Any()
         packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(packed)
-    if error_info is not None:
+    if reason is not None:
         packed = any_pb2.Any()
         packed.Pack(
             error_details_pb2.ErrorInfo(
-                reason=error_info.reason,
-                domain=error_info.domain,
-                metadata=dict(error_info.metadata),
+                reason=str(reason),
+                domain=domain,
+                metadata={str(k): str(v) for k, v in (error_metadata or {}).items()},
             )
         )
         details.append(packed)
+    elif error_metadata:
+        raise ValueError("error_metadata needs a reason: ErrorInfo is sent only with one")
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
 
@@ -93,16 +127,24 @@ async def abort(
     *,
     violations: Iterable[FieldViolation] = (),
     retry_delay_seconds: float | None = None,
-    error_info: ErrorInfo | None = None,
+    reason: str | None = None,
+    domain: str = SYNC_ERROR_DOMAIN,
+    error_metadata: Mapping[str, object] | None = None,
 ) -> None:
-    """Ends the RPC with a rich status. Never returns."""
+    """Ends the RPC with a rich status (see `rich_status` for the details). Never returns.
+
+    For instance a sync out of time: code ABORTED, `retry_delay_seconds=1`,
+    `reason=ErrorReason.SYNC_INCOMPLETE`, `error_metadata={"locations_done": 120, ...}`.
+    """
     await context.abort_with_status(
         rich_status(
             code,
             message,
             violations=violations,
             retry_delay_seconds=retry_delay_seconds,
-            error_info=error_info,
+            reason=reason,
+            domain=domain,
+            error_metadata=error_metadata,
         )
     )
 
@@ -136,10 +178,27 @@ def retry_delay(error: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
     return None
 
 
+def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> ErrorInfo | None:
+    """The ErrorInfo a server sent with an error, if any (client side)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return ErrorInfo(reason=info.reason, domain=info.domain, metadata=dict(info.metadata))
+    return None
+
+
 __all__ = [
+    "SYNC_ERROR_DOMAIN",
+    "ErrorInfo",
+    "ErrorReason",
     "FieldViolation",
     "InvalidArgument",
     "abort",
+    "error_info",
     "field_violations",
     "retry_delay",
     "rich_status",

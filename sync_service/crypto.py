@@ -1,8 +1,9 @@
 """Encryption of OAuth tokens at rest (Fernet: AES-128-CBC + HMAC-SHA256).
 
 `TOKEN_ENCRYPTION_KEY` holds one or more comma-separated Fernet keys: the first encrypts, every
-one decrypts, so a key is rotated by putting the new one first and dropping the old one once
-every row was re-encrypted (each refresh re-encrypts the access token with the first key).
+one decrypts, so a key is rotated by putting the new one first, re-encrypting every stored token
+under it (`python -m sync_service.rotate_keys`; see docs/key-rotation.md), then dropping the old
+one.
 Without it, a development key file is created with mode 0600 and a warning: fine on a laptop,
 wrong in production, where the key must come from a secret store.
 """
@@ -41,7 +42,10 @@ class TokenCipher:
                     "`python -c 'from cryptography.fernet import Fernet; "
                     "print(Fernet.generate_key().decode())'`)"
                 ) from None
+        self._first = fernets[0]
         self._fernet = MultiFernet(fernets)
+        #: How many keys are configured (the first encrypts).
+        self.key_count = len(fernets)
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode("ascii")
@@ -54,6 +58,31 @@ class TokenCipher:
                 "a stored OAuth token cannot be decrypted with TOKEN_ENCRYPTION_KEY "
                 "(was the key changed without keeping the old one?)"
             ) from None
+
+    def is_current(self, ciphertext: str) -> bool:
+        """Whether `ciphertext` opens with the first (newest) key alone."""
+        try:
+            self._first.decrypt(ciphertext.encode("ascii"))
+        except (InvalidToken, ValueError):
+            return False
+        return True
+
+    def rotate(self, ciphertext: str) -> str:
+        """`ciphertext` re-encrypted under the first key (its Fernet timestamp kept).
+
+        Raises TokenDecryptError when no configured key opens it.
+        """
+        try:
+            return self._fernet.rotate(ciphertext.encode("ascii")).decode("ascii")
+        except (InvalidToken, ValueError):
+            raise TokenDecryptError(
+                "a stored OAuth token cannot be decrypted with any key of TOKEN_ENCRYPTION_KEY"
+            ) from None
+
+
+def parse_key_list(raw: str) -> tuple[str, ...]:
+    """The keys of a TOKEN_ENCRYPTION_KEY value: comma-separated, blanks ignored, order kept."""
+    return tuple(key.strip() for key in raw.split(",") if key.strip())
 
 
 def load_or_create_key_file(path: Path) -> str:

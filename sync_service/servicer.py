@@ -19,7 +19,7 @@ import grpc
 from gmbsync.sync.v1 import sync_service_pb2 as pb
 from gmbsync.sync.v1 import sync_service_pb2_grpc as pb_grpc
 from service_runtime.auth import OPERATOR, USER, Principal, Role, current_principal
-from service_runtime.errors import ErrorInfo, FieldViolation, InvalidArgument, abort
+from service_runtime.errors import ErrorReason, FieldViolation, InvalidArgument, abort
 from service_runtime.protoconv import (
     as_utc,
     from_timestamp,
@@ -53,7 +53,6 @@ POLICY = {
     f"{_PREFIX}ListAccounts": USER,
     f"{_PREFIX}DiscoverAccounts": OPERATOR,
 }
-ERROR_DOMAIN = "gmbsync.sync.v1"
 # A sync that made progress is resumed by the next attempt; there is nothing to wait for.
 RESUME_DELAY_SECONDS = 1.0
 _REVIEW_STATES = {
@@ -403,7 +402,8 @@ async def _sync_failed(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             message,
             retry_delay_seconds=exc.retry_after,
-            error_info=ErrorInfo("GOOGLE_QUOTA", ERROR_DOMAIN, {"url": exc.url or ""}),
+            reason=ErrorReason.GOOGLE_QUOTA,
+            error_metadata={"url": exc.url or ""},
         )
     if isinstance(exc, SyncIncomplete):
         await abort(
@@ -411,14 +411,11 @@ async def _sync_failed(
             grpc.StatusCode.ABORTED,
             message,
             retry_delay_seconds=RESUME_DELAY_SECONDS,
-            error_info=ErrorInfo(
-                "SYNC_INCOMPLETE",
-                ERROR_DOMAIN,
-                {
-                    "locations_done": str(exc.locations_done),
-                    "locations_total": str(exc.locations_total),
-                },
-            ),
+            reason=ErrorReason.SYNC_INCOMPLETE,
+            error_metadata={
+                "locations_done": exc.locations_done,
+                "locations_total": exc.locations_total,
+            },
         )
     if isinstance(exc, google.ApiDisabled):
         await abort(
@@ -426,11 +423,8 @@ async def _sync_failed(
             grpc.StatusCode.UNAVAILABLE,
             message,
             retry_delay_seconds=exc.retry_after,
-            error_info=ErrorInfo(
-                "GOOGLE_API_DISABLED",
-                ERROR_DOMAIN,
-                {"service": exc.service, "activation_url": exc.activation_url},
-            ),
+            reason=ErrorReason.GOOGLE_API_DISABLED,
+            error_metadata={"service": exc.service, "activation_url": exc.activation_url},
         )
     if isinstance(exc, google.RetryableGoogleError):
         await abort(

@@ -1,10 +1,16 @@
 """Running one leased job: SyncAccount under a deadline, then CompleteJob, FailJob or ReleaseJob.
 
-What a SyncService error means for the job (see `classify`):
+What a SyncService error means for the job (see `deferral`, then `classify`):
 
 | error                                              | job                              | breaker |
 |----------------------------------------------------|----------------------------------|---------|
 | none                                               | CompleteJob with the counts      | success |
+| RESOURCE_EXHAUSTED + ErrorInfo GOOGLE_QUOTA        | ReleaseJob, delay = RetryInfo:   | success |
+|   (Google's quota has no room before the deadline) |   no attempt spent (deferred)    |         |
+| ABORTED + ErrorInfo SYNC_INCOMPLETE                | ReleaseJob, delay = RetryInfo:   | success |
+|   (progress made, checkpoint stored, out of time)  |   no attempt spent (deferred)    |         |
+| UNAVAILABLE + ErrorInfo GOOGLE_API_DISABLED        | ReleaseJob, delay = RetryInfo:   | held    |
+|   (API disabled for the whole Cloud project)       |   no attempt spent (deferred)    | open    |
 | INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION   | FailJob permanent                | success |
 | RESOURCE_EXHAUSTED; UNAVAILABLE, DEADLINE_EXCEEDED | FailJob retryable, server delay  | success |
 |   with a rich status (SyncService's own answer)    |                                  |         |
@@ -14,6 +20,10 @@ What a SyncService error means for the job (see `classify`):
 | SyncService not reachable before the call          | ReleaseJob: no attempt spent     | failure |
 | breaker open, or worker shutting down              | ReleaseJob: no attempt spent     | -       |
 | lease lost                                         | nothing: the job is not ours now | -       |
+
+The three ErrorInfo reasons count only in SyncService's domain (`gmbsync.sync.v1`) and with a
+rich status; "held open" means the breaker is forced open for the delay, so this worker picks
+and calls nothing until then (every job would meet the same answer).
 """
 
 from __future__ import annotations
@@ -35,11 +45,14 @@ from clients.worker.circuit_breaker import CircuitBreaker, Permit
 from clients.worker.config import WorkerConfig
 from clients.worker.lease import LeaseKeeper
 from clients.worker.tracing import job_span
+from service_runtime.errors import SYNC_ERROR_DOMAIN, ErrorReason
 
 log = logging.getLogger(__name__)
 
 # FailJob keeps at most this much of an error message.
 _MAX_ERROR_CHARS = 4000
+# QueueService refuses a ReleaseJob delay above a day; a server asking for more gets a day.
+MAX_DEFER_SECONDS = 24 * 3600.0
 
 _PERMANENT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -65,6 +78,8 @@ class Outcome(enum.StrEnum):
     RETRYING = "retrying"  # a failed attempt; the queue runs it again after backoff
     FAILED = "failed"  # failed for good (permanent error, or attempts used up)
     RELEASED = "released"  # handed back unrun, its attempt given back
+    DEFERRED = "deferred"  # SyncService said "come back later": handed back after a delay,
+    # its attempt given back (QueueService counts it among the run's released jobs)
     LEASE_LOST = "lease_lost"  # the lease ran out or moved on; not reported
     UNREPORTED = "unreported"  # QueueService could not be told; the lease will expire
 
@@ -86,6 +101,46 @@ def classify(error: ClientError) -> Verdict:
         error.code in _TRANSPORT_CODES and not error.server_details
     )
     return Verdict(permanent=False, infrastructure=infrastructure, retry_after=error.retry_delay)
+
+
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """SyncService's "come back later": the job goes back to the queue for `delay` seconds
+    without spending its attempt; with `hold_dispatch`, the whole worker waits as long."""
+
+    reason: ErrorReason
+    delay: float
+    hold_dispatch: bool
+
+
+# (code, reason) -> (delay when the server sent no RetryInfo, hold dispatch)
+_DEFERRALS: dict[tuple[grpc.StatusCode, ErrorReason], tuple[float, bool]] = {
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.GOOGLE_QUOTA): (60.0, False),
+    (grpc.StatusCode.ABORTED, ErrorReason.SYNC_INCOMPLETE): (1.0, False),
+    (grpc.StatusCode.UNAVAILABLE, ErrorReason.GOOGLE_API_DISABLED): (300.0, True),
+}
+
+
+def deferral(error: ClientError) -> Deferral | None:
+    """The deferral a SyncAccount error asks for, or None when it is an ordinary failure.
+
+    Only SyncService's own rich answers count (server details, its ErrorInfo domain, a reason
+    that goes with the code): a bare UNAVAILABLE from the transport is never a deferral.
+    """
+    if not error.server_details or error.error_domain != SYNC_ERROR_DOMAIN:
+        return None
+    try:
+        reason = ErrorReason(error.reason)
+    except ValueError:
+        return None
+    known = _DEFERRALS.get((error.code, reason))
+    if known is None:
+        return None
+    default_delay, hold = known
+    delay = default_delay if error.retry_delay is None else error.retry_delay
+    return Deferral(
+        reason=reason, delay=min(max(delay, 0.0), MAX_DEFER_SECONDS), hold_dispatch=hold
+    )
 
 
 def sync_result(response: Any) -> dict[str, Any]:
@@ -160,7 +215,8 @@ class JobExecution:
         deps, job = self._deps, self.job
         if not deps.breaker.allows(self.permit):
             deps.breaker.give_back(self.permit)
-            return await self._release("circuit breaker open: SyncService is failing")
+            why = deps.breaker.hold_reason or "SyncService is failing"
+            return await self._release(f"circuit breaker open: {why}")
 
         try:
             await deps.sync.wait_ready(deps.config.connect_timeout.total_seconds())
@@ -202,6 +258,9 @@ class JobExecution:
 
     async def _failed(self, error: ClientError, span: trace.Span) -> Outcome:
         deps, job = self._deps, self.job
+        deferred = deferral(error)
+        if deferred is not None:
+            return await self._deferred(error, deferred, span)
         verdict = classify(error)
         if verdict.infrastructure:
             deps.breaker.record_failure(self.permit)
@@ -234,6 +293,51 @@ class JobExecution:
         if not await self._report("FailJob", fail):
             return self._unreported()
         return Outcome.RETRYING if answer[0].will_retry else Outcome.FAILED
+
+    async def _deferred(self, error: ClientError, deferred: Deferral, span: trace.Span) -> Outcome:
+        deps, job = self._deps, self.job
+        details = error.error_metadata
+        if deferred.hold_dispatch:
+            service = details.get("service") or "the Google API"
+            url = details.get("activation_url") or "(no activation URL given)"
+            if deps.breaker.force_open(deferred.delay, f"{service} disabled", self.permit):
+                log.error(
+                    "Google says %s is disabled for this Cloud project: every sync fails until "
+                    "it is enabled at %s; this worker picks no jobs for %.0f s",
+                    service,
+                    url,
+                    deferred.delay,
+                )
+        else:
+            # SyncService answered for itself: it is healthy.
+            deps.breaker.record_success(self.permit)
+        span.add_event(
+            "deferred",
+            {
+                "gmbsync.defer.reason": deferred.reason.value,
+                "gmbsync.defer.seconds": deferred.delay,
+            },
+        )
+        progress = ""
+        if deferred.reason is ErrorReason.SYNC_INCOMPLETE:
+            done, total = details.get("locations_done", "?"), details.get("locations_total", "?")
+            progress = f" ({done} of {total} locations done)"
+        log.warning(
+            "job %s (attempt %d/%d): %s%s; handing it back for %.1f s, no attempt spent",
+            job.id,
+            job.attempts,
+            job.max_attempts,
+            deferred.reason.value,
+            progress,
+            deferred.delay,
+        )
+        why = f"deferred {deferred.delay:g} s by SyncService: {error.code.name} {deferred.reason}"
+        why = f"{why}: {error.message}"[:_MAX_ERROR_CHARS]
+        ok = await self._report(
+            "ReleaseJob",
+            lambda: deps.queue.release_job(job.id, job.lease_token, why, delay=deferred.delay),
+        )
+        return Outcome.DEFERRED if ok else self._unreported()
 
     async def _release(self, reason: str) -> Outcome:
         job = self.job

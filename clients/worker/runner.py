@@ -67,6 +67,9 @@ class RunSummary:
             "jobs_succeeded": run.jobs_succeeded if run else None,
             "jobs_failed": run.jobs_failed if run else None,
             "jobs_released": run.jobs_released if run else None,
+            # Of the released jobs, those SyncService asked to come back later (this process's
+            # own count: QueueService knows them only as released).
+            "jobs_deferred": self.outcomes[Outcome.DEFERRED],
             "outcomes": dict(self.outcomes),
             "stop_reason": self.stop_reason,
             **({"error": self.error} if self.error else {}),
@@ -238,7 +241,16 @@ class Worker:
             permits = self.breaker.acquire(min(wanted, _MAX_PICK))
             if not permits:
                 # Open breaker (or a probe still out): jobs stay pending, spending nothing.
-                await self._sleep(max(self.breaker.seconds_until_probe(), 0.1))
+                pause = max(self.breaker.seconds_until_probe(), 0.1)
+                if config.once and loop.time() + pause + config.job_timeout.total_seconds() >= (
+                    self._run_deadline  # type: ignore[operator]
+                ):
+                    # No job could start after the pause: end the run now, not after it.
+                    self._stop_reason = "--once: circuit breaker open until the run's end" + (
+                        f" ({self.breaker.hold_reason})" if self.breaker.hold_reason else ""
+                    )
+                    return
+                await self._sleep(pause)
                 continue
             try:
                 jobs = await self._pick(len(permits))
@@ -407,13 +419,14 @@ class Worker:
             self._summary.run = run
             log.info(
                 "run %s finished: picked %d, processed %d, succeeded %d, failed %d, "
-                "released %d (%s)",
+                "released %d of which deferred %d (%s)",
                 run.id,
                 run.jobs_picked,
                 run.jobs_processed,
                 run.jobs_succeeded,
                 run.jobs_failed,
                 run.jobs_released,
+                self._summary.outcomes[Outcome.DEFERRED],
                 notes,
             )
             return

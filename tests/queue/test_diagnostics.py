@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 
+import pytest
+import sqlalchemy as sa
 from google.protobuf import duration_pb2
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
+from queue_service.settings import QueueSettings
+from service_runtime.config import ConfigError, Env
+from sync_service.tables import error_logs
 from tests.conftest import WORKER_METADATA
 from tests.queue.conftest import queue_settings, start_queue, stop_queue
+
+SERVICE = "mybusinessbusinessinformation.googleapis.com"
+ACTIVATION_URL = f"https://console.developers.google.com/apis/api/{SERVICE}/overview?project=42"
 
 
 def seconds(value: float) -> duration_pb2.Duration:
@@ -85,7 +94,91 @@ async def test_alerts_for_stale_jobs_backlog_and_failed_runs(any_db_url, auth_se
 
         names = {a.name: a for a in report.alerts}
         assert set(names) == {"stale_processing_jobs", "queue_backlog", "failed_worker_runs"}
+        assert {a.severity for a in report.alerts} == {pb.ALERT_SEVERITY_WARNING}
         assert names["queue_backlog"].value == 3 and names["queue_backlog"].threshold == 2
         assert [j.id for j in report.stale_jobs] == [stuck.id]
     finally:
         await stop_queue(running)
+
+
+async def log_error(
+    running,
+    account_id: uuid.UUID | None,
+    *,
+    error_type: str = "api_disabled",
+    ago: timedelta = timedelta(0),
+    **details: str,
+) -> None:
+    """An error_logs row as SyncService writes it (tests seed SyncService's table directly)."""
+    async with running.app.engine.begin() as conn:
+        await conn.execute(
+            sa.insert(error_logs).values(
+                id=uuid.uuid4(),
+                account_id=account_id,
+                source="sync_service",
+                error_type=error_type,
+                message="Google: SERVICE_DISABLED",
+                details=details,
+                created_at=datetime.now(UTC) - ago,
+            )
+        )
+
+
+async def test_a_disabled_google_api_is_a_critical_alert_naming_the_service(queue):
+    a, b, c = [await queue.add_account() for _ in range(3)]
+    for account, minutes in ((a, 1), (a, 2), (b, 14)):
+        await log_error(
+            queue,
+            account,
+            ago=timedelta(minutes=minutes),
+            service=SERVICE,
+            activation_url=ACTIVATION_URL,
+        )
+    # Not counted: too old, or another kind of error.
+    await log_error(queue, c, ago=timedelta(minutes=16), service="old.googleapis.com")
+    await log_error(queue, c, error_type="rate_limited", service="other.googleapis.com")
+
+    report = await diagnostics(queue)
+
+    [alert] = report.alerts
+    assert alert.name == "google_api_disabled"
+    assert alert.severity == pb.ALERT_SEVERITY_CRITICAL
+    assert alert.value == 2  # accounts, not rows
+    assert SERVICE in alert.message and "2 accounts" in alert.message
+    assert ACTIVATION_URL in alert.message
+    assert "old.googleapis.com" not in alert.message
+    assert "other.googleapis.com" not in alert.message
+
+
+async def test_each_disabled_service_is_named_even_without_details(queue):
+    a, b = [await queue.add_account() for _ in range(2)]
+    await log_error(queue, a, service=SERVICE)
+    await log_error(queue, b)  # no service recorded
+
+    [alert] = (await diagnostics(queue)).alerts
+
+    assert f"{SERVICE} (1 account hit it)" in alert.message
+    assert "a Google API (1 account hit it)" in alert.message
+    assert alert.value == 2
+
+
+async def test_the_api_disabled_alert_ends_with_its_window(any_db_url, auth_settings):
+    running = await start_queue(
+        queue_settings(any_db_url, auth_settings, alert_api_disabled_window=timedelta(hours=1))
+    )
+    try:
+        await log_error(running, await running.add_account(), service=SERVICE)
+        running.advance_clock(timedelta(minutes=59))
+        assert [a.name for a in (await diagnostics(running)).alerts] == ["google_api_disabled"]
+        running.advance_clock(timedelta(minutes=2))
+        assert list((await diagnostics(running)).alerts) == []
+    finally:
+        await stop_queue(running)
+
+
+def test_the_api_disabled_window_is_read_from_the_environment():
+    assert QueueSettings.from_env(Env({})).alert_api_disabled_window == timedelta(minutes=15)
+    settings = QueueSettings.from_env(Env({"ALERT_API_DISABLED_WINDOW": "1h"}))
+    assert settings.alert_api_disabled_window == timedelta(hours=1)
+    with pytest.raises(ConfigError, match="ALERT_API_DISABLED_WINDOW"):
+        QueueSettings.from_env(Env({"ALERT_API_DISABLED_WINDOW": "10s"}))

@@ -148,6 +148,71 @@ async def test_release_returns_the_job_without_spending_its_attempt(queue):
     assert again.id == picked.id
 
 
+async def test_release_with_a_delay_holds_the_job_back_and_records_why(queue):
+    account = await queue.add_account()
+    await queue.enqueue(account, max_attempts=1)
+    [picked] = await queue.pick()
+    failed_before = picked.attempts - 1
+
+    released = await queue.stub.ReleaseJob(
+        pb.ReleaseJobRequest(
+            job_id=picked.id,
+            lease_token=picked.lease_token,
+            reason="deferred 90 s by SyncService: RESOURCE_EXHAUSTED GOOGLE_QUOTA",
+            delay=seconds(90),
+        ),
+        metadata=WORKER_METADATA,
+    )
+
+    job = released.job
+    assert job.status == pb.JOB_STATUS_PENDING
+    assert job.attempts == failed_before  # given back
+    assert job.scheduled_at.ToDatetime() - job.updated_at.ToDatetime() == timedelta(seconds=90)
+    assert job.last_error == "deferred 90 s by SyncService: RESOURCE_EXHAUSTED GOOGLE_QUOTA"
+    assert list(job.errors) == []  # a release is not a failed attempt
+    assert not job.lease_token
+    assert await queue.pick() == []  # held back ...
+    queue.advance_clock(timedelta(seconds=91))
+    [again] = await queue.pick()  # ... until the delay is over, with its attempt intact
+    assert again.id == picked.id
+    assert again.attempts == 1
+
+
+async def test_release_without_a_reason_keeps_the_last_error(queue):
+    account = await queue.add_account()
+    await queue.enqueue(account, max_attempts=3)
+    [first] = await queue.pick()
+    await queue.fail(first, error="google 503")
+    queue.advance_clock(timedelta(hours=1))
+    [second] = await queue.pick()
+
+    released = await queue.stub.ReleaseJob(
+        pb.ReleaseJobRequest(job_id=second.id, lease_token=second.lease_token),
+        metadata=WORKER_METADATA,
+    )
+
+    assert released.job.last_error == "google 503"
+    assert released.job.attempts == 1
+    assert not released.job.HasField("scheduled_at")  # no delay: runnable at once
+
+
+async def test_a_completed_job_clears_a_release_reason(queue):
+    account = await queue.add_account()
+    await queue.enqueue(account)
+    [picked] = await queue.pick()
+    await queue.stub.ReleaseJob(
+        pb.ReleaseJobRequest(
+            job_id=picked.id, lease_token=picked.lease_token, reason="worker shutting down"
+        ),
+        metadata=WORKER_METADATA,
+    )
+    [again] = await queue.pick()
+
+    done = await queue.complete(again)
+
+    assert done.last_error == ""
+
+
 async def test_extend_lease_moves_the_expiry(queue):
     account = await queue.add_account()
     await queue.enqueue(account)

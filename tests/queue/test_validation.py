@@ -406,6 +406,49 @@ async def test_fail_without_a_lease_token_is_invalid_argument_and_keeps_the_leas
     assert str(row["lease_token"]) == job.lease_token
 
 
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"delay": seconds(24 * 3600 + 1)}, "delay"),
+        ({"delay": duration_pb2.Duration(seconds=-5)}, "delay"),
+        ({"reason": "x" * (64 * 1024 + 1)}, "reason"),
+    ],
+)
+async def test_release_with_an_absurd_delay_or_reason_is_invalid_and_keeps_the_lease(
+    pg_queue, fields, field
+):
+    job = await _leased_job(pg_queue)
+
+    reported = await invalid_fields(
+        pg_queue.stub.ReleaseJob(
+            pb.ReleaseJobRequest(job_id=job.id, lease_token=job.lease_token, **fields),
+            metadata=WORKER_METADATA,
+        )
+    )
+
+    assert reported == [field]
+    row = await job_row(pg_queue.app.engine, job.id)
+    assert row["status"] == "processing"
+    assert row["attempts"] == 1
+    assert str(row["lease_token"]) == job.lease_token
+
+
+async def test_release_at_the_longest_delay_is_accepted(pg_queue):
+    job = await _leased_job(pg_queue)
+
+    released = await pg_queue.stub.ReleaseJob(
+        pb.ReleaseJobRequest(
+            job_id=job.id, lease_token=job.lease_token, delay=seconds(24 * 3600), reason="a\x00b"
+        ),
+        metadata=WORKER_METADATA,
+    )
+
+    assert released.job.status == pb.JOB_STATUS_PENDING
+    delay = released.job.scheduled_at.ToDatetime() - released.job.updated_at.ToDatetime()
+    assert delay == timedelta(days=1)
+    assert released.job.last_error == "a\ufffdb"  # PostgreSQL cannot store U+0000
+
+
 async def test_a_failure_whose_error_holds_a_nul_character_is_never_an_internal_error(pg_queue):
     """Error text comes from upstream responses; a worker must always be able to report it.
 

@@ -111,3 +111,68 @@ def test_state_changes_are_reported() -> None:
         (BreakerState.OPEN, BreakerState.HALF_OPEN),
         (BreakerState.HALF_OPEN, BreakerState.CLOSED),
     ]
+
+
+def test_force_open_holds_dispatch_for_its_own_length_then_allows_one_probe() -> None:
+    breaker, clock = make(threshold=3, cooldown=30)
+    assert breaker.force_open(300, "Google API disabled") is True
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.held and breaker.hold_reason == "Google API disabled"
+    assert breaker.seconds_until_probe() == 300
+    assert breaker.times_opened == 1
+    clock.now += 299
+    assert breaker.acquire(4) == []
+    clock.now += 1
+    assert breaker.acquire(4) == [Permit(probe=True)]
+    assert not breaker.held
+
+
+def test_a_success_does_not_end_a_hold_early() -> None:
+    breaker, clock = make(threshold=3, cooldown=30)
+    breaker.force_open(120, "Google API disabled")
+    # Another in-flight job got an ordinary answer: SyncService is up, yet the hold stands.
+    breaker.record_success(Permit())
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.seconds_until_probe() == 120
+    clock.now += 120
+    (probe,) = breaker.acquire(1)
+    breaker.record_success(probe)
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.hold_reason is None
+
+
+def test_force_open_reports_only_the_start_of_a_hold_and_extends_it() -> None:
+    breaker, clock = make(threshold=3, cooldown=30)
+    assert breaker.force_open(60, "disabled") is True
+    clock.now += 10
+    # A second job with the same answer: still one hold, now ending later.
+    assert breaker.force_open(60, "disabled") is False
+    assert breaker.seconds_until_probe() == 60
+    # A shorter request never shortens it.
+    assert breaker.force_open(5, "disabled") is False
+    assert breaker.seconds_until_probe() == 60
+    assert breaker.times_opened == 1
+
+
+def test_force_open_lengthens_a_breaker_opened_by_failures() -> None:
+    breaker, _ = make(threshold=1, cooldown=30)
+    breaker.record_failure(Permit())
+    assert breaker.force_open(300, "disabled") is True  # open already, but not held
+    assert breaker.seconds_until_probe() == 300
+    assert breaker.times_opened == 1
+
+
+def test_a_held_probe_gives_its_permit_back_and_a_failed_probe_after_a_hold_reopens() -> None:
+    breaker, clock = make(threshold=3, cooldown=30)
+    breaker.force_open(10, "disabled")
+    clock.now += 10
+    (probe,) = breaker.acquire(1)
+    # The probe met the same answer: held again, and the probe is no longer out.
+    breaker.force_open(10, "disabled", permit=probe)
+    clock.now += 10
+    (probe,) = breaker.acquire(1)
+    breaker.record_failure(probe)  # SyncService itself is down now: a normal cool-down
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.held
+    assert breaker.seconds_until_probe() == 30
+    assert breaker.times_opened == 3

@@ -6,7 +6,8 @@ import grpc
 import pytest
 
 from clients import errors
-from clients.worker.job import Verdict, classify
+from clients.worker.job import MAX_DEFER_SECONDS, Deferral, Verdict, classify, deferral
+from service_runtime.errors import SYNC_ERROR_DOMAIN, ErrorReason
 
 
 @pytest.mark.parametrize(
@@ -65,3 +66,93 @@ from clients.worker.job import Verdict, classify
 )
 def test_classify(error: errors.ClientError, expected: Verdict) -> None:
     assert classify(error) == expected
+
+
+def rich(
+    cls: type[errors.ClientError],
+    code: grpc.StatusCode,
+    reason: str | None,
+    *,
+    delay: float | None = 10.0,
+    domain: str | None = SYNC_ERROR_DOMAIN,
+    server_details: bool = True,
+) -> errors.ClientError:
+    return cls(
+        "come back later",
+        code=code,
+        retry_delay=delay,
+        server_details=server_details,
+        reason=reason,
+        error_domain=domain if reason else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            rich(errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "GOOGLE_QUOTA"),
+            Deferral(ErrorReason.GOOGLE_QUOTA, 10.0, hold_dispatch=False),
+        ),
+        (
+            rich(errors.Aborted, grpc.StatusCode.ABORTED, "SYNC_INCOMPLETE", delay=1.0),
+            Deferral(ErrorReason.SYNC_INCOMPLETE, 1.0, hold_dispatch=False),
+        ),
+        (
+            rich(errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "GOOGLE_API_DISABLED"),
+            Deferral(ErrorReason.GOOGLE_API_DISABLED, 10.0, hold_dispatch=True),
+        ),
+        # No RetryInfo: a default delay per reason.
+        (
+            rich(
+                errors.ResourceExhausted,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "GOOGLE_QUOTA",
+                delay=None,
+            ),
+            Deferral(ErrorReason.GOOGLE_QUOTA, 60.0, hold_dispatch=False),
+        ),
+        (
+            rich(
+                errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "GOOGLE_API_DISABLED", delay=None
+            ),
+            Deferral(ErrorReason.GOOGLE_API_DISABLED, 300.0, hold_dispatch=True),
+        ),
+        # More than QueueService accepts: a day.
+        (
+            rich(errors.Aborted, grpc.StatusCode.ABORTED, "SYNC_INCOMPLETE", delay=10 * 86400.0),
+            Deferral(ErrorReason.SYNC_INCOMPLETE, MAX_DEFER_SECONDS, hold_dispatch=False),
+        ),
+    ],
+)
+def test_deferral_of_come_back_later_answers(error: errors.ClientError, expected: Deferral) -> None:
+    assert deferral(error) == expected
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # A reason under a code it does not go with.
+        rich(errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "GOOGLE_QUOTA"),
+        rich(errors.Internal, grpc.StatusCode.INTERNAL, "SYNC_INCOMPLETE"),
+        # Another domain's reason of the same name.
+        rich(
+            errors.ResourceExhausted,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "GOOGLE_QUOTA",
+            domain="googleapis.com",
+        ),
+        # An unknown reason, and none at all.
+        rich(errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "SOMETHING_NEW"),
+        rich(errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+        # No rich status: the transport's error.
+        rich(
+            errors.Unavailable,
+            grpc.StatusCode.UNAVAILABLE,
+            "GOOGLE_API_DISABLED",
+            server_details=False,
+        ),
+    ],
+)
+def test_other_errors_are_not_deferrals(error: errors.ClientError) -> None:
+    assert deferral(error) is None

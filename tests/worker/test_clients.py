@@ -12,7 +12,13 @@ from clients import Credentials, QueueClient, RetryPolicy, SyncClient
 from clients import errors as client_errors
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
-from service_runtime.errors import FieldViolation, abort
+from service_runtime.errors import (
+    SYNC_ERROR_DOMAIN,
+    ErrorReason,
+    FieldViolation,
+    abort,
+    rich_status,
+)
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02)
 
@@ -145,3 +151,46 @@ async def test_a_dead_server_is_an_infrastructure_unavailable() -> None:
             await client.wait_ready(0.2)
     finally:
         await client.close()
+
+
+async def test_an_error_info_arrives_as_reason_domain_and_metadata(scripted) -> None:  # type: ignore[no-untyped-def]
+    servicer, client = scripted
+    servicer.failures["EnqueueSync"] = [
+        (
+            grpc.StatusCode.ABORTED,
+            "ran out of time after 120 of 300 locations",
+            {
+                "retry_delay_seconds": 1.0,
+                "reason": ErrorReason.SYNC_INCOMPLETE,
+                "error_metadata": {"locations_done": 120, "locations_total": "300"},
+            },
+        )
+    ]
+    with pytest.raises(client_errors.Aborted) as caught:
+        await client.enqueue_sync("acct", "full")
+    error = caught.value
+    assert error.reason == "SYNC_INCOMPLETE"
+    assert error.error_domain == SYNC_ERROR_DOMAIN
+    # ErrorInfo's metadata is string to string: numbers arrive as their text.
+    assert error.error_metadata == {"locations_done": "120", "locations_total": "300"}
+    assert error.retry_delay == pytest.approx(1.0)
+    assert error.server_details
+
+
+async def test_without_an_error_info_the_reason_is_none(scripted) -> None:  # type: ignore[no-untyped-def]
+    servicer, client = scripted
+    servicer.failures["EnqueueSync"] = [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", {"retry_delay_seconds": 3.0})
+    ]
+    with pytest.raises(client_errors.ResourceExhausted) as caught:
+        await client.enqueue_sync("acct", "full")
+    assert caught.value.reason is None
+    assert caught.value.error_domain is None
+    assert caught.value.error_metadata == {}
+    assert caught.value.retry_delay == pytest.approx(3.0)
+
+
+def test_error_metadata_without_a_reason_is_refused() -> None:
+    # ErrorInfo is only sent with a reason; metadata alone would be silently lost.
+    with pytest.raises(ValueError, match="reason"):
+        rich_status(grpc.StatusCode.UNAVAILABLE, "down", error_metadata={"service": "x"})

@@ -82,6 +82,30 @@ JOB_STATUS_CANCELLED: JobStatus.ValueType  # 5
 """Cancelled before it ran."""
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
 
+class _AlertSeverity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertSeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertSeverity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_SEVERITY_UNSPECIFIED: _AlertSeverity.ValueType  # 0
+    """Not set (an older server)."""
+    ALERT_SEVERITY_WARNING: _AlertSeverity.ValueType  # 1
+    """Worth a look: the queue is degraded but working."""
+    ALERT_SEVERITY_CRITICAL: _AlertSeverity.ValueType  # 2
+    """Act now: syncs fail, and keep failing until someone acts."""
+
+class AlertSeverity(_AlertSeverity, metaclass=_AlertSeverityEnumTypeWrapper):
+    """AlertSeverity says how urgent a diagnostics alert is."""
+
+ALERT_SEVERITY_UNSPECIFIED: AlertSeverity.ValueType  # 0
+"""Not set (an older server)."""
+ALERT_SEVERITY_WARNING: AlertSeverity.ValueType  # 1
+"""Worth a look: the queue is degraded but working."""
+ALERT_SEVERITY_CRITICAL: AlertSeverity.ValueType  # 2
+"""Act now: syncs fail, and keep failing until someone acts."""
+Global___AlertSeverity: _TypeAlias = AlertSeverity  # noqa: Y015
+
 class _WorkerRunStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -218,7 +242,7 @@ class Job(_message.Message):
     max_attempts: _builtins.int
     """Attempts allowed before the job fails."""
     last_error: _builtins.str
-    """Error of the last failed attempt."""
+    """Error of the last failed attempt, or the reason it was last handed back (ReleaseJob)."""
     lease_token: _builtins.str
     """Token of the current lease; only returned to the worker that holds it (PickJobs)."""
     worker_id: _builtins.str
@@ -987,10 +1011,10 @@ class ReleaseJobRequest(_message.Message):
     lease_token: _builtins.str
     """The lease token given by PickJobs."""
     reason: _builtins.str
-    """Why the job was not run, for logs."""
+    """Why the job was not run (at most 64 KiB): logged, and kept as the job's `last_error`."""
     @_builtins.property
     def delay(self) -> _duration_pb2.Duration:
-        """Not picked again before this long from now; unset means at once."""
+        """Not picked again before this long from now (0 to 1 day); unset means at once."""
 
     def __init__(
         self,
@@ -1310,9 +1334,10 @@ class Alert(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Stable name: `high_failure_rate`, `stale_processing_jobs`, `queue_backlog`,
-    `failed_worker_runs`.
+    `failed_worker_runs`, `google_api_disabled`.
     """
     message: _builtins.str
     """What is wrong, for a person."""
@@ -1320,6 +1345,8 @@ class Alert(_message.Message):
     """The measured value."""
     threshold: _builtins.float
     """The configured threshold."""
+    severity: Global___AlertSeverity.ValueType
+    """How urgent it is."""
     def __init__(
         self,
         *,
@@ -1327,10 +1354,11 @@ class Alert(_message.Message):
         message: _builtins.str = ...,
         value: _builtins.float = ...,
         threshold: _builtins.float = ...,
+        severity: Global___AlertSeverity.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "name", b"name", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "name", b"name", "severity", b"severity", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
