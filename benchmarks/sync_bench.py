@@ -1,8 +1,10 @@
-"""How long a full sync of 1 account x 10 locations x 200 reviews takes against the emulator.
+"""How long a sync of 1 account x 10 locations x 200 reviews takes against the emulator, and
+how many HTTP calls it costs.
 
 Starts the Google emulator (no added latency) and a SyncApp on port 0 over a fresh PostgreSQL
 database (created on TEST_DATABASE_URL's server, dropped afterwards), connects the account and
-runs a full sync over gRPC, then the same full sync again (nothing new: the idempotent path).
+runs a full sync over gRPC, then the same full sync again (nothing new: the idempotent path),
+then, after one new review, an incremental sync (what periodic syncs mostly are).
 
     python -m benchmarks.sync_bench
 """
@@ -74,7 +76,16 @@ async def _measure(url: str) -> dict[str, Any]:
                 account_id=connected.account.id, sync_type=pb.SYNC_TYPE_FULL
             )
             figures: dict[str, Any] = {"locations": LOCATIONS, "reviews_per_location": REVIEWS}
-            for label in ("first_full_sync", "repeat_full_sync"):
+            runs = (
+                ("first_full_sync", pb.SYNC_TYPE_FULL),
+                ("repeat_full_sync", pb.SYNC_TYPE_FULL),
+                ("incremental_sync_after_one_new_review", pb.SYNC_TYPE_INCREMENTAL),
+            )
+            for label, sync_type in runs:
+                if sync_type == pb.SYNC_TYPE_INCREMENTAL:
+                    location = next(iter(emulator.state.account("1").locations))
+                    emulator.state.add_review("1", location, comment="new since the last sync")
+                request.sync_type = sync_type
                 requests_before = sum(emulator.state.stats.requests.values())
                 started = time.perf_counter()
                 result = await stub.SyncAccount(request, metadata=metadata, timeout=120)

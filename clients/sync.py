@@ -49,11 +49,37 @@ class SyncClient(ServiceClient):
         return await self._unary("SyncAccount", self._stub.SyncAccount, request, timeout=timeout)
 
     async def get_sync_status(self, account_id: str, *, timeout: float | None = None) -> SyncStatus:
+        return (await self.get_sync_status_details(account_id, timeout=timeout)).status
+
+    async def get_sync_status_details(
+        self, account_id: str, *, timeout: float | None = None
+    ) -> pb.GetSyncStatusResponse:
+        """The account's status and each stored location's review state and figures."""
         request = pb.GetSyncStatusRequest(account_id=account_id)
-        response = await self._unary(
+        return await self._unary(
             "GetSyncStatus", self._stub.GetSyncStatus, request, timeout=timeout, idempotent=True
         )
-        return response.status
+
+    async def discover_accounts(
+        self,
+        *,
+        user_id: str,
+        refresh_token: str,
+        account_types: list[str] | None = None,
+        timeout: float | None = None,
+    ) -> pb.DiscoverAccountsResponse:
+        """Connects every account an OAuth grant sees, of the types asked for (by default
+        personal accounts, location groups and organizations)."""
+        request = pb.DiscoverAccountsRequest(
+            user_id=user_id, refresh_token=refresh_token, account_types=account_types or []
+        )
+        return await self._unary(
+            "DiscoverAccounts",
+            self._stub.DiscoverAccounts,
+            request,
+            timeout=timeout,
+            idempotent=True,
+        )
 
     async def connect_account(
         self,

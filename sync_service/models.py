@@ -203,10 +203,17 @@ class SyncContext:
 
 @dataclass(frozen=True, slots=True)
 class SyncPass:
-    """One pass over an account: its snapshot time (the database's clock when it began), and
-    whether an earlier attempt began it."""
+    """One pass over an account, as one attempt sees it.
+
+    `started_at` is the database's clock when the pass began: a location read at or after it
+    is done for the pass, and a row no attempt of the pass saw is older than it. `seen_at` is
+    the database's clock when this attempt began: the snapshot time that stamps what this
+    attempt writes. Attempts of one pass thus never share a snapshot time, so a late write of
+    an earlier (or concurrent) attempt never overrides what a later one decided.
+    """
 
     started_at: datetime
+    seen_at: datetime
     resumed: bool
     # False when an incremental sync runs beside an unfinished full pass, which keeps its
     # checkpoint.

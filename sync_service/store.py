@@ -485,9 +485,9 @@ class SyncStore:
                     .where(sync_checkpoints.c.account_id == account_id)
                     .values(attempts=sync_checkpoints.c.attempts + 1, updated_at=now)
                 )
-                return SyncPass(row.pass_started_at, resumed=True, checkpointed=True)
+                return SyncPass(row.pass_started_at, now, resumed=True, checkpointed=True)
             if row is not None and fresh and sync_type is SyncType.INCREMENTAL:
-                return SyncPass(now, resumed=False, checkpointed=False)
+                return SyncPass(now, now, resumed=False, checkpointed=False)
             values = {
                 "sync_type": sync_type.value,
                 "pass_started_at": now,
@@ -501,7 +501,7 @@ class SyncStore:
                     index_elements=[sync_checkpoints.c.account_id], set_=values
                 )
             )
-            return SyncPass(now, resumed=False, checkpointed=True)
+            return SyncPass(now, now, resumed=False, checkpointed=True)
 
     async def _now(self, conn: AsyncConnection) -> datetime:
         if not self._postgres:
@@ -668,14 +668,16 @@ class SyncStore:
         self,
         account_id: uuid.UUID,
         sync_type: SyncType,
-        seen: datetime,
+        sync_pass: SyncPass,
         *,
         locations_skipped: int,
     ) -> tuple[WriteCounts, SyncStatusRecord]:
-        """Ends a pass whose every location was read: a full pass soft-deletes the locations it
-        did not list and the reviews it proved gone (of locations whose read was verified, and
-        of removed locations), stamping each deletion with the pass's snapshot time so that no
-        older snapshot revives it; then the success status, and the checkpoint is dropped."""
+        """Ends a pass whose every location was read: a full pass soft-deletes the locations no
+        attempt of it listed and the reviews it proved gone (of locations whose read was
+        verified, and of removed locations), stamping each deletion with this attempt's
+        snapshot time so that no older snapshot revives it; then the success status, and the
+        checkpoint is dropped."""
+        begun, seen = sync_pass.started_at, sync_pass.seen_at
         async with self.engine.begin() as conn:
             await self._lock_account(conn, account_id)
             await self._require_account(conn, account_id)
@@ -683,13 +685,13 @@ class SyncStore:
             locations_removed = reviews_removed = 0
             if sync_type is SyncType.FULL:
                 locations_removed = await self._soft_delete(
-                    conn, gmb_locations, account_id, seen, now
+                    conn, gmb_locations, account_id, begun, seen, now
                 )
                 location = gmb_locations.c
                 proven = sa.select(location.location_id).where(
                     location.account_id == account_id,
                     sa.or_(
-                        sa.and_(location.reviews_read_at >= seen, location.reviews_verified),
+                        sa.and_(location.reviews_read_at >= begun, location.reviews_verified),
                         sa.and_(location.deleted_at.is_not(None), location.observed_at == seen),
                     ),
                 )
@@ -697,9 +699,9 @@ class SyncStore:
                     conn,
                     gmb_reviews,
                     account_id,
+                    begun,
                     seen,
                     now,
-                    gmb_reviews.c.last_seen_at < seen,
                     gmb_reviews.c.location_id.in_(proven),
                 )
             live = sa.func.count()
@@ -716,7 +718,7 @@ class SyncStore:
                     sa.select(
                         sa.func.count().filter(gmb_reviews.c.deleted_at.is_(None)),
                         sa.func.max(gmb_reviews.c.update_time).filter(
-                            gmb_reviews.c.last_seen_at >= seen
+                            gmb_reviews.c.last_seen_at >= begun
                         ),
                     ).where(gmb_reviews.c.account_id == account_id)
                 )
@@ -734,7 +736,7 @@ class SyncStore:
             await conn.execute(
                 sa.delete(sync_checkpoints).where(
                     sync_checkpoints.c.account_id == account_id,
-                    sync_checkpoints.c.pass_started_at == seen,
+                    sync_checkpoints.c.pass_started_at == begun,
                 )
             )
         counts = WriteCounts(locations_removed=locations_removed, reviews_removed=reviews_removed)
@@ -801,17 +803,20 @@ class SyncStore:
         conn: AsyncConnection,
         table: sa.Table,
         account_id: uuid.UUID,
+        begun: datetime,
         seen: datetime,
         now: datetime,
         *where: Any,
     ) -> int:
-        """Marks deleted what the pass of snapshot time `seen` did not see, unless a newer
-        snapshot decided it; the deletion carries `seen` so an older snapshot cannot undo it."""
+        """Marks deleted what no attempt of the pass begun at `begun` saw, unless a snapshot
+        newer than this attempt's (`seen`) decided it; the deletion carries `seen` so an older
+        snapshot cannot undo it."""
         result = await conn.execute(
             sa.update(table)
             .where(
                 table.c.account_id == account_id,
                 table.c.deleted_at.is_(None),
+                table.c.last_seen_at < begun,
                 table.c.observed_at < seen,
                 *where,
             )

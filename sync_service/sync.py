@@ -209,7 +209,7 @@ class Syncer:
             counts, status = await self._store.pass_complete(
                 account_id,
                 sync_type,
-                sync_pass.started_at,
+                sync_pass,
                 locations_skipped=len(progress.skipped),
             )
         except TimeoutError:
@@ -313,14 +313,14 @@ class Syncer:
     ) -> None:
         account_id = context.account.id
         account = context.account.google_account_id
-        seen = sync_pass.started_at
+        seen = sync_pass.seen_at
         locations = _unique_locations(
             _parse(LocationRow.from_google, doc, "location")
             for doc in await session.list_locations(account)
         )
         await self._store.locations_write(account_id, locations, seen)
         done = (
-            await self._store.locations_read_in_pass(account_id, seen)
+            await self._store.locations_read_in_pass(account_id, sync_pass.started_at)
             if sync_pass.resumed
             else set()
         )

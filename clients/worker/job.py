@@ -153,6 +153,13 @@ def sync_result(response: Any) -> dict[str, Any]:
         "reviews_removed": response.reviews_removed,
         "api_calls": response.api_calls,
         "duration_seconds": round(response.duration.ToTimedelta().total_seconds(), 3),
+        # A partial sync says so: locations whose reviews Google refused or does not serve.
+        "locations_skipped": response.locations_skipped,
+        "skipped_locations": [
+            {"location_id": s.location_id, "reason": s.reason} for s in response.skipped_locations
+        ],
+        "locations_deletions_deferred": response.locations_deletions_deferred,
+        "resumed": response.resumed,
     }
 
 

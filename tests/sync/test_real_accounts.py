@@ -16,9 +16,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from clients import Credentials, SyncClient
 from gmbsync.sync.v1 import sync_service_pb2 as pb
 from service_runtime.errors import retry_delay
-from tests.conftest import WORKER_METADATA
+from tests.conftest import TEST_TRIGGER_SECRET, WORKER_METADATA
 from tests.sync.conftest import OWNER, Harness, MakeHarness
 
 FULL, INCREMENTAL = pb.SYNC_TYPE_FULL, pb.SYNC_TYPE_INCREMENTAL
@@ -380,3 +381,55 @@ async def test_an_account_too_big_for_one_deadline_finishes_over_attempts_that_r
     assert len(harness.review_calls()) < 300 + 8 * (len(attempts) + 1)
     status = await harness.status(account.id)
     assert (status.locations_count, status.reviews_count) == (300, 300)
+
+
+async def test_the_typed_client_discovers_accounts_and_reads_location_states(harness: Harness):
+    harness.state.add_account(type="LOCATION_GROUP", locations=1, reviews_per_location=1)
+    grant = harness.state.add_grant(["accounts/1", "accounts/3"])
+    assert harness.app.server is not None
+    async with SyncClient.connect(
+        f"127.0.0.1:{harness.app.server.port}", Credentials.trigger_secret(TEST_TRIGGER_SECRET)
+    ) as client:
+        found = await client.discover_accounts(
+            user_id=str(OWNER), refresh_token=grant, account_types=["LOCATION_GROUP"]
+        )
+        [group] = found.accounts
+        await client.sync_account(group.account.id, "full")
+        details = await client.get_sync_status_details(group.account.id)
+
+    assert group.type == "LOCATION_GROUP" and found.skipped == 1
+    assert details.status.locations_count == 1
+    [location] = details.locations
+    assert location.review_state == pb.REVIEW_STATE_SYNCED and location.total_review_count == 1
+
+
+async def test_a_late_older_sync_does_not_bring_back_a_review_a_newer_sync_deleted(
+    make_harness: MakeHarness,
+):
+    harness = await make_harness(accounts=1, locations_per_account=2, reviews_per_location=60)
+    account = await harness.connect(1)
+    await harness.sync(account.id)
+    location = harness.location_ids(1)[0]
+    doomed = next(iter(harness.state.location("1", location).reviews))
+    first_page_served = asyncio.Event()
+
+    def between_the_older_syncs_pages() -> None:
+        # The older sync has seen the review on page 1; it is deleted now, and the older sync's
+        # next page is held back until a newer sync has come and gone.
+        harness.state.delete_review("1", location, doomed)
+        harness.state.inject(
+            "latency", endpoint="reviews", match=f"locations/{location}/", latency=2.0, count=1
+        )
+        first_page_served.set()
+
+    harness.state.after_page(f"locations/{location}/", 1, between_the_older_syncs_pages)
+    older = asyncio.create_task(harness.sync(account.id))
+    await first_page_served.wait()
+    newer = await harness.sync(account.id)
+    late = await older
+
+    assert newer.reviews_removed == 1
+    assert late.reviews_added == 0 and late.reviews_removed == 0
+    live = {r.review_id for r in await harness.reviews(account.id)}
+    assert doomed not in live and len(live) == 119
+    assert (await harness.status(account.id)).reviews_count == 119

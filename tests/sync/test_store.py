@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from gmbsync.sync.v1 import sync_service_pb2 as pb
 from service_runtime.database import create_engine_async
 from sync_service.crypto import TokenCipher
-from sync_service.models import LocationRead, LocationRow, ReviewRow, SyncType
+from sync_service.models import LocationRead, LocationRow, ReviewRow, SyncPass, SyncType
 from sync_service.store import SyncStore
 from sync_service.tables import gmb_locations, gmb_reviews, oauth_tokens
 from tests.sync.conftest import OWNER, TEST_TOKEN_KEY, MakeHarness
@@ -85,7 +85,9 @@ async def sync_write(
         )
         written = await store.location_reviews_write(read, seen)
         counts = written if counts is None else counts + written
-    end_counts, status = await store.pass_complete(account_id, sync_type, seen, locations_skipped=0)
+    end_counts, status = await store.pass_complete(
+        account_id, sync_type, SyncPass(seen, seen, False, True), locations_skipped=0
+    )
     return (counts + end_counts if counts else end_counts), status
 
 
@@ -272,10 +274,12 @@ async def test_a_pass_is_resumed_by_the_next_attempt_of_the_same_type_only(store
 
     assert (first.resumed, first.checkpointed) == (False, True)
     assert again.resumed and again.started_at == first.started_at
+    # Each attempt stamps what it writes with its own snapshot time.
+    assert again.seen_at > first.seen_at
     # An incremental sync leaves the unfinished full pass alone.
     assert (beside.resumed, beside.checkpointed) == (False, False)
     assert not expired.resumed and expired.started_at > first.started_at
-    await store.pass_complete(account_id, SyncType.FULL, expired.started_at, locations_skipped=0)
+    await store.pass_complete(account_id, SyncType.FULL, expired, locations_skipped=0)
     assert not (await store.pass_begin(account_id, SyncType.FULL, timedelta(hours=1))).resumed
 
 
