@@ -348,12 +348,11 @@ class Syncer:
                 await step()
 
         # A location this account never synced is read whole, even in an incremental sync.
-        known = [
-            loc
-            for loc in todo
-            if cutoff is not None and loc.location_id in context.known_location_ids
-        ]
-        whole = [loc for loc in todo if loc not in known]
+        known: list[LocationRow] = []
+        whole: list[LocationRow] = []
+        for location in todo:
+            synced_before = location.location_id in context.known_location_ids
+            (known if cutoff is not None and synced_before else whole).append(location)
         try:
             async with asyncio.TaskGroup() as group:
                 for location in whole:
