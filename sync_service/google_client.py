@@ -1,6 +1,7 @@
 """An async client of Google's Business Profile APIs (httpx), with errors classified once.
 
-`GoogleApi` is per process: one connection pool, one rate limiter per Google Cloud project.
+`GoogleApi` is per process: one connection pool, and the quota limiter of the Google Cloud
+project (shared with other replicas through the database, see `sync_service.quota`).
 `GoogleSession` is per sync: it holds the account's credentials, refreshes the access token
 when it is missing or about to expire (and once more on a 401), follows `nextPageToken` to the
 end, and counts its HTTP calls.
@@ -26,7 +27,7 @@ import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 from sync_service.models import OAuthCredentials
-from sync_service.rate_limiter import RateLimiter
+from sync_service.quota import GoogleApiName, LocalQuota, QuotaLimiter, quota_shapes
 from sync_service.settings import GoogleSettings
 
 log = logging.getLogger(__name__)
@@ -294,9 +295,15 @@ def _transport_error(exc: httpx.HTTPError, what: str) -> GoogleUnavailable:
 
 
 class GoogleApi:
-    """Process-wide: the HTTP connection pool, the project's rate limiter, the configuration."""
+    """Process-wide: the HTTP connection pool, the project's quota limiter, the configuration."""
 
-    def __init__(self, settings: GoogleSettings, *, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: GoogleSettings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        quota: QuotaLimiter | None = None,
+    ) -> None:
         self.settings = settings
         timeout = settings.request_timeout.total_seconds()
         self.http = http or httpx.AsyncClient(
@@ -307,11 +314,13 @@ class GoogleApi:
         # Spans of Google calls become children of the current (SyncAccount) span, and W3C
         # trace context travels with each request.
         HTTPXClientInstrumentor.instrument_client(self.http)
-        # One limiter per Google Cloud project; this process uses one OAuth client, so one.
-        self.limiter = RateLimiter(settings.quota_per_window, settings.quota_window.total_seconds())
+        # The project's quota, one budget per API; this process uses one OAuth client, so one
+        # project. Without a shared limiter, this process's own (right for one process only).
+        self.quota = quota if quota is not None else LocalQuota(quota_shapes(settings))
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.quota.aclose()
 
     def session(
         self,
@@ -382,7 +391,6 @@ class GoogleSession:
             lambda: self._api.http.post(url, data=form),
             what=url,
             classify=classify_token_error,
-            rate_limited=False,
         )
         if response.status_code != 200:
             raise classify_token_error(response)
@@ -423,13 +431,13 @@ class GoogleSession:
         *,
         what: str,
         classify: Callable[[httpx.Response], GoogleError] = classify_api_error,
-        rate_limited: bool = True,
+        api: GoogleApiName | None = None,
     ) -> httpx.Response:
         """Sends, retrying transient failures a bounded number of times, within the deadline.
 
         Returns the last response unless it was a transient failure with no retries left; the
-        caller classifies other error responses. The token endpoint is not rate limited: it
-        is OAuth's, not the project's API quota.
+        caller classifies other error responses. Each attempt at `api` takes a slot of its
+        quota; the token endpoint (api None) takes none: it is OAuth's, not an API's quota.
         """
         settings = self._settings
         attempt = 0
@@ -437,11 +445,9 @@ class GoogleSession:
             failure: GoogleUnavailable
             try:
                 self.api_calls += 1
-                if rate_limited:
-                    async with self._api.limiter.slot():
-                        response = await send()
-                else:
-                    response = await send()
+                if api is not None:
+                    await self._api.quota.acquire(api)
+                response = await send()
                 if response.status_code == 200:
                     return response
                 classified = classify(response)
@@ -468,13 +474,17 @@ class GoogleSession:
         headers = {"authorization": f"Bearer {token}"}
         return lambda: self._api.http.get(url, params=params, headers=headers)
 
-    async def _get_json(self, url: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _get_json(
+        self, url: str, params: dict[str, Any], api: GoogleApiName
+    ) -> dict[str, Any]:
         """GET an API resource with the account's token: one refresh and retry on a 401."""
         token = await self._valid_access_token()
-        response = await self._send_with_retries(self._getter(url, params, token), what=url)
+        send = self._getter(url, params, token)
+        response = await self._send_with_retries(send, what=url, api=api)
         if response.status_code == 401:
             token = await self._refresh_after_401(token)
-            response = await self._send_with_retries(self._getter(url, params, token), what=url)
+            send = self._getter(url, params, token)
+            response = await self._send_with_retries(send, what=url, api=api)
         if response.status_code != 200:
             raise classify_api_error(response)
         try:
@@ -487,12 +497,14 @@ class GoogleSession:
             raise BadRequest(f"Google answered {url} with unexpected JSON", url=url)
         return body
 
-    async def _pages(self, url: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _pages(
+        self, url: str, params: dict[str, Any], api: GoogleApiName
+    ) -> AsyncIterator[dict[str, Any]]:
         """Every page of a list call, following nextPageToken to the end."""
         seen_tokens: set[str] = set()
         page_params = dict(params)
         while True:
-            body = await self._get_json(url, page_params)
+            body = await self._get_json(url, page_params, api)
             yield body
             token = body.get("nextPageToken")
             if not token:
@@ -508,7 +520,8 @@ class GoogleSession:
         """accounts.list: every account the grant can see."""
         url = f"{self._settings.endpoints.account_management_url}/v1/accounts"
         accounts: list[dict[str, Any]] = []
-        async for page in self._pages(url, {"pageSize": ACCOUNTS_PAGE_SIZE}):
+        pages = self._pages(url, {"pageSize": ACCOUNTS_PAGE_SIZE}, GoogleApiName.ACCOUNT_MANAGEMENT)
+        async for page in pages:
             accounts.extend(page.get("accounts") or ())
         return accounts
 
@@ -517,7 +530,7 @@ class GoogleSession:
         url = f"{self._settings.endpoints.business_information_url}/v1/{account}/locations"
         params = {"readMask": LOCATION_READ_MASK, "pageSize": LOCATIONS_PAGE_SIZE}
         locations: list[dict[str, Any]] = []
-        async for page in self._pages(url, params):
+        async for page in self._pages(url, params, GoogleApiName.BUSINESS_INFORMATION):
             locations.extend(page.get("locations") or ())
         return locations
 
@@ -527,4 +540,5 @@ class GoogleSession:
         `location` is `locations/{id}`; the v4 API wants `accounts/{a}/locations/{l}`.
         """
         url = f"{self._settings.endpoints.v4_url}/v4/{account}/{location}/reviews"
-        return self._pages(url, {"pageSize": REVIEWS_PAGE_SIZE, "orderBy": "updateTime desc"})
+        params = {"pageSize": REVIEWS_PAGE_SIZE, "orderBy": "updateTime desc"}
+        return self._pages(url, params, GoogleApiName.REVIEWS)
