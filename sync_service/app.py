@@ -1,7 +1,8 @@
 """SyncService wired together: database, token cipher, Google client, syncer, gRPC server.
 
 `SyncApp(settings).start()` returns the bound port (listen on "127.0.0.1:0" in tests);
-`stop(grace)` drains in-flight RPCs, then closes the HTTP pool and the database engine.
+`stop(grace)` drains in-flight RPCs, then closes the HTTP pool, the quota limiter and the
+database engine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from service_runtime.database import create_engine_async
 from service_runtime.serving import GrpcServer, ServiceRegistration
 from sync_service.crypto import cipher_from_settings
 from sync_service.google_client import GoogleApi
+from sync_service.quota import quota_from_settings
 from sync_service.servicer import POLICY, SERVICE_NAME, SyncServicer
 from sync_service.settings import SyncSettings
 from sync_service.store import SyncStore
@@ -42,7 +44,9 @@ class SyncApp:
         )
         engine = create_engine_async(settings.database_url)
         self.store = SyncStore(engine, cipher)
-        self.google = GoogleApi(settings.google)
+        # On PostgreSQL the quota is shared with every replica on the database; SQLite: local.
+        quota = quota_from_settings(settings.google, engine)
+        self.google = GoogleApi(settings.google, quota=quota)
         servicer = SyncServicer(self.store, Syncer(self.store, self.google, settings))
         self.server = GrpcServer(
             listen_addr=settings.listen_addr,

@@ -1,6 +1,7 @@
 """An async client of Google's Business Profile APIs (httpx), with errors classified once.
 
-`GoogleApi` is per process: one connection pool, one rate limiter per Google Cloud project.
+`GoogleApi` is per process: one connection pool, and the quota limiter of the Google Cloud
+project (shared with other replicas through the database, see `sync_service.quota`).
 `GoogleSession` is per sync: it holds the account's credentials, refreshes the access token
 when it is missing or about to expire (and once more on a 401), follows `nextPageToken` to the
 end, and counts its HTTP calls.
@@ -28,7 +29,13 @@ from typing import Any, Protocol
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-from sync_service.rate_limiter import RateLimiter
+from sync_service.quota import (
+    GoogleApiName,
+    LocalQuota,
+    QuotaLimiter,
+    QuotaWaitTooLong,
+    quota_shapes,
+)
 from sync_service.settings import GoogleSettings
 
 log = logging.getLogger(__name__)
@@ -359,9 +366,15 @@ def _transport_error(exc: httpx.HTTPError, what: str) -> GoogleUnavailable:
 
 
 class GoogleApi:
-    """Process-wide: the HTTP connection pool, the project's rate limiter, the configuration."""
+    """Process-wide: the HTTP connection pool, the project's quota limiter, the configuration."""
 
-    def __init__(self, settings: GoogleSettings, *, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: GoogleSettings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        quota: QuotaLimiter | None = None,
+    ) -> None:
         self.settings = settings
         timeout = settings.request_timeout.total_seconds()
         self.http = http or httpx.AsyncClient(
@@ -372,8 +385,9 @@ class GoogleApi:
         # Spans of Google calls become children of the current (SyncAccount) span, and W3C
         # trace context travels with each request.
         HTTPXClientInstrumentor.instrument_client(self.http)
-        # One limiter per Google Cloud project; this process uses one OAuth client, so one.
-        self.limiter = RateLimiter(settings.quota_per_window, settings.quota_window.total_seconds())
+        # The project's quota, one budget per API; this process uses one OAuth client, so one
+        # project. Without a shared limiter, this process's own (right for one process only).
+        self.quota = quota if quota is not None else LocalQuota(quota_shapes(settings))
         # Syncs of one account in this process refresh its token one at a time (the store's
         # guard does the same across processes).
         self._refresh_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
@@ -389,6 +403,7 @@ class GoogleApi:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.quota.aclose()
 
     def session(
         self, credentials: StoredCredentials, tokens: TokenStore, *, deadline: float | None = None
@@ -507,7 +522,6 @@ class GoogleSession:
             lambda: self._api.http.post(url, data=form),
             what=url,
             classify=classify_token_error,
-            rate_limited=False,
         )
         if response.status_code != 200:
             raise classify_token_error(response)
@@ -549,7 +563,7 @@ class GoogleSession:
         *,
         what: str,
         classify: Callable[[httpx.Response], GoogleError] = classify_api_error,
-        rate_limited: bool = True,
+        api: GoogleApiName | None = None,
         expect_json: bool = False,
     ) -> httpx.Response:
         """Sends, retrying transient failures a bounded number of times, within the deadline.
@@ -557,20 +571,18 @@ class GoogleSession:
         Returns the last response unless it was a transient failure with no retries left; the
         caller classifies other error responses. A 429 whose delay fits the in-call limit and
         the deadline is waited out too, and so is a 200 whose body is not whole JSON
-        (`expect_json`). The token endpoint is not rate limited: it is OAuth's, not the
-        project's API quota.
+        (`expect_json`). Each attempt at `api` takes a slot of its quota, within the deadline;
+        the token endpoint (api None) takes none: it is OAuth's, not an API's quota.
         """
         settings = self._settings
         attempt = 0
         while True:
             failure: RetryableGoogleError
             try:
+                if api is not None:
+                    await self._quota_slot(api, what)
                 self.api_calls += 1
-                if rate_limited:
-                    async with self._api.limiter.slot():
-                        response = await send()
-                else:
-                    response = await send()
+                response = await send()
                 if response.status_code == 200:
                     if not expect_json or _json_object(response) is not None:
                         return response
@@ -608,8 +620,27 @@ class GoogleSession:
             log.info("retrying %s in %.2fs after: %s", what, delay, failure.message)
             await asyncio.sleep(delay)
 
+    async def _quota_slot(self, api: GoogleApiName, what: str) -> None:
+        """Waits for a slot of the deployment's quota; if none frees before the deadline, the
+        sync answers as Google would for its own quota, with the wait as the delay."""
+        try:
+            await self._api.quota.acquire(api, deadline=self.deadline)
+        except QuotaWaitTooLong as exc:
+            raise QuotaExceeded(
+                f"the deployment's {api.value} quota has no room before the deadline; "
+                f"retry in {exc.retry_after:.1f}s",
+                retry_after=max(exc.retry_after, 1.0),
+                reason="QUOTA_WAIT_TOO_LONG",
+                url=what,
+            ) from None
+
     async def _call_json(
-        self, url: str, *, params: dict[str, Any] | None = None, body: Any = None
+        self,
+        url: str,
+        api: GoogleApiName,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
     ) -> dict[str, Any]:
         """GET (or POST `body`) an API resource with the account's token: one refresh and
         retry on a 401."""
@@ -621,11 +652,13 @@ class GoogleSession:
             return lambda: self._api.http.post(url, json=body, headers=headers)
 
         token = await self._valid_access_token()
-        response = await self._send_with_retries(sender(token), what=url, expect_json=True)
+        response = await self._send_with_retries(sender(token), what=url, api=api, expect_json=True)
         if response.status_code == 401:
             await self._refresh(rejected=token)
             token = await self._valid_access_token()
-            response = await self._send_with_retries(sender(token), what=url, expect_json=True)
+            response = await self._send_with_retries(
+                sender(token), what=url, api=api, expect_json=True
+            )
         if response.status_code != 200:
             raise classify_api_error(response)
         parsed = _json_object(response)
@@ -633,7 +666,12 @@ class GoogleSession:
         return parsed
 
     async def _pages(
-        self, url: str, params: dict[str, Any] | None = None, *, body: dict[str, Any] | None = None
+        self,
+        url: str,
+        api: GoogleApiName,
+        params: dict[str, Any] | None = None,
+        *,
+        body: dict[str, Any] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Every page of a list call, following nextPageToken to the end. A page token that
         Google no longer accepts restarts the listing once: the consumer sees the first pages
@@ -645,10 +683,10 @@ class GoogleSession:
             try:
                 if body is None:
                     page_params = {**(params or {}), **({"pageToken": token} if token else {})}
-                    page = await self._call_json(url, params=page_params)
+                    page = await self._call_json(url, api, params=page_params)
                 else:
                     page_body = {**body, **({"pageToken": token} if token else {})}
-                    page = await self._call_json(url, body=page_body)
+                    page = await self._call_json(url, api, body=page_body)
             except PageTokenExpired:
                 if restarts >= 1 or token is None:
                     raise
@@ -670,7 +708,8 @@ class GoogleSession:
         """accounts.list: every account the grant can see."""
         url = f"{self._settings.endpoints.account_management_url}/v1/accounts"
         accounts: list[dict[str, Any]] = []
-        async for page in self._pages(url, {"pageSize": ACCOUNTS_PAGE_SIZE}):
+        pages = self._pages(url, GoogleApiName.ACCOUNT_MANAGEMENT, {"pageSize": ACCOUNTS_PAGE_SIZE})
+        async for page in pages:
             accounts.extend(page.get("accounts") or ())
         return accounts
 
@@ -679,7 +718,7 @@ class GoogleSession:
         url = f"{self._settings.endpoints.business_information_url}/v1/{account}/locations"
         params = {"readMask": LOCATION_READ_MASK, "pageSize": LOCATIONS_PAGE_SIZE}
         locations: list[dict[str, Any]] = []
-        async for page in self._pages(url, params):
+        async for page in self._pages(url, GoogleApiName.BUSINESS_INFORMATION, params):
             locations.extend(page.get("locations") or ())
         return locations
 
@@ -689,7 +728,8 @@ class GoogleSession:
         `location` is `locations/{id}`; the v4 API wants `accounts/{a}/locations/{l}`.
         """
         url = f"{self._settings.endpoints.v4_url}/v4/{account}/{location}/reviews"
-        return self._pages(url, {"pageSize": REVIEWS_PAGE_SIZE, "orderBy": "updateTime desc"})
+        params = {"pageSize": REVIEWS_PAGE_SIZE, "orderBy": "updateTime desc"}
+        return self._pages(url, GoogleApiName.REVIEWS, params)
 
     def batch_review_pages(
         self, account: str, locations: Sequence[str]
@@ -705,7 +745,7 @@ class GoogleSession:
             "pageSize": REVIEWS_PAGE_SIZE,
             "orderBy": "updateTime desc",
         }
-        return self._pages(url, body=body)
+        return self._pages(url, GoogleApiName.REVIEWS, body=body)
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:

@@ -51,10 +51,19 @@ class GoogleSettings:
     endpoints: GoogleEndpoints = field(default_factory=GoogleEndpoints)
     client_id: str = ""
     client_secret: str = ""
-    # Requests per quota window per Google Cloud project, shared by every sync of this process.
+    # Requests per quota window per Google Cloud project and API, shared by every sync of every
+    # replica (see docs/quota.md); the default of each API unless it has its own below.
     quota_per_window: int = 300
+    # Per-API quotas; None: `quota_per_window`.
+    quota_per_window_account_management: int | None = None
+    quota_per_window_business_information: int | None = None
+    quota_per_window_reviews: int | None = None
     # Google's quotas are per minute; a shorter window exists for tests against the emulator.
     quota_window: timedelta = timedelta(minutes=1)
+    # The most time between taking a quota slot and Google counting the request (connection
+    # set-up, network): the shared budget's rate is lowered by it so that no window Google
+    # counts can see more than the quota (docs/quota.md).
+    quota_latency_allowance: timedelta = timedelta(seconds=1)
     # One HTTP request, connect to last byte.
     request_timeout: timedelta = timedelta(seconds=30)
     # In-call retries of transient failures (5xx, timeouts, connection errors); 429 is not
@@ -65,6 +74,15 @@ class GoogleSettings:
     max_in_call_wait: timedelta = timedelta(seconds=10)
     # Refresh the access token when it expires within this margin.
     token_refresh_margin: timedelta = timedelta(seconds=60)
+
+    def quota_limit(self, api: str) -> int:
+        """Requests per `quota_window` for one API (a `GoogleApiName` value)."""
+        own = {
+            "account_management": self.quota_per_window_account_management,
+            "business_information": self.quota_per_window_business_information,
+            "reviews": self.quota_per_window_reviews,
+        }[api]
+        return self.quota_per_window if own is None else own
 
 
 @dataclass(frozen=True)
@@ -110,12 +128,28 @@ class SyncSettings:
             v4_url=env.str("GBP_V4_URL", base.v4_url).rstrip("/"),
         )
         defaults = GoogleSettings()
+        quota = env.int(
+            "GBP_QUOTA_PER_MINUTE", defaults.quota_per_window, minimum=1, maximum=1_000_000
+        )
         google = GoogleSettings(
             endpoints=endpoints,
             client_id=env.str("GOOGLE_OAUTH_CLIENT_ID", ""),
             client_secret=env.str("GOOGLE_OAUTH_CLIENT_SECRET", ""),
-            quota_per_window=env.int(
-                "GBP_QUOTA_PER_MINUTE", defaults.quota_per_window, minimum=1, maximum=1_000_000
+            quota_per_window=quota,
+            quota_per_window_account_management=env.int(
+                "GBP_QUOTA_PER_MINUTE_ACCOUNT_MANAGEMENT", quota, minimum=1, maximum=1_000_000
+            ),
+            quota_per_window_business_information=env.int(
+                "GBP_QUOTA_PER_MINUTE_BUSINESS_INFORMATION", quota, minimum=1, maximum=1_000_000
+            ),
+            quota_per_window_reviews=env.int(
+                "GBP_QUOTA_PER_MINUTE_REVIEWS", quota, minimum=1, maximum=1_000_000
+            ),
+            quota_latency_allowance=env.duration(
+                "GBP_QUOTA_LATENCY_ALLOWANCE",
+                defaults.quota_latency_allowance,
+                minimum=timedelta(0),
+                maximum=timedelta(minutes=1),
             ),
             quota_window=env.duration(
                 "GBP_QUOTA_WINDOW",

@@ -1,9 +1,7 @@
-"""The Google client's building blocks: error classification, the rate limiter, settings."""
+"""The Google client's building blocks: error classification, settings."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -15,7 +13,6 @@ from service_runtime.config import ConfigError, Env
 from sync_service import google_client as g
 from sync_service.crypto import TokenCipher, TokenDecryptError, load_or_create_key_file
 from sync_service.models import parse_rfc3339
-from sync_service.rate_limiter import RateLimiter
 from sync_service.settings import GOOGLE_V4_URL, SyncSettings
 
 URL = "https://mybusiness.googleapis.com/v4/accounts/1/locations/2/reviews"
@@ -99,25 +96,6 @@ def test_retry_after_is_honoured_in_seconds_as_a_date_or_as_retry_info():
 )
 def test_token_endpoint_errors_are_classified(status, body, kind):
     assert type(g.classify_token_error(_response(status, body))) is kind
-
-
-async def test_the_limiter_never_lets_more_than_its_limit_into_one_window():
-    limiter = RateLimiter(limit=5, window=0.2)
-    spans: list[tuple[float, float]] = []
-
-    async def request() -> None:
-        async with limiter.slot():
-            started = time.monotonic()
-            await asyncio.sleep(0.01)
-        spans.append((started, time.monotonic()))
-
-    await asyncio.gather(*(request() for _ in range(12)))
-
-    starts = sorted(s for s, _ in spans)
-    ends = sorted(e for _, e in spans)
-    # The (i+5)-th request starts only a full window after the i-th one finished.
-    assert all(starts[i + 5] >= ends[i] + 0.2 - 1e-3 for i in range(len(spans) - 5))
-    assert limiter.waits > 0
 
 
 def test_rfc3339_times_with_nine_digits_and_offsets_parse_to_utc():

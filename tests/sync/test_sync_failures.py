@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from gmbsync.sync.v1 import sync_service_pb2 as pb
 from service_runtime.errors import retry_delay
 from sync_service.crypto import TokenCipher
+from sync_service.quota import GoogleApiName
 from sync_service.tables import gmb_accounts
 from tests.sync.conftest import TEST_TOKEN_KEY, Harness, MakeHarness
 
@@ -310,7 +311,8 @@ async def test_concurrent_syncs_stay_under_the_projects_quota(make_harness: Make
     assert stats.requests["locations"] + stats.requests["reviews"] == 21
     assert stats.quota_rejections == 0
     assert max(stats.peak_window_requests.values()) <= 10
-    assert harness.app.google is not None and harness.app.google.limiter.waits > 0
+    assert harness.app.google is not None
+    assert harness.app.google.quota.stats()[GoogleApiName.REVIEWS].waits > 0
 
 
 async def test_without_the_client_limit_the_emulator_rejects_the_excess(
