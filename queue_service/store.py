@@ -1578,18 +1578,13 @@ class JobStore:
     ) -> tuple[int, tuple[datetime, uuid.UUID] | None]:
         """Moves slots missed before `missed_before` to the first point of their grid from now.
 
-        An account with a processing job is left alone: its due full sync is only waiting for
-        that job to finish (see `schedule_enqueue_due`), it was not missed. Returns the rows
-        moved and where the scan goes on.
+        A full slot waiting for a processing job (see `schedule_enqueue_due`) is not missed: its
+        row's `next_due_at` says when it was last tried. Returns the rows moved and where the
+        scan goes on.
         """
-        processing = (
-            sa.select(q.c.id)
-            .where(q.c.account_id == sched.c.account_id, q.c.status == JobStatus.PROCESSING.value)
-            .exists()
-        )
         statement = (
             self._scheduled(sa.select(sched))
-            .where(sched.c.next_due_at < missed_before, ~processing, self._after(cursor))
+            .where(sched.c.next_due_at < missed_before, self._after(cursor))
             .order_by(sched.c.next_due_at, sched.c.account_id)
             .limit(limit)
             .with_for_update(of=sched, skip_locked=True)
@@ -1635,7 +1630,8 @@ class JobStore:
         gets no second one (a due full sync upgrades a pending incremental job), and the slot
         moves on in the same transaction as the enqueue: a crash loses or repeats neither. The
         one exception is a full slot that meets a processing incremental job, which cannot be
-        upgraded: that account is left as it is, and the next tick tries again.
+        upgraded: that account's slots stay where they are and its `next_due_at` becomes now, so
+        the next tick tries again and the catch-up does not mistake the wait for a missed slot.
         """
         statement = (
             self._scheduled(sa.select(sched))
@@ -1691,6 +1687,7 @@ class JobStore:
                 )
             results, created = await self._enqueue_in(conn, requests, owners, now)
             changes = []
+            waiting = []
             for request, result in zip(requests, results, strict=True):
                 service = services[request.account_id]
                 if (
@@ -1699,6 +1696,7 @@ class JobStore:
                     and result.job.sync_type is not SyncType.FULL
                 ):
                     deferred += 1
+                    waiting.append({"b_account_id": request.account_id, "b_now": now})
                     continue
                 if result.duplicate:
                     duplicates += 1
@@ -1717,6 +1715,8 @@ class JobStore:
                 )
             if changes:
                 await conn.execute(self._advance_sql, changes)
+            if waiting:
+                await conn.execute(self._wait_sql, waiting)
         if created:
             self._on_jobs_available()
         return DueBatch(
@@ -1725,6 +1725,15 @@ class JobStore:
             duplicates=duplicates,
             deferred=deferred,
             cursor=(rows[-1]["next_due_at"], rows[-1]["account_id"]),
+        )
+
+    @functools.cached_property
+    def _wait_sql(self) -> sa.Update:
+        now = sa.bindparam("b_now", type_=UtcDateTime())
+        return (
+            sa.update(sched)
+            .where(sched.c.account_id == sa.bindparam("b_account_id", type_=sa.Uuid()))
+            .values(next_due_at=now, updated_at=now)
         )
 
     @functools.cached_property

@@ -145,7 +145,8 @@ sync_schedules = Table(
     # The next slot of each kind of sync. NULL until the scheduler lays the account out.
     Column("next_incremental_at", UtcDateTime, nullable=True),
     Column("next_full_at", UtcDateTime, nullable=True),
-    # The earlier of the two: what the scheduler's due scan reads, through its index.
+    # When the scheduler looks at the row next, through its index: the earlier slot, or the
+    # last try of a full slot that waits for a processing job to finish.
     Column("next_due_at", UtcDateTime, nullable=True),
     # The spacing the next slots were laid out with: the interval after quota stretching. When
     # the plan changes, slots are rescaled from these, so a crash halfway through a rescale

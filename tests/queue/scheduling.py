@@ -117,6 +117,8 @@ class Walk:
     scheduler: Scheduler
     store: JobStore
     clock: FakeClock
+    # What the stand-in worker reports as each sync's Google calls.
+    api_calls: int = 12
     reports: list[PassReport] = field(default_factory=list)
 
     async def until(self, end: datetime, *, work: bool = True) -> None:
@@ -124,7 +126,7 @@ class Walk:
         while self.clock.now < end:
             self.reports.append(await self.scheduler.run_pass())
             if work:
-                await finish_ready_jobs(self.store)
+                await finish_ready_jobs(self.store, api_calls=self.api_calls)
             self.clock.advance(tick)
 
 
