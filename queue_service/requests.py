@@ -526,7 +526,15 @@ def _interval(v: Violations, message: Any, field: str) -> timedelta | None:
     if value.nanos != 0:
         v.add(field, "must be a whole number of seconds")
         return None
-    return _duration(v, field, value, minimum=INTERVAL_MIN, maximum=INTERVAL_MAX)
+    if not INTERVAL_MIN.total_seconds() <= value.seconds <= INTERVAL_MAX.total_seconds():
+        v.add(
+            field,
+            f"must be between {INTERVAL_MIN.total_seconds():.0f}s (1 minute) and "
+            f"{INTERVAL_MAX.total_seconds():.0f}s (30 days), or 0s for the service default; "
+            f"got {value.seconds}s",
+        )
+        return None
+    return value.ToTimedelta()
 
 
 def schedule_set_request(message: pb.SetSyncScheduleRequest) -> tuple[uuid.UUID, ScheduleChange]:

