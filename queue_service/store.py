@@ -205,6 +205,18 @@ def _schedule(account_id: uuid.UUID, row: sa.RowMapping) -> SyncSchedule:
     )
 
 
+def _next_due(
+    current: datetime | None, incremental: datetime, full: datetime, now: datetime
+) -> datetime:
+    """When the scheduler should look at a row whose slots were moved: the earlier slot, unless
+    that one is already due and the row records a later try (a full slot waiting for a
+    processing job), which must not start looking missed."""
+    due = min(incremental, full)
+    if due <= now and current is not None and current > due:
+        return current
+    return due
+
+
 def _call_count(value: Any) -> int | None:
     """`result.api_calls` as a count, or None: results are free-form JSON that clients write."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -1310,7 +1322,9 @@ class JobStore:
                 values[f"{kind}_period_seconds"] = new_period
                 values[f"next_{kind}_at"] = slots[kind]
             if slots["incremental"] is not None and slots["full"] is not None:
-                values["next_due_at"] = min(slots["incremental"], slots["full"])
+                values["next_due_at"] = _next_due(
+                    row["next_due_at"], slots["incremental"], slots["full"], now
+                )
             await conn.execute(
                 sa.update(sched).where(sched.c.account_id == account_id).values(values)
             )
@@ -1522,7 +1536,7 @@ class JobStore:
                             "b_account_id": row["account_id"],
                             "b_next_incremental": incremental,
                             "b_next_full": full,
-                            "b_next_due": min(incremental, full),
+                            "b_next_due": _next_due(row["next_due_at"], incremental, full, now),
                             "b_incremental_period": change.get(
                                 "b_incremental_period", row["incremental_period_seconds"]
                             ),

@@ -223,6 +223,30 @@ async def test_a_full_slot_waits_for_a_processing_incremental_job_and_is_not_los
     ]
 
 
+async def test_a_waiting_full_slot_survives_a_rescale_by_a_new_leader(world):
+    [account] = await add_accounts(world.engine, 1)
+    walk = world.walk(tick=TICK)
+    await world.store.job_enqueue(
+        EnqueueRequest(account_id=account, sync_type=SyncType.INCREMENTAL, priority=15),
+        Caller.everyone(),
+    )
+    [running] = await world.store.job_pick(max_jobs=1, lease=timedelta(hours=2), worker_id="w")
+    await walk.until(T0 + 40 * timedelta(minutes=1), work=False)
+
+    # A new leader with another default interval rescales every row, this one included.
+    successor = scheduler_for(world.store, tick=TICK, incremental_interval=2 * HOUR)
+    assert (await successor.run_pass()).rescaled == 1
+    await world.store.job_complete(Completion(running.id, running.lease_token, {"api_calls": 5}))
+    world.clock.advance(TICK)
+    report = await successor.run_pass()
+
+    assert (report.caught_up, report.enqueued) == (0, 1)
+    pending = [j for j in await all_jobs(world.engine) if j["status"] == "pending"]
+    assert [(j["sync_type"], j["scheduled_at"]) for j in pending] == [
+        ("full", T0 + 30 * timedelta(minutes=1))
+    ]
+
+
 # -- which accounts -----------------------------------------------------------------------------
 
 
