@@ -269,7 +269,7 @@ async def test_deactivated_accounts_are_never_scheduled(world):
 
 async def test_a_reactivated_account_gets_one_sync_at_its_place_in_the_next_round(world):
     accounts = await add_accounts(world.engine, 4)
-    walk = world.walk(tick=TICK)
+    walk = world.walk(tick=timedelta(minutes=5))
     await walk.until(T0 + timedelta(minutes=1))
     await set_active(world.engine, accounts, False)
     await walk.until(T0 + 5 * HOUR)
