@@ -53,6 +53,8 @@ async def queue_process(database_url: str) -> AsyncIterator[str]:
         "JWT_SECRET": "bench-jwt-secret-bench-jwt-secret!",
         "LOG_LEVEL": "WARNING",
         "OTEL_TRACES_EXPORTER": "none",
+        # The benchmark owns every job in the queue: no periodic syncs.
+        "SCHEDULER_ENABLED": "false",
     }
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "queue_service", env=env)
     address = f"127.0.0.1:{port}"

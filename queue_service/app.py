@@ -1,4 +1,5 @@
-"""QueueService assembled: engine, store, wake-up signal, maintenance and the gRPC server."""
+"""QueueService assembled: engine, store, wake-up signal, maintenance (with the scheduler of
+periodic syncs) and the gRPC server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from queue_service.lifecycle import RetryPolicy
 from queue_service.maintenance import Maintenance
 from queue_service.notifier import JobSignal, PostgresListener
+from queue_service.scheduler import ScheduleConfig, Scheduler
 from queue_service.servicer import POLICY, SERVICE_NAME, QueueServicer
 from queue_service.settings import QueueSettings
 from queue_service.store import JobStore
@@ -37,11 +39,17 @@ class QueueApp:
             retry_policy=RetryPolicy(base=settings.retry_delay_base, jitter=settings.retry_jitter),
             on_jobs_available=self.signal.notify,
         )
+        self.scheduler = (
+            Scheduler(self.store, ScheduleConfig.from_settings(settings))
+            if settings.scheduler_enabled
+            else None
+        )
         self.maintenance = Maintenance(
             self.store,
             database_url=settings.database_url,
             interval=settings.reaper_interval,
             retention=settings.job_retention,
+            scheduler=self.scheduler,
         )
         background = [self.maintenance.run]
         self.listener: PostgresListener | None = None

@@ -12,6 +12,7 @@ from queue_service.models import (
     Job,
     JobStatus,
     QueueStats,
+    SyncSchedule,
     SyncType,
     WorkerRun,
     WorkerRunStatus,
@@ -137,3 +138,31 @@ def diagnostics_to_pb(diag: Diagnostics) -> pb.GetDiagnosticsResponse:
         alerts=[alert_to_pb(a) for a in diag.alerts],
         generated_at=to_timestamp(diag.generated_at),
     )
+
+
+def schedule_to_pb(schedule: SyncSchedule) -> pb.SyncSchedule:
+    message = pb.SyncSchedule(
+        account_id=str(schedule.account_id),
+        account_active=schedule.account_active,
+        enabled=schedule.enabled,
+        last_job_id=str(schedule.last_job_id) if schedule.last_job_id else "",
+        last_sync_type=SYNC_TYPE_TO_PB[schedule.last_sync_type]
+        if schedule.last_sync_type
+        else pb.SYNC_TYPE_UNSPECIFIED,
+    )
+    for field, span in (
+        ("incremental_interval", schedule.incremental_interval),
+        ("full_interval", schedule.full_interval),
+        ("incremental_period", schedule.incremental_period),
+        ("full_period", schedule.full_period),
+    ):
+        if span is not None:
+            getattr(message, field).CopyFrom(to_duration(span))
+    for field, moment in (
+        ("next_incremental_at", schedule.next_incremental_at),
+        ("next_full_at", schedule.next_full_at),
+        ("last_enqueued_at", schedule.last_enqueued_at),
+    ):
+        if moment is not None:
+            getattr(message, field).CopyFrom(to_timestamp(moment))
+    return message

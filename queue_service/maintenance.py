@@ -1,4 +1,4 @@
-"""Background work of the queue: the lease reaper and the pruner, run by one leader.
+"""Background work of the queue: the lease reaper, the pruner and the scheduler, run by one leader.
 
 Among many replicas on one PostgreSQL, the leader is whoever holds a session-level advisory
 lock on a dedicated connection; if that connection drops, PostgreSQL releases the lock and
@@ -8,12 +8,14 @@ another replica takes over at its next attempt. With SQLite there is one process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 
 import psycopg
 
 from queue_service.notifier import libpq_conninfo
+from queue_service.scheduler import Scheduler
 from queue_service.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,8 @@ PRUNE_EVERY = timedelta(hours=1)
 
 
 class Maintenance:
-    """Recovers expired leases every `interval` and prunes old finished jobs hourly."""
+    """Recovers expired leases every `interval` and prunes old finished jobs hourly; while
+    leading, also runs the scheduler of periodic syncs, if there is one."""
 
     def __init__(
         self,
@@ -33,11 +36,13 @@ class Maintenance:
         database_url: str,
         interval: timedelta,
         retention: timedelta | None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self._store = store
         self._database_url = database_url
         self._interval = interval.total_seconds()
         self._retention = retention
+        self.scheduler = scheduler
         self.is_leader = asyncio.Event()
         self._last_prune: float | None = None
 
@@ -73,7 +78,26 @@ class Maintenance:
             await asyncio.sleep(self._interval)
 
     async def _lead(self, lock_conn: psycopg.AsyncConnection | None) -> None:
-        """Runs passes until cancelled; returns (or raises) when the lock connection dies."""
+        """Runs passes until cancelled; returns (or raises) when the lock connection dies.
+
+        The scheduler runs beside the passes and stops with them, so it runs only while this
+        replica holds the lock (give or take one reaper interval after losing it, which its
+        row locks make harmless).
+        """
+        scheduling = (
+            asyncio.create_task(self.scheduler.run(), name="scheduler")
+            if self.scheduler is not None
+            else None
+        )
+        try:
+            await self._maintain(lock_conn)
+        finally:
+            if scheduling is not None:
+                scheduling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await scheduling
+
+    async def _maintain(self, lock_conn: psycopg.AsyncConnection | None) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if lock_conn is not None:

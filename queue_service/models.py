@@ -222,3 +222,60 @@ class Diagnostics:
     recent_worker_runs: list[WorkerRun]
     alerts: list[Alert]
     generated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSchedule:
+    """An account's periodic syncs: its overrides and where its next slots are.
+
+    `*_period` is the spacing the next slots were laid out with (the interval after quota
+    stretching); None, like the next slots, until the scheduler has laid the account out.
+    """
+
+    account_id: uuid.UUID
+    account_active: bool
+    enabled: bool
+    incremental_interval: timedelta | None
+    full_interval: timedelta | None
+    incremental_period: timedelta | None
+    full_period: timedelta | None
+    next_incremental_at: datetime | None
+    next_full_at: datetime | None
+    last_enqueued_at: datetime | None
+    last_job_id: uuid.UUID | None
+    last_sync_type: SyncType | None
+
+
+# Given for an interval in a ScheduleChange: back to the service default.
+DEFAULT_INTERVAL = timedelta(0)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleChange:
+    """What SetSyncSchedule changes; None leaves a field as it is.
+
+    An interval of DEFAULT_INTERVAL drops the account's override.
+    """
+
+    incremental_interval: timedelta | None = None
+    full_interval: timedelta | None = None
+    enabled: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleDefaults:
+    """The service's intervals, which accounts without an override follow."""
+
+    incremental_interval: timedelta
+    full_interval: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class DueBatch:
+    """One batch of the scheduler's due scan: what it did and where the scan goes on."""
+
+    rows: int
+    enqueued: int
+    duplicates: int
+    deferred: int
+    cursor: tuple[datetime, uuid.UUID] | None

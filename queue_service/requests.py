@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from queue_service.models import (
+    DEFAULT_INTERVAL,
     Completion,
     EnqueueRequest,
     Failure,
@@ -27,10 +28,17 @@ from queue_service.models import (
     JobStatus,
     PageCursor,
     Release,
+    ScheduleChange,
     SyncType,
     WorkerRunStatus,
 )
-from queue_service.tables import MAX_ATTEMPTS_LIMIT, PRIORITY_MAX, PRIORITY_MIN
+from queue_service.tables import (
+    MAX_ATTEMPTS_LIMIT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    SCHEDULE_INTERVAL_MAX,
+    SCHEDULE_INTERVAL_MIN,
+)
 from service_runtime.errors import FieldViolation, InvalidArgument
 from service_runtime.protoconv import from_struct, from_timestamp, parse_uuid, struct_json_size
 
@@ -47,6 +55,8 @@ MAX_WORKER_ID = 200
 MAX_RELEASE_DELAY = timedelta(days=1)
 MAX_ERROR_INPUT = 64 * 1024
 STALE_MIN, STALE_MAX = timedelta(minutes=1), timedelta(days=7)
+INTERVAL_MIN = timedelta(seconds=SCHEDULE_INTERVAL_MIN)
+INTERVAL_MAX = timedelta(seconds=SCHEDULE_INTERVAL_MAX)
 
 SYNC_TYPES = {pb.SYNC_TYPE_FULL: SyncType.FULL, pb.SYNC_TYPE_INCREMENTAL: SyncType.INCREMENTAL}
 JOB_STATUSES = {
@@ -509,3 +519,42 @@ def finish_run_request(
     v.check()
     assert run is not None and status is not None
     return run, status, clean_text(message.notes) or None, meta
+
+
+def schedule_get_request(message: pb.GetSyncScheduleRequest) -> uuid.UUID:
+    return job_id(message, "account_id")
+
+
+def _interval(v: Violations, message: Any, field: str) -> timedelta | None:
+    """An interval override: None if unset, DEFAULT_INTERVAL for zero (back to the default)."""
+    if not _has(message, field):
+        return None
+    value = getattr(message, field)
+    if value.seconds == 0 and value.nanos == 0:
+        return DEFAULT_INTERVAL
+    if value.nanos != 0:
+        v.add(field, "must be a whole number of seconds")
+        return None
+    if not INTERVAL_MIN.total_seconds() <= value.seconds <= INTERVAL_MAX.total_seconds():
+        v.add(
+            field,
+            f"must be between {INTERVAL_MIN.total_seconds():.0f}s (1 minute) and "
+            f"{INTERVAL_MAX.total_seconds():.0f}s (30 days), or 0s for the service default; "
+            f"got {value.seconds}s",
+        )
+        return None
+    return value.ToTimedelta()
+
+
+def schedule_set_request(message: pb.SetSyncScheduleRequest) -> tuple[uuid.UUID, ScheduleChange]:
+    v = Violations()
+    account_id = _uuid(v, "account_id", message.account_id)
+    incremental = _interval(v, message, "incremental_interval")
+    full = _interval(v, message, "full_interval")
+    v.check()
+    assert account_id is not None
+    return account_id, ScheduleChange(
+        incremental_interval=incremental,
+        full_interval=full,
+        enabled=message.enabled if message.HasField("enabled") else None,
+    )

@@ -29,7 +29,7 @@ from queue_service.errors import (
     QueueError,
     WorkerRunNotFound,
 )
-from queue_service.models import Caller, JobFilter, PageCursor
+from queue_service.models import Caller, JobFilter, PageCursor, ScheduleDefaults
 from queue_service.notifier import JobSignal
 from queue_service.picking import pick_with_wait
 from queue_service.settings import QueueSettings
@@ -60,6 +60,8 @@ _RPC_ROLES = {
     "FinishWorkerRun": WORKER,
     "MarkStaleJobs": OPERATOR,
     "GetDiagnostics": OPERATOR,
+    "GetSyncSchedule": OPERATOR,
+    "SetSyncSchedule": OPERATOR,
 }
 POLICY: dict[str, frozenset[Role]] = {
     f"/{SERVICE_NAME}/{rpc}": roles for rpc, roles in _RPC_ROLES.items()
@@ -129,6 +131,10 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             processing_age=settings.alert_processing_age,
             pending_backlog=settings.alert_pending_backlog,
             api_disabled_window=settings.alert_api_disabled_window,
+        )
+        self._schedule_defaults = ScheduleDefaults(
+            incremental_interval=settings.schedule_incremental_interval,
+            full_interval=settings.schedule_full_interval,
         )
 
     # -- users --------------------------------------------------------------------------------
@@ -341,6 +347,18 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             api_disabled_window=self._thresholds.api_disabled_window,
         )
         return convert.diagnostics_to_pb(build_diagnostics(snapshot, self._thresholds))
+
+    @translated
+    async def GetSyncSchedule(self, request, context):  # type: ignore[no-untyped-def]
+        schedule = await self._store.schedule_get(requests.schedule_get_request(request))
+        return pb.GetSyncScheduleResponse(schedule=convert.schedule_to_pb(schedule))
+
+    @translated
+    async def SetSyncSchedule(self, request, context):  # type: ignore[no-untyped-def]
+        account_id, change = requests.schedule_set_request(request)
+        schedule = await self._store.schedule_set(account_id, change, self._schedule_defaults)
+        log.info("schedule of account %s changed: %s", account_id, change)
+        return pb.SetSyncScheduleResponse(schedule=convert.schedule_to_pb(schedule))
 
 
 __all__ = ["POLICY", "SERVICE_NAME", "QueueServicer"]

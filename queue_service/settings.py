@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from queue_service.tables import SCHEDULE_INTERVAL_MAX as _INTERVAL_MAX_SECONDS
+from queue_service.tables import SCHEDULE_INTERVAL_MIN as _INTERVAL_MIN_SECONDS
 from service_runtime.auth import AuthSettings
 from service_runtime.config import Env
 from service_runtime.database import database_url_from_env
+
+SCHEDULE_INTERVAL_MIN = timedelta(seconds=_INTERVAL_MIN_SECONDS)
+SCHEDULE_INTERVAL_MAX = timedelta(seconds=_INTERVAL_MAX_SECONDS)
+# The priority band of scheduled syncs: above batch work, below anything a user asks for.
+SCHEDULE_PRIORITY_MIN, SCHEDULE_PRIORITY_MAX = 0, 5
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,20 @@ class QueueSettings:
     # Finished jobs older than this are deleted by the leader; None keeps them forever.
     job_retention: timedelta | None = timedelta(days=30)
     log_level: str = "INFO"
+    # Periodic syncs, enqueued by the leader (see docs/scheduler.md).
+    scheduler_enabled: bool = True
+    schedule_incremental_interval: timedelta = timedelta(hours=1)
+    schedule_full_interval: timedelta = timedelta(hours=24)
+    # Within the band of scheduled syncs (0..5), below every sync a user asks for (10..20).
+    schedule_priority: int = 0
+    scheduler_tick: timedelta = timedelta(seconds=30)
+    # The Google quota SyncService works within: GBP_QUOTA_PER_MINUTE per GBP_QUOTA_WINDOW.
+    gbp_quota_per_window: int = 300
+    gbp_quota_window: timedelta = timedelta(minutes=1)
+
+    @property
+    def gbp_quota_per_minute(self) -> float:
+        return self.gbp_quota_per_window * 60.0 / self.gbp_quota_window.total_seconds()
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> QueueSettings:
@@ -113,4 +134,38 @@ class QueueSettings:
             )
             or None,
             log_level=env.str("LOG_LEVEL", cls.log_level),
+            scheduler_enabled=env.bool("SCHEDULER_ENABLED", cls.scheduler_enabled),
+            schedule_incremental_interval=env.duration(
+                "SCHEDULE_INCREMENTAL_INTERVAL",
+                cls.schedule_incremental_interval,
+                minimum=SCHEDULE_INTERVAL_MIN,
+                maximum=SCHEDULE_INTERVAL_MAX,
+            ),
+            schedule_full_interval=env.duration(
+                "SCHEDULE_FULL_INTERVAL",
+                cls.schedule_full_interval,
+                minimum=SCHEDULE_INTERVAL_MIN,
+                maximum=SCHEDULE_INTERVAL_MAX,
+            ),
+            schedule_priority=env.int(
+                "SCHEDULE_PRIORITY",
+                cls.schedule_priority,
+                minimum=SCHEDULE_PRIORITY_MIN,
+                maximum=SCHEDULE_PRIORITY_MAX,
+            ),
+            scheduler_tick=env.duration(
+                "SCHEDULER_TICK",
+                cls.scheduler_tick,
+                minimum=timedelta(milliseconds=10),
+                maximum=timedelta(minutes=10),
+            ),
+            gbp_quota_per_window=env.int(
+                "GBP_QUOTA_PER_MINUTE", cls.gbp_quota_per_window, minimum=1, maximum=1_000_000
+            ),
+            gbp_quota_window=env.duration(
+                "GBP_QUOTA_WINDOW",
+                cls.gbp_quota_window,
+                minimum=timedelta(milliseconds=100),
+                maximum=timedelta(hours=1),
+            ),
         )

@@ -1,8 +1,10 @@
-"""Tables owned by QueueService: the job queue and the record of worker runs."""
+"""Tables owned by QueueService: the job queue, the record of worker runs, and the schedule of
+periodic syncs."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
     ForeignKey,
@@ -12,6 +14,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     text,
+    true,
 )
 
 from service_runtime.sqltypes import JsonDocument, UtcDateTime, metadata
@@ -20,6 +23,8 @@ JOB_STATUSES = ("pending", "processing", "succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("pending", "processing")
 SYNC_TYPES = ("full", "incremental")
 WORKER_RUN_STATUSES = ("running", "completed", "failed")
+# Bounds of a per-account interval override, in seconds: one minute to thirty days.
+SCHEDULE_INTERVAL_MIN, SCHEDULE_INTERVAL_MAX = 60, 30 * 24 * 3600
 
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 # The predicate of the one-active-job-per-account index, shared with ON CONFLICT inference.
@@ -121,4 +126,57 @@ sync_worker_runs = Table(
     Column("finished_at", UtcDateTime, nullable=True),
     CheckConstraint(f"status IN {WORKER_RUN_STATUSES!r}", name="status"),
     Index("ix_sync_worker_runs_started", "started_at"),
+)
+
+sync_schedules = Table(
+    "sync_schedules",
+    metadata,
+    Column(
+        "account_id",
+        Uuid,
+        ForeignKey("gmb_accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # Per-account overrides of the service's intervals; NULL follows the service default.
+    Column("incremental_interval_seconds", Integer, nullable=True),
+    Column("full_interval_seconds", Integer, nullable=True),
+    # False opts the account out of scheduled syncs (enqueueing by hand still works).
+    Column("enabled", Boolean, nullable=False, server_default=true()),
+    # The next slot of each kind of sync. NULL until the scheduler lays the account out.
+    Column("next_incremental_at", UtcDateTime, nullable=True),
+    Column("next_full_at", UtcDateTime, nullable=True),
+    # When the scheduler looks at the row next, through its index: the earlier slot, or the
+    # last try of a full slot that waits for a processing job to finish.
+    Column("next_due_at", UtcDateTime, nullable=True),
+    # The spacing the next slots were laid out with: the interval after quota stretching. When
+    # the plan changes, slots are rescaled from these, so a crash halfway through a rescale
+    # leaves every row either old or new, never scaled twice.
+    Column("incremental_period_seconds", Integer, nullable=True),
+    Column("full_period_seconds", Integer, nullable=True),
+    Column("last_enqueued_at", UtcDateTime, nullable=True),
+    # No foreign key: finished jobs are pruned, the record of what was enqueued stays.
+    Column("last_job_id", Uuid, nullable=True),
+    Column("last_sync_type", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint(
+        "incremental_interval_seconds IS NULL OR incremental_interval_seconds BETWEEN "
+        f"{SCHEDULE_INTERVAL_MIN} AND {SCHEDULE_INTERVAL_MAX}",
+        name="incremental_interval",
+    ),
+    CheckConstraint(
+        "full_interval_seconds IS NULL OR full_interval_seconds BETWEEN "
+        f"{SCHEDULE_INTERVAL_MIN} AND {SCHEDULE_INTERVAL_MAX}",
+        name="full_interval",
+    ),
+    CheckConstraint(
+        "(incremental_period_seconds IS NULL OR incremental_period_seconds > 0)"
+        " AND (full_period_seconds IS NULL OR full_period_seconds > 0)",
+        name="periods",
+    ),
+    CheckConstraint(
+        "last_sync_type IS NULL OR last_sync_type IN ('full', 'incremental')",
+        name="last_sync_type",
+    ),
+    Index("ix_sync_schedules_next_due_at", "next_due_at"),
 )

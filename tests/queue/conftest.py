@@ -92,6 +92,8 @@ def queue_settings(database_url: str, auth_settings, **overrides: object) -> Que
         "retry_delay_base": timedelta(seconds=60),
         "reaper_interval": timedelta(seconds=3600),  # tests drive recovery themselves
         "pick_fallback_interval": timedelta(seconds=5),
+        # Tests that are not about periodic syncs own every job in the queue.
+        "scheduler_enabled": False,
     }
     values.update(overrides)
     return QueueSettings(**values)  # type: ignore[arg-type]

@@ -1559,3 +1559,195 @@ class FinishWorkerRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FinishWorkerRunResponse: _TypeAlias = FinishWorkerRunResponse  # noqa: Y015
+
+@_typing.final
+class SyncSchedule(_message.Message):
+    """SyncSchedule is the periodic syncs of one account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ACTIVE_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    INCREMENTAL_INTERVAL_FIELD_NUMBER: _builtins.int
+    FULL_INTERVAL_FIELD_NUMBER: _builtins.int
+    INCREMENTAL_PERIOD_FIELD_NUMBER: _builtins.int
+    FULL_PERIOD_FIELD_NUMBER: _builtins.int
+    NEXT_INCREMENTAL_AT_FIELD_NUMBER: _builtins.int
+    NEXT_FULL_AT_FIELD_NUMBER: _builtins.int
+    LAST_ENQUEUED_AT_FIELD_NUMBER: _builtins.int
+    LAST_JOB_ID_FIELD_NUMBER: _builtins.int
+    LAST_SYNC_TYPE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account (UUID)."""
+    account_active: _builtins.bool
+    """Whether the account is active; a deactivated account gets no scheduled sync."""
+    enabled: _builtins.bool
+    """False when the account is opted out of scheduled syncs."""
+    last_job_id: _builtins.str
+    """The job that served the last slot (UUID); empty before the first."""
+    last_sync_type: Global___SyncType.ValueType
+    """The sync type of that job."""
+    @_builtins.property
+    def incremental_interval(self) -> _duration_pb2.Duration:
+        """The account's own incremental interval; unset when it follows the service default."""
+
+    @_builtins.property
+    def full_interval(self) -> _duration_pb2.Duration:
+        """The account's own full interval; unset when it follows the service default."""
+
+    @_builtins.property
+    def incremental_period(self) -> _duration_pb2.Duration:
+        """The spacing of the account's incremental slots: its interval, stretched when scheduled
+        syncs do not fit the Google quota. Unset until the scheduler has laid the account out.
+        """
+
+    @_builtins.property
+    def full_period(self) -> _duration_pb2.Duration:
+        """The spacing of the account's full slots, likewise."""
+
+    @_builtins.property
+    def next_incremental_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next scheduled incremental sync falls; unset until laid out."""
+
+    @_builtins.property
+    def next_full_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next scheduled full sync falls; unset until laid out."""
+
+    @_builtins.property
+    def last_enqueued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the scheduler last enqueued (or found queued) a sync of the account."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        account_active: _builtins.bool = ...,
+        enabled: _builtins.bool = ...,
+        incremental_interval: _duration_pb2.Duration | None = ...,
+        full_interval: _duration_pb2.Duration | None = ...,
+        incremental_period: _duration_pb2.Duration | None = ...,
+        full_period: _duration_pb2.Duration | None = ...,
+        next_incremental_at: _timestamp_pb2.Timestamp | None = ...,
+        next_full_at: _timestamp_pb2.Timestamp | None = ...,
+        last_enqueued_at: _timestamp_pb2.Timestamp | None = ...,
+        last_job_id: _builtins.str = ...,
+        last_sync_type: Global___SyncType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["full_interval", b"full_interval", "full_period", b"full_period", "incremental_interval", b"incremental_interval", "incremental_period", b"incremental_period", "last_enqueued_at", b"last_enqueued_at", "next_full_at", b"next_full_at", "next_incremental_at", b"next_incremental_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_active", b"account_active", "account_id", b"account_id", "enabled", b"enabled", "full_interval", b"full_interval", "full_period", b"full_period", "incremental_interval", b"incremental_interval", "incremental_period", b"incremental_period", "last_enqueued_at", b"last_enqueued_at", "last_job_id", b"last_job_id", "last_sync_type", b"last_sync_type", "next_full_at", b"next_full_at", "next_incremental_at", b"next_incremental_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncSchedule: _TypeAlias = SyncSchedule  # noqa: Y015
+
+@_typing.final
+class GetSyncScheduleRequest(_message.Message):
+    """GetSyncScheduleRequest names an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account (UUID). Required."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSyncScheduleRequest: _TypeAlias = GetSyncScheduleRequest  # noqa: Y015
+
+@_typing.final
+class GetSyncScheduleResponse(_message.Message):
+    """GetSyncScheduleResponse is the account's schedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___SyncSchedule:
+        """The schedule."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___SyncSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSyncScheduleResponse: _TypeAlias = GetSyncScheduleResponse  # noqa: Y015
+
+@_typing.final
+class SetSyncScheduleRequest(_message.Message):
+    """SetSyncScheduleRequest changes an account's periodic syncs; unset fields stay as they are."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    INCREMENTAL_INTERVAL_FIELD_NUMBER: _builtins.int
+    FULL_INTERVAL_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account (UUID). Required."""
+    enabled: _builtins.bool
+    """False opts the account out of scheduled syncs, true opts it back in."""
+    @_builtins.property
+    def incremental_interval(self) -> _duration_pb2.Duration:
+        """The account's incremental interval, 1 min..30 days; zero returns to the service default."""
+
+    @_builtins.property
+    def full_interval(self) -> _duration_pb2.Duration:
+        """The account's full interval, 1 min..30 days; zero returns to the service default."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        incremental_interval: _duration_pb2.Duration | None = ...,
+        full_interval: _duration_pb2.Duration | None = ...,
+        enabled: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "full_interval", b"full_interval", "incremental_interval", b"incremental_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "account_id", b"account_id", "enabled", b"enabled", "full_interval", b"full_interval", "incremental_interval", b"incremental_interval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+
+Global___SetSyncScheduleRequest: _TypeAlias = SetSyncScheduleRequest  # noqa: Y015
+
+@_typing.final
+class SetSyncScheduleResponse(_message.Message):
+    """SetSyncScheduleResponse is the account's schedule after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___SyncSchedule:
+        """The schedule."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___SyncSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSyncScheduleResponse: _TypeAlias = SetSyncScheduleResponse  # noqa: Y015

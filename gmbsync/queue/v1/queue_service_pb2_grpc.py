@@ -30,7 +30,8 @@ class QueueServiceStub:
 
     Users (role `authenticated`) enqueue and inspect jobs of the accounts they own. Workers
     (role `service_role`, or the `x-trigger-secret` header) pick jobs under a lease and report
-    results. Operators (role `admin` or `service_role`) read diagnostics and mark stale jobs.
+    results. Operators (role `admin` or `service_role`) read diagnostics, mark stale jobs and
+    manage the schedule of periodic syncs, which the leading replica enqueues by itself.
     """
 
     def __init__(self, channel):
@@ -114,6 +115,16 @@ class QueueServiceStub:
                 request_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetDiagnosticsRequest.SerializeToString,
                 response_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetDiagnosticsResponse.FromString,
                 _registered_method=True)
+        self.GetSyncSchedule = channel.unary_unary(
+                '/gmbsync.queue.v1.QueueService/GetSyncSchedule',
+                request_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetSyncScheduleRequest.SerializeToString,
+                response_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetSyncScheduleResponse.FromString,
+                _registered_method=True)
+        self.SetSyncSchedule = channel.unary_unary(
+                '/gmbsync.queue.v1.QueueService/SetSyncSchedule',
+                request_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.SetSyncScheduleRequest.SerializeToString,
+                response_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.SetSyncScheduleResponse.FromString,
+                _registered_method=True)
         self.StartWorkerRun = channel.unary_unary(
                 '/gmbsync.queue.v1.QueueService/StartWorkerRun',
                 request_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.StartWorkerRunRequest.SerializeToString,
@@ -131,7 +142,8 @@ class QueueServiceServicer:
 
     Users (role `authenticated`) enqueue and inspect jobs of the accounts they own. Workers
     (role `service_role`, or the `x-trigger-secret` header) pick jobs under a lease and report
-    results. Operators (role `admin` or `service_role`) read diagnostics and mark stale jobs.
+    results. Operators (role `admin` or `service_role`) read diagnostics, mark stale jobs and
+    manage the schedule of periodic syncs, which the leading replica enqueues by itself.
     """
 
     def EnqueueSync(self, request, context):
@@ -247,6 +259,23 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSyncSchedule(self, request, context):
+        """Returns the periodic syncs of one account: its interval overrides, whether it is opted out,
+        and when its next scheduled syncs fall. An unknown account is NOT_FOUND. Admin or worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSyncSchedule(self, request, context):
+        """Overrides the intervals of one account's periodic syncs, or opts it out of them (or back
+        in). Slots already laid out move at once to follow a new interval. An unknown account is
+        NOT_FOUND. Admin or worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartWorkerRun(self, request, context):
         """Records the start of a worker run in `sync_worker_runs`. Worker only.
         """
@@ -340,6 +369,16 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     request_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetDiagnosticsRequest.FromString,
                     response_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetDiagnosticsResponse.SerializeToString,
             ),
+            'GetSyncSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSyncSchedule,
+                    request_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetSyncScheduleRequest.FromString,
+                    response_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetSyncScheduleResponse.SerializeToString,
+            ),
+            'SetSyncSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSyncSchedule,
+                    request_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.SetSyncScheduleRequest.FromString,
+                    response_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.SetSyncScheduleResponse.SerializeToString,
+            ),
             'StartWorkerRun': grpc.unary_unary_rpc_method_handler(
                     servicer.StartWorkerRun,
                     request_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.StartWorkerRunRequest.FromString,
@@ -363,7 +402,8 @@ class QueueService:
 
     Users (role `authenticated`) enqueue and inspect jobs of the accounts they own. Workers
     (role `service_role`, or the `x-trigger-secret` header) pick jobs under a lease and report
-    results. Operators (role `admin` or `service_role`) read diagnostics and mark stale jobs.
+    results. Operators (role `admin` or `service_role`) read diagnostics, mark stale jobs and
+    manage the schedule of periodic syncs, which the leading replica enqueues by itself.
     """
 
     @staticmethod
@@ -761,6 +801,60 @@ class QueueService:
             '/gmbsync.queue.v1.QueueService/GetDiagnostics',
             gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetDiagnosticsRequest.SerializeToString,
             gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetDiagnosticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSyncSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gmbsync.queue.v1.QueueService/GetSyncSchedule',
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetSyncScheduleRequest.SerializeToString,
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.GetSyncScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSyncSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gmbsync.queue.v1.QueueService/SetSyncSchedule',
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.SetSyncScheduleRequest.SerializeToString,
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.SetSyncScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,7 +31,8 @@ class QueueServiceStub:
 
     Users (role `authenticated`) enqueue and inspect jobs of the accounts they own. Workers
     (role `service_role`, or the `x-trigger-secret` header) pick jobs under a lease and report
-    results. Operators (role `admin` or `service_role`) read diagnostics and mark stale jobs.
+    results. Operators (role `admin` or `service_role`) read diagnostics, mark stale jobs and
+    manage the schedule of periodic syncs, which the leading replica enqueues by itself.
     """
 
     @_typing.overload
@@ -83,6 +84,15 @@ class QueueServiceStub:
     """
     GetDiagnostics: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.GetDiagnosticsRequest, _queue_service_pb2.GetDiagnosticsResponse]
     """Returns the monitoring figures and active alerts of the whole queue. Admin or worker."""
+    GetSyncSchedule: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.GetSyncScheduleRequest, _queue_service_pb2.GetSyncScheduleResponse]
+    """Returns the periodic syncs of one account: its interval overrides, whether it is opted out,
+    and when its next scheduled syncs fall. An unknown account is NOT_FOUND. Admin or worker.
+    """
+    SetSyncSchedule: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.SetSyncScheduleRequest, _queue_service_pb2.SetSyncScheduleResponse]
+    """Overrides the intervals of one account's periodic syncs, or opts it out of them (or back
+    in). Slots already laid out move at once to follow a new interval. An unknown account is
+    NOT_FOUND. Admin or worker.
+    """
     StartWorkerRun: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.StartWorkerRunRequest, _queue_service_pb2.StartWorkerRunResponse]
     """Records the start of a worker run in `sync_worker_runs`. Worker only."""
     FinishWorkerRun: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.FinishWorkerRunRequest, _queue_service_pb2.FinishWorkerRunResponse]
@@ -96,7 +106,8 @@ class QueueServiceAsyncStub(QueueServiceStub):
 
     Users (role `authenticated`) enqueue and inspect jobs of the accounts they own. Workers
     (role `service_role`, or the `x-trigger-secret` header) pick jobs under a lease and report
-    results. Operators (role `admin` or `service_role`) read diagnostics and mark stale jobs.
+    results. Operators (role `admin` or `service_role`) read diagnostics, mark stale jobs and
+    manage the schedule of periodic syncs, which the leading replica enqueues by itself.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -145,6 +156,15 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """
     GetDiagnostics: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.GetDiagnosticsRequest, _queue_service_pb2.GetDiagnosticsResponse]  # type: ignore[assignment]
     """Returns the monitoring figures and active alerts of the whole queue. Admin or worker."""
+    GetSyncSchedule: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.GetSyncScheduleRequest, _queue_service_pb2.GetSyncScheduleResponse]  # type: ignore[assignment]
+    """Returns the periodic syncs of one account: its interval overrides, whether it is opted out,
+    and when its next scheduled syncs fall. An unknown account is NOT_FOUND. Admin or worker.
+    """
+    SetSyncSchedule: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.SetSyncScheduleRequest, _queue_service_pb2.SetSyncScheduleResponse]  # type: ignore[assignment]
+    """Overrides the intervals of one account's periodic syncs, or opts it out of them (or back
+    in). Slots already laid out move at once to follow a new interval. An unknown account is
+    NOT_FOUND. Admin or worker.
+    """
     StartWorkerRun: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.StartWorkerRunRequest, _queue_service_pb2.StartWorkerRunResponse]  # type: ignore[assignment]
     """Records the start of a worker run in `sync_worker_runs`. Worker only."""
     FinishWorkerRun: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.FinishWorkerRunRequest, _queue_service_pb2.FinishWorkerRunResponse]  # type: ignore[assignment]
@@ -157,7 +177,8 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Users (role `authenticated`) enqueue and inspect jobs of the accounts they own. Workers
     (role `service_role`, or the `x-trigger-secret` header) pick jobs under a lease and report
-    results. Operators (role `admin` or `service_role`) read diagnostics and mark stale jobs.
+    results. Operators (role `admin` or `service_role`) read diagnostics, mark stale jobs and
+    manage the schedule of periodic syncs, which the leading replica enqueues by itself.
     """
 
     @_abc_1.abstractmethod
@@ -294,6 +315,27 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.GetDiagnosticsResponse, _abc.Awaitable[_queue_service_pb2.GetDiagnosticsResponse]]:
         """Returns the monitoring figures and active alerts of the whole queue. Admin or worker."""
+
+    @_abc_1.abstractmethod
+    def GetSyncSchedule(
+        self,
+        request: _queue_service_pb2.GetSyncScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_service_pb2.GetSyncScheduleResponse, _abc.Awaitable[_queue_service_pb2.GetSyncScheduleResponse]]:
+        """Returns the periodic syncs of one account: its interval overrides, whether it is opted out,
+        and when its next scheduled syncs fall. An unknown account is NOT_FOUND. Admin or worker.
+        """
+
+    @_abc_1.abstractmethod
+    def SetSyncSchedule(
+        self,
+        request: _queue_service_pb2.SetSyncScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_service_pb2.SetSyncScheduleResponse, _abc.Awaitable[_queue_service_pb2.SetSyncScheduleResponse]]:
+        """Overrides the intervals of one account's periodic syncs, or opts it out of them (or back
+        in). Slots already laid out move at once to follow a new interval. An unknown account is
+        NOT_FOUND. Admin or worker.
+        """
 
     @_abc_1.abstractmethod
     def StartWorkerRun(
