@@ -102,6 +102,12 @@ class Harness:
             timeout=timeout,
         )
 
+    async def sync_error(self, account_id: str, **kwargs: Any) -> grpc.aio.AioRpcError:
+        """The error of a SyncAccount that must fail."""
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await self.sync(account_id, **kwargs)
+        return caught.value
+
     async def status(self, account_id: str) -> pb.SyncStatus:
         response = await self.stub.GetSyncStatus(
             pb.GetSyncStatusRequest(account_id=account_id), metadata=WORKER_METADATA

@@ -13,33 +13,29 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from clients import Credentials, SyncClient
 from gmbsync.sync.v1 import sync_service_pb2 as pb
-from service_runtime.errors import retry_delay
+from service_runtime.errors import ErrorInfo, error_info, retry_delay
 from tests.conftest import TEST_TRIGGER_SECRET, WORKER_METADATA
 from tests.sync.conftest import OWNER, Harness, MakeHarness
 
 FULL, INCREMENTAL = pb.SYNC_TYPE_FULL, pb.SYNC_TYPE_INCREMENTAL
 
 
-async def _sync_error(harness: Harness, account_id: str, **kwargs) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await harness.sync(account_id, **kwargs)
-    return caught.value
+def _error_info(error: grpc.aio.AioRpcError) -> ErrorInfo:
+    info = error_info(error)
+    assert info is not None, "no ErrorInfo in the status"
+    return info
 
 
-def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("no ErrorInfo in the status")
+def _newest_first(harness: Harness, location: str) -> list:
+    """A location's reviews in the order reviews.list pages them."""
+    return sorted(
+        harness.state.location("1", location).reviews.values(),
+        key=lambda r: (r.update_time, r.review_id),
+        reverse=True,
+    )
 
 
 async def _sync_status(harness: Harness, account_id: str) -> pb.GetSyncStatusResponse:
@@ -131,11 +127,7 @@ async def test_a_review_edited_while_the_list_is_paged_is_not_marked_deleted(
     account = await harness.connect(1)
     await harness.sync(account.id)
     [location] = harness.location_ids(1)
-    ordered = sorted(
-        harness.state.location("1", location).reviews.values(),
-        key=lambda r: (r.update_time, r.review_id),
-        reverse=True,
-    )
+    ordered = _newest_first(harness, location)
     moved = ordered[120].review_id
     harness.state.after_page(
         f"locations/{location}/",
@@ -159,11 +151,7 @@ async def test_a_review_deleted_while_the_list_is_paged_defers_deletions_not_los
     account = await harness.connect(1)
     await harness.sync(account.id)
     [location] = harness.location_ids(1)
-    ordered = sorted(
-        harness.state.location("1", location).reviews.values(),
-        key=lambda r: (r.update_time, r.review_id),
-        reverse=True,
-    )
+    ordered = _newest_first(harness, location)
     # Deleting a review of page 1 shifts page 2's first review onto page 1, already read.
     deleted, shifted = ordered[10].review_id, ordered[50].review_id
     harness.state.after_page(
@@ -193,7 +181,7 @@ async def test_reconnecting_during_a_sync_is_not_undone_by_the_old_grants_failur
     new_grant = harness.state.add_grant(["accounts/1"])
     harness.state.inject("latency", endpoint="token", latency=1.0, count=1)
 
-    sync = asyncio.create_task(_sync_error(harness, account.id))
+    sync = asyncio.create_task(harness.sync_error(account.id))
     await asyncio.sleep(0.3)  # the sync waits on the token endpoint with the old grant
     await harness.connect(1, refresh_token=new_grant)
     error = await sync
@@ -213,7 +201,7 @@ async def test_a_grant_without_the_scope_deactivates_the_account(harness: Harnes
     account = await harness.connect(1)
     harness.state.inject("scope_insufficient", endpoint="locations", count=1)
 
-    error = await _sync_error(harness, account.id)
+    error = await harness.sync_error(account.id)
 
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "reconnect" in error.details()
@@ -281,7 +269,7 @@ async def test_a_long_retry_after_answers_resource_exhausted_with_the_delay(harn
     account = await harness.connect(1)
     harness.state.inject("rate_limit", endpoint="reviews", count=1, retry_after=45)
 
-    error = await _sync_error(harness, account.id)
+    error = await harness.sync_error(account.id)
 
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert retry_delay(error) == 45.0
@@ -292,7 +280,7 @@ async def test_a_disabled_api_holds_the_sync_without_blaming_the_account(harness
     account = await harness.connect(1)
     harness.state.inject("service_disabled", endpoint="locations", count=1)
 
-    error = await _sync_error(harness, account.id)
+    error = await harness.sync_error(account.id)
 
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     info = _error_info(error)

@@ -22,12 +22,6 @@ FULL, INCREMENTAL = pb.SYNC_TYPE_FULL, pb.SYNC_TYPE_INCREMENTAL
 cipher = TokenCipher([TEST_TOKEN_KEY])
 
 
-async def _sync_error(harness: Harness, account_id: str, **kwargs) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await harness.sync(account_id, **kwargs)
-    return caught.value
-
-
 # --- OAuth tokens -----------------------------------------------------------------------------
 
 
@@ -74,7 +68,7 @@ async def test_a_refreshed_token_is_kept_even_when_the_sync_then_fails(harness: 
     account = await harness.connect(1)
     harness.state.inject("permission_denied", count=1, endpoint="locations")
 
-    error = await _sync_error(harness, account.id)
+    error = await harness.sync_error(account.id)
 
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     tokens = await harness.tokens(account.id)
@@ -98,7 +92,7 @@ async def test_a_second_401_after_a_refresh_is_a_permanent_failure(harness: Harn
     account = await harness.connect(1)
     harness.state.inject("expired_token", count=2, endpoint="locations")
 
-    error = await _sync_error(harness, account.id)
+    error = await harness.sync_error(account.id)
 
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "reconnect" in error.details()
@@ -110,7 +104,7 @@ async def test_a_revoked_grant_fails_permanently_and_deactivates_the_account(har
     await harness.sync(account.id)
     harness.state.revoke_refresh_token("emulator-refresh-token-1")
 
-    error = await _sync_error(harness, account.id)
+    error = await harness.sync_error(account.id)
 
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "invalid_grant" in error.details() and "reconnect" in error.details()
@@ -121,7 +115,7 @@ async def test_a_revoked_grant_fails_permanently_and_deactivates_the_account(har
     assert "emulator-refresh-token" not in log.message + str(log.details)
     # Synced data is kept; the account waits for its owner to reconnect it.
     assert len(await harness.reviews(account.id)) == 60
-    again = await _sync_error(harness, account.id)
+    again = await harness.sync_error(account.id)
     assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "deactivated" in again.details()
     reconnected = await harness.connect(1)
@@ -132,7 +126,7 @@ async def test_a_rejected_oauth_client_names_the_settings_to_fix(harness: Harnes
     harness.state.require_client("another-client", "another-secret")
     account = await harness.connect(1)
 
-    error = await _sync_error(harness, account.id)
+    error = await harness.sync_error(account.id)
 
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "GOOGLE_OAUTH_CLIENT_ID" in error.details()
@@ -204,7 +198,7 @@ async def test_each_google_failure_maps_to_its_grpc_status_and_is_recorded(
     options = {"count": 1, "endpoint": "reviews", **fault}
     harness.state.inject(options.pop("kind"), **options)
 
-    error = await _sync_error(harness, account.id)
+    error = await harness.sync_error(account.id)
 
     assert error.code() == code
     assert words in error.details()
@@ -238,7 +232,7 @@ async def test_an_unreachable_google_is_unavailable(make_harness: MakeHarness):
     )
     account = await harness.connect(1)
 
-    error = await _sync_error(harness, account.id)
+    error = await harness.sync_error(account.id)
 
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert retry_delay(error) == 1.0
@@ -251,7 +245,7 @@ async def test_failures_count_up_and_a_success_resets_them(harness: Harness):
     harness.state.inject("unavailable", count=6, endpoint="locations")
 
     for _ in range(2):
-        await _sync_error(harness, account.id)
+        await harness.sync_error(account.id)
     assert (await harness.status(account.id)).consecutive_failures == 2
 
     await harness.sync(account.id)
@@ -272,7 +266,7 @@ async def test_a_deadline_that_expires_before_any_location_is_done_writes_no_rev
     # Locations answer at once; reviews pages take 10 s each, far beyond the 3 s deadline.
     harness.state.inject("latency", endpoint="reviews", latency=10.0)
 
-    error = await _sync_error(harness, account.id, timeout=3.0)
+    error = await harness.sync_error(account.id, timeout=3.0)
 
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert await harness.reviews(account.id, deleted=None) == []
@@ -341,7 +335,7 @@ async def test_without_the_client_limit_the_emulator_rejects_the_excess(
 async def test_an_unknown_account_is_not_found_and_nothing_is_logged(harness: Harness):
     missing = str(uuid.uuid4())
 
-    error = await _sync_error(harness, missing)
+    error = await harness.sync_error(missing)
 
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert missing in error.details()
@@ -356,7 +350,7 @@ async def test_an_inactive_account_is_a_failed_precondition(harness: Harness):
             .values(is_active=False)
         )
 
-    error = await _sync_error(harness, account.id, sync_type=INCREMENTAL)
+    error = await harness.sync_error(account.id, sync_type=INCREMENTAL)
 
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "ConnectAccount" in error.details()
