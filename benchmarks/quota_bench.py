@@ -272,7 +272,10 @@ async def _run(database_url: str, workload: Workload) -> dict[str, Any]:
         )
         await start(
             Child(
-                "queue", [python, "-m", "queue_service"], {**env, "QUEUE_LISTEN_ADDR": queue_addr}
+                "queue",
+                [python, "-m", "queue_service"],
+                # Only the benchmark's own jobs: no periodic syncs of the connected accounts.
+                {**env, "QUEUE_LISTEN_ADDR": queue_addr, "SCHEDULER_ENABLED": "false"},
             ),
             lambda c: _wait_for_health(queue_addr, c),
         )
