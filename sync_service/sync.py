@@ -196,6 +196,7 @@ class Syncer:
             context.credentials, self._store.account_tokens(account_id), deadline=deadline
         )
         progress = _Progress()
+        sync_pass: SyncPass | None = None
         try:
             async with asyncio.timeout_at(deadline):
                 sync_pass = await self._store.pass_begin(
@@ -206,6 +207,7 @@ class Syncer:
                     attributes={"gmb.sync_type": sync_type.value, "gmb.resumed": sync_pass.resumed},
                 ):
                     await self._run_pass(context, sync_type, sync_pass, session, progress)
+            assert sync_pass is not None
             counts, status = await self._store.pass_complete(
                 account_id,
                 sync_type,
@@ -214,7 +216,9 @@ class Syncer:
             )
         except TimeoutError:
             elapsed = time.monotonic() - started
-            if progress.written_now:
+            # Only progress a checkpoint keeps is worth an attempt that spends none: a pass
+            # without one (an incremental sync beside an unfinished full pass) starts over.
+            if progress.written_now and sync_pass is not None and sync_pass.checkpointed:
                 incomplete = SyncIncomplete(
                     f"the deadline ran out after {elapsed:.1f}s with {progress.locations_done} "
                     f"of {progress.locations_total} locations written; the next attempt "
@@ -250,7 +254,7 @@ class Syncer:
             sync_type.value,
             job_id,
             attempt,
-            ", resumed" if sync_pass.resumed else "",
+            ", resumed" if sync_pass and sync_pass.resumed else "",
             progress.locations_total,
             counts.locations_removed,
             len(progress.skipped),
@@ -274,7 +278,7 @@ class Syncer:
             duration=duration,
             status=status,
             skipped=progress.skipped,
-            resumed=sync_pass.resumed,
+            resumed=bool(sync_pass and sync_pass.resumed),
             deletions_deferred=progress.deletions_deferred,
         )
 
