@@ -7,13 +7,15 @@ from datetime import timedelta
 
 from service_runtime.auth import AuthSettings
 from service_runtime.config import Env
-from service_runtime.database import database_url_from_env
+from service_runtime.database import PoolSettings, database_url_from_env
 
 
 @dataclass(frozen=True)
 class QueueSettings:
     listen_addr: str = "127.0.0.1:50051"
     database_url: str = ""
+    # DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_POOL_TIMEOUT.
+    db_pool: PoolSettings = field(default_factory=PoolSettings)
     auth: AuthSettings = field(
         default_factory=lambda: AuthSettings(jwt_secret="", trigger_secret="")
     )
@@ -44,6 +46,7 @@ class QueueSettings:
         return cls(
             listen_addr=env.str("QUEUE_LISTEN_ADDR", cls.listen_addr),
             database_url=database_url_from_env(),
+            db_pool=PoolSettings.from_env(env),
             auth=AuthSettings(
                 jwt_secret=env.str("JWT_SECRET", ""),
                 trigger_secret=env.str("TRIGGER_SECRET", ""),
