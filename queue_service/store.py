@@ -20,15 +20,16 @@ import collections
 import contextlib
 import functools
 import json
+import logging
 import statistics
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -72,6 +73,8 @@ from queue_service.tables import (
 )
 from service_runtime.sqltypes import JsonDocument, UtcDateTime
 from sync_service.tables import error_logs, gmb_accounts
+
+log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "gmbsync_jobs"
 # Error texts are kept whole in logs but bounded in the row.
@@ -213,6 +216,51 @@ def _error_entry(
 
 _LEASE_CLEARED = {"lease_token": None, "lease_expires_at": None}
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def retried_on_disconnect(
+    operation: Callable[P, Awaitable[R]],
+) -> Callable[P, Awaitable[R]]:
+    """Runs a store operation once more, on a fresh connection, when its connection was found
+    dead (a database restart, a terminated backend, a dropped network link).
+
+    SQLAlchemy marks such an error `connection_invalidated` and invalidates the whole pool, so
+    the retry checks out a new connection instead of the next stale one; if the database is
+    still away, the retry fails at connect and the error goes up (UNAVAILABLE to the client).
+
+    Only for operations that are safe to run twice. A connection can die after the database
+    committed but before the answer arrived, so a retry may meet its own first attempt's work:
+    - reads change nothing;
+    - enqueues are guarded by the one-active-job-per-account index: the retry finds the job
+      the first attempt made and reports it as a duplicate, never a second job;
+    - every lease-guarded change (extend, complete, fail, release, report) needs the current
+      lease token, which the first attempt's commit cleared or changed, so the retry is refused
+      (FAILED_PRECONDITION, as a client's own retry would be) and cannot apply twice;
+    - a pick leases other jobs; the first attempt's jobs, whose tokens never reached the worker,
+      are taken over when their lease runs out, exactly as without the retry;
+    - recovery and pruning act only on rows still in the state they look for.
+    Not retried: cancelling and retrying a job, and starting or finishing a worker run, whose
+    second run would answer wrongly (or start a second run); their callers retry UNAVAILABLE.
+    """
+
+    @functools.wraps(operation)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await operation(*args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.info(
+                "%s: database connection lost (%s); retrying once on a fresh connection",
+                operation.__name__,
+                str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__,
+            )
+        return await operation(*args, **kwargs)
+
+    return run
+
 
 class RunTally:
     """Job counts owed to worker runs, written in one pass at the end of a transaction.
@@ -335,6 +383,7 @@ class JobStore:
         results = await self.job_enqueue_many([request], caller)
         return results[0]
 
+    @retried_on_disconnect
     async def job_enqueue_many(
         self, requests: Sequence[EnqueueRequest], caller: Caller
     ) -> list[EnqueueResult]:
@@ -503,6 +552,7 @@ class JobStore:
 
     # -- reading ------------------------------------------------------------------------------
 
+    @retried_on_disconnect
     async def job_get(self, job_id: uuid.UUID, caller: Caller) -> Job:
         async with self.engine.connect() as conn:
             return await self._job_get(conn, job_id, caller)
@@ -521,6 +571,7 @@ class JobStore:
             raise JobNotFound(f"job {job_id} not found")
         return _job(row)
 
+    @retried_on_disconnect
     async def job_list(
         self,
         caller: Caller,
@@ -554,6 +605,7 @@ class JobStore:
             rows = (await conn.execute(statement)).mappings().all()
         return [_job(r) for r in rows]
 
+    @retried_on_disconnect
     async def job_stats(self, caller: Caller) -> QueueStats:
         async with self.engine.connect() as conn:
             return await self._stats(conn, caller)
@@ -837,6 +889,7 @@ class JobStore:
             params |= {"p_takeover": [], "p_room": max_jobs}
         return self._pick_sql, params
 
+    @retried_on_disconnect
     async def job_pick(
         self,
         *,
@@ -949,6 +1002,7 @@ class JobStore:
             .returning(q.c.lease_expires_at)
         )
 
+    @retried_on_disconnect
     async def lease_extend(
         self, job_id: uuid.UUID, lease_token: uuid.UUID, lease: timedelta
     ) -> datetime:
@@ -1000,6 +1054,7 @@ class JobStore:
             **self._lease_params(),
         }
 
+    @retried_on_disconnect
     async def job_complete(self, completion: Completion) -> Job:
         async with self._single_change() as conn:
             rows = await self._change_jobs(
@@ -1012,6 +1067,7 @@ class JobStore:
                 await self._raise_lease_problem(conn, completion.job_id, completion.lease_token)
         return _job(rows[0])
 
+    @retried_on_disconnect
     async def job_fail(self, failure: Failure) -> FailOutcome:
         tally = RunTally()
         async with self.engine.begin() as conn:
@@ -1021,6 +1077,7 @@ class JobStore:
             self._on_jobs_available()
         return outcome
 
+    @retried_on_disconnect
     async def job_release(
         self,
         job_id: uuid.UUID,
@@ -1063,6 +1120,7 @@ class JobStore:
         self._on_jobs_available()
         return _job(rows[0])
 
+    @retried_on_disconnect
     async def results_report(self, results: Sequence[Completion | Failure]) -> list[ResultAck]:
         """Applies many results in one transaction; a refused result does not stop the others.
 
@@ -1321,6 +1379,7 @@ class JobStore:
 
     # -- recovery -----------------------------------------------------------------------------
 
+    @retried_on_disconnect
     async def jobs_recover(self, *, started_before: datetime | None = None) -> RecoveredJobs:
         """Recovers processing jobs whose lease expired (or that started before a threshold).
 
@@ -1405,6 +1464,7 @@ class JobStore:
             self._on_jobs_available()
         return RecoveredJobs(requeued=requeued, failed=failed)
 
+    @retried_on_disconnect
     async def jobs_prune(self, *, finished_before: datetime, limit: int = 5000) -> int:
         """Deletes finished jobs older than the retention period, a bounded batch at a time."""
         finished = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
@@ -1489,6 +1549,7 @@ class JobStore:
 
     # -- diagnostics --------------------------------------------------------------------------
 
+    @retried_on_disconnect
     async def diagnostics_snapshot(
         self,
         *,
