@@ -141,6 +141,9 @@ def create_engine_async(url: str | URL, *, pool: PoolSettings | None = None) -> 
     )
 
 
+# SQLite's OperationalErrors that pass: a writer holding the lock, a file briefly unreachable.
+_SQLITE_PASSING = ("locked", "busy", "disk i/o", "unable to open")
+
 # How long a client should wait before sending a request again.
 DATABASE_UNAVAILABLE_RETRY_AFTER = 0.5
 DATABASE_BUSY_RETRY_AFTER = 1.0
@@ -187,6 +190,10 @@ def database_trouble(error: BaseException) -> DatabaseTrouble | None:
     if not unavailable:
         return None
     cause = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
+    if isinstance(cause, sqlite3.OperationalError) and not any(
+        sign in str(cause).lower() for sign in _SQLITE_PASSING
+    ):
+        return None  # "no such table" and the like: SQLite's OperationalError is broad
     return DatabaseTrouble(
         ServiceReason.DATABASE_UNAVAILABLE,
         "the database is unavailable for the moment; retry after the delay",

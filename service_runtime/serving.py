@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from service_runtime.config import ConfigError
 from service_runtime.database import database_trouble
@@ -41,6 +41,21 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
 ]
+
+
+# Which RPCs get a server span: not the health service and not reflection. Both are plumbing
+# that probes and grpcurl call all the time, and both are streams (Health.Watch, and the
+# bidirectional ServerReflectionInfo), which OpenTelemetry's aio server interceptor does not
+# handle: it wraps a stream in an async generator that attaches the trace context, so
+# - a stream whose client went away while a response was being written leaves that generator
+#   suspended; the garbage collector later closes it from another task, where detaching the
+#   context fails and OpenTelemetry logs "Failed to detach context" at ERROR, traceback and all;
+# - Health.Watch answers through context.write(), not as a generator, and the wrapper fails
+#   it with a TypeError.
+# Every RPC of QueueService and SyncService is unary, and traced.
+TRACED_RPCS = filters.negate(
+    filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection."))
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +176,11 @@ class GrpcServer:
     async def start(self) -> int:
         """Binds, starts serving and returns the bound port."""
         server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), ErrorBoundaryInterceptor(), *self.interceptors],
+            interceptors=[
+                aio_server_interceptor(filter_=TRACED_RPCS),
+                ErrorBoundaryInterceptor(),
+                *self.interceptors,
+            ],
             options=SERVER_OPTIONS,
         )
         for service in self.services:
