@@ -32,7 +32,7 @@ class QueueApp:
         if not settings.database_url:
             settings = replace(settings, database_url=database_url_from_env())
         self.settings = settings
-        self.engine = create_engine_async(settings.database_url)
+        self.engine = create_engine_async(settings.database_url, pool=settings.db_pool)
         self.signal = JobSignal()
         self.store = JobStore(
             self.engine,

@@ -9,7 +9,7 @@ from queue_service.tables import SCHEDULE_INTERVAL_MAX as _INTERVAL_MAX_SECONDS
 from queue_service.tables import SCHEDULE_INTERVAL_MIN as _INTERVAL_MIN_SECONDS
 from service_runtime.auth import AuthSettings
 from service_runtime.config import Env
-from service_runtime.database import database_url_from_env
+from service_runtime.database import PoolSettings, database_url_from_env
 
 SCHEDULE_INTERVAL_MIN = timedelta(seconds=_INTERVAL_MIN_SECONDS)
 SCHEDULE_INTERVAL_MAX = timedelta(seconds=_INTERVAL_MAX_SECONDS)
@@ -21,6 +21,8 @@ SCHEDULE_PRIORITY_MIN, SCHEDULE_PRIORITY_MAX = 0, 5
 class QueueSettings:
     listen_addr: str = "127.0.0.1:50051"
     database_url: str = ""
+    # DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_POOL_TIMEOUT.
+    db_pool: PoolSettings = field(default_factory=PoolSettings)
     auth: AuthSettings = field(
         default_factory=lambda: AuthSettings(jwt_secret="", trigger_secret="")
     )
@@ -65,6 +67,7 @@ class QueueSettings:
         return cls(
             listen_addr=env.str("QUEUE_LISTEN_ADDR", cls.listen_addr),
             database_url=database_url_from_env(),
+            db_pool=PoolSettings.from_env(env),
             auth=AuthSettings(
                 jwt_secret=env.str("JWT_SECRET", ""),
                 trigger_secret=env.str("TRIGGER_SECRET", ""),

@@ -1,17 +1,30 @@
 """Database engines for PostgreSQL (psycopg 3) and the embedded SQLite default.
 
 `DATABASE_URL` is an SQLAlchemy URL. Services use the async engine; migrations the sync one;
-both are derived from the same URL so that operators set it once.
+both are derived from the same URL so that operators set it once. `DB_POOL_SIZE`,
+`DB_MAX_OVERFLOW` and `DB_POOL_TIMEOUT` size the services' connection pool.
+
+`database_trouble` says which failures are the database's passing trouble (unreachable, a
+connection lost, every pooled connection busy) rather than a bug: the serving runtime answers
+them UNAVAILABLE with a retry delay, never INTERNAL.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+import psycopg
+import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from service_runtime.config import Env
+from service_runtime.errors import ServiceReason
 
 DEFAULT_SQLITE_PATH = Path("var") / "gmbsync.db"
 DEFAULT_DATABASE_URL = f"sqlite:///./{DEFAULT_SQLITE_PATH.as_posix()}"
@@ -75,18 +88,115 @@ def configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine_async(url: str | URL, *, pool_size: int = 10) -> AsyncEngine:
+@dataclass(frozen=True)
+class PoolSettings:
+    """The connection pool of a service's database engine.
+
+    A request that finds every connection busy waits up to `timeout` for one, then is answered
+    UNAVAILABLE (DATABASE_BUSY) with a retry delay: kept below the clients' usual 10 s deadline,
+    so that they learn the server is overloaded instead of timing out.
+    """
+
+    size: int = 10
+    # Connections opened beyond `size` under load and closed when returned; None: as many
+    # as `size`.
+    max_overflow: int | None = None
+    timeout: timedelta = timedelta(seconds=5)
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> PoolSettings:
+        env = env or Env()
+        size = env.int("DB_POOL_SIZE", cls.size, minimum=1, maximum=1000)
+        return cls(
+            size=size,
+            max_overflow=env.int("DB_MAX_OVERFLOW", size, minimum=0, maximum=1000),
+            timeout=env.duration(
+                "DB_POOL_TIMEOUT",
+                cls.timeout,
+                minimum=timedelta(milliseconds=10),
+                maximum=timedelta(minutes=5),
+            ),
+        )
+
+
+def create_engine_async(url: str | URL, *, pool: PoolSettings | None = None) -> AsyncEngine:
     """The async engine the services use."""
+    pool = pool or PoolSettings()
+    sizing = {
+        "pool_size": pool.size,
+        "max_overflow": pool.size if pool.max_overflow is None else pool.max_overflow,
+        "pool_timeout": pool.timeout.total_seconds(),
+    }
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         ensure_sqlite_directory(target)
-        engine = create_async_engine(target)
+        engine = create_async_engine(target, **sizing)
         configure_sqlite(engine.sync_engine)
         return engine
     return create_async_engine(
         target,
-        pool_size=pool_size,
-        max_overflow=pool_size,
+        **sizing,
         pool_pre_ping=True,
         pool_recycle=1800,
+    )
+
+
+# SQLite's OperationalErrors that pass: a writer holding the lock, a file briefly unreachable.
+_SQLITE_PASSING = ("locked", "busy", "disk i/o", "unable to open")
+
+# How long a client should wait before sending a request again.
+DATABASE_UNAVAILABLE_RETRY_AFTER = 0.5
+DATABASE_BUSY_RETRY_AFTER = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseTrouble:
+    """A failure that is the database's passing trouble, and what to tell the client."""
+
+    reason: ServiceReason
+    message: str
+    retry_after: float
+    # The driver's own words, for the log (never the SQL or its parameters).
+    detail: str
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def database_trouble(error: BaseException) -> DatabaseTrouble | None:
+    """The database trouble behind `error`, or None when it is something else (a bug, bad
+    data): a pool with no free connection in time, or a database that cannot be reached or
+    dropped the connection (OperationalError: also deadlocks and lock timeouts, which pass
+    too; InterfaceError; any error after which SQLAlchemy found the connection dead)."""
+    if isinstance(error, sqlalchemy.exc.TimeoutError):
+        return DatabaseTrouble(
+            ServiceReason.DATABASE_BUSY,
+            "every database connection of this server is busy; retry after the delay",
+            DATABASE_BUSY_RETRY_AFTER,
+            _first_line(error),
+        )
+    unavailable = isinstance(
+        error,
+        (
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError,
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            sqlite3.OperationalError,
+        ),
+    ) or (isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated)
+    if not unavailable:
+        return None
+    cause = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
+    if isinstance(cause, sqlite3.OperationalError) and not any(
+        sign in str(cause).lower() for sign in _SQLITE_PASSING
+    ):
+        return None  # "no such table" and the like: SQLite's OperationalError is broad
+    return DatabaseTrouble(
+        ServiceReason.DATABASE_UNAVAILABLE,
+        "the database is unavailable for the moment; retry after the delay",
+        DATABASE_UNAVAILABLE_RETRY_AFTER,
+        _first_line(cause),
     )

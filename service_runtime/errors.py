@@ -47,6 +47,26 @@ class ErrorReason(enum.StrEnum):
     GOOGLE_API_DISABLED = "GOOGLE_API_DISABLED"
 
 
+#: The ErrorInfo domain of answers the shared serving runtime gives for either service.
+SERVICE_ERROR_DOMAIN = "gmbsync.service.v1"
+
+
+class ServiceReason(enum.StrEnum):
+    """ErrorInfo reasons (domain SERVICE_ERROR_DOMAIN) of a service's transient trouble with its
+    own database, the same for QueueService and SyncService.
+
+    Both come as UNAVAILABLE with a RetryInfo delay: the request was not served, the service is
+    up, and the same request is worth sending again after the delay.
+    """
+
+    #: The database could not be reached, or the connection to it was lost (a restart, a
+    #: failover, a network blip).
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    #: Every database connection of this server stayed busy for the pool's timeout: the
+    #: server is overloaded for the moment.
+    DATABASE_BUSY = "DATABASE_BUSY"
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """A google.rpc.ErrorInfo: why a call failed, for programs."""
@@ -192,11 +212,13 @@ def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> ErrorInfo | None:
 
 
 __all__ = [
+    "SERVICE_ERROR_DOMAIN",
     "SYNC_ERROR_DOMAIN",
     "ErrorInfo",
     "ErrorReason",
     "FieldViolation",
     "InvalidArgument",
+    "ServiceReason",
     "abort",
     "error_info",
     "field_violations",

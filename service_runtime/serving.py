@@ -12,18 +12,20 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import grpc
-import sqlalchemy.exc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from service_runtime.config import ConfigError
+from service_runtime.database import database_trouble
+from service_runtime.errors import SERVICE_ERROR_DOMAIN, rich_status
 from service_runtime.reflection import enable_reflection
 from service_runtime.telemetry import configure_tracing, shutdown_tracing
 
@@ -41,6 +43,21 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+# Which RPCs get a server span: not the health service and not reflection. Both are plumbing
+# that probes and grpcurl call all the time, and both are streams (Health.Watch, and the
+# bidirectional ServerReflectionInfo), which OpenTelemetry's aio server interceptor does not
+# handle: it wraps a stream in an async generator that attaches the trace context, so
+# - a stream whose client went away while a response was being written leaves that generator
+#   suspended; the garbage collector later closes it from another task, where detaching the
+#   context fails and OpenTelemetry logs "Failed to detach context" at ERROR, traceback and all;
+# - Health.Watch answers through context.write(), not as a generator, and the wrapper fails
+#   it with a TypeError.
+# Every RPC of QueueService and SyncService is unary, and traced.
+TRACED_RPCS = filters.negate(
+    filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection."))
+)
+
+
 @dataclass(frozen=True)
 class ServiceRegistration:
     """One gRPC service to serve: its full name and the generated `add_..._to_server` call."""
@@ -53,11 +70,45 @@ BackgroundTask = Callable[[], Awaitable[None]]
 HealthProbe = Callable[[], Awaitable[bool]]
 
 
-class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
-    """Turns an unexpected exception into INTERNAL (or UNAVAILABLE for a lost database).
+class BurstLog:
+    """Logs a recurring condition once per burst: the first occurrence at once, then at most
+    one line per `window` seconds while it goes on, saying how many were not logged.
 
-    The client gets a short message with an incident id; the traceback goes to the log only.
+    An outage answers hundreds of requests the same way; an operator needs to know it began,
+    that it is still going on, and when it ended (no more lines), not every request.
     """
+
+    def __init__(self, logger: logging.Logger, window: float = 10.0) -> None:
+        self._log = logger
+        self._window = window
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._window:
+            self._quiet[key] = self._quiet.get(key, 0) + 1
+            return
+        quiet = self._quiet.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({quiet} more like it in the last {now - last:.0f} s)" if quiet else ""
+        self._log.warning(message + suffix, *args)
+
+
+class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
+    """Turns an unexpected exception into INTERNAL, and the database's passing trouble into
+    UNAVAILABLE with a RetryInfo delay and an ErrorInfo reason (domain `gmbsync.service.v1`):
+    DATABASE_UNAVAILABLE (unreachable, connection lost) or DATABASE_BUSY (no pooled
+    connection free in time). Clients retry those after the delay; a worker does not count them
+    against the service's health, since the service itself answered.
+
+    For INTERNAL the client gets a short message with an incident id and the traceback goes to
+    the log; database trouble is logged once per burst, at WARNING, without a traceback.
+    """
+
+    def __init__(self) -> None:
+        self._burst = BurstLog(log)
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
@@ -71,17 +122,32 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
                 return await behavior(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
-            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
-                log.warning("%s: database unavailable: %s", method, exc)
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, "database unavailable; retry with backoff"
-                )
-            except Exception:
-                incident = uuid.uuid4().hex[:12]
-                log.exception("%s failed (incident %s)", method, incident)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
-                )
+            except Exception as exc:
+                trouble = database_trouble(exc)
+                if trouble is None:
+                    incident = uuid.uuid4().hex[:12]
+                    log.exception("%s failed (incident %s)", method, incident)
+                    await context.abort(
+                        grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
+                    )
+                else:
+                    self._burst.warning(
+                        trouble.reason,
+                        "%s: %s, answering UNAVAILABLE with a %.1f s retry delay: %s",
+                        method,
+                        trouble.reason,
+                        trouble.retry_after,
+                        trouble.detail,
+                    )
+                    await context.abort_with_status(
+                        rich_status(
+                            grpc.StatusCode.UNAVAILABLE,
+                            trouble.message,
+                            retry_delay_seconds=trouble.retry_after,
+                            reason=trouble.reason,
+                            domain=SERVICE_ERROR_DOMAIN,
+                        )
+                    )
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
@@ -110,7 +176,11 @@ class GrpcServer:
     async def start(self) -> int:
         """Binds, starts serving and returns the bound port."""
         server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), ErrorBoundaryInterceptor(), *self.interceptors],
+            interceptors=[
+                aio_server_interceptor(filter_=TRACED_RPCS),
+                ErrorBoundaryInterceptor(),
+                *self.interceptors,
+            ],
             options=SERVER_OPTIONS,
         )
         for service in self.services:

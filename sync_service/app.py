@@ -42,7 +42,7 @@ class SyncApp:
         cipher = await asyncio.to_thread(
             cipher_from_settings, settings.token_encryption_keys, settings.token_key_file
         )
-        engine = create_engine_async(settings.database_url)
+        engine = create_engine_async(settings.database_url, pool=settings.db_pool)
         self.store = SyncStore(engine, cipher)
         # On PostgreSQL the quota is shared with every replica on the database; SQLite: local.
         quota = quota_from_settings(settings.google, engine)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
-from service_runtime.database import database_url_from_env
+from service_runtime.database import PoolSettings, database_url_from_env
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 GOOGLE_ACCOUNT_MANAGEMENT_URL = "https://mybusinessaccountmanagement.googleapis.com"
@@ -89,6 +89,8 @@ class GoogleSettings:
 class SyncSettings:
     listen_addr: str = "127.0.0.1:50052"
     database_url: str = ""
+    # DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_POOL_TIMEOUT, as for QueueService.
+    db_pool: PoolSettings = field(default_factory=PoolSettings)
     auth: AuthSettings = field(
         default_factory=lambda: AuthSettings(jwt_secret="", trigger_secret="")
     )
@@ -187,6 +189,7 @@ class SyncSettings:
         return cls(
             listen_addr=env.str("SYNC_LISTEN_ADDR", cls.listen_addr),
             database_url=database_url_from_env(),
+            db_pool=PoolSettings.from_env(env),
             auth=AuthSettings(
                 jwt_secret=env.str("JWT_SECRET", ""),
                 trigger_secret=env.str("TRIGGER_SECRET", ""),

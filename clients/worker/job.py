@@ -11,6 +11,8 @@ What a SyncService error means for the job (see `deferral`, then `classify`):
 |   (progress made, checkpoint stored, out of time)  |   no attempt spent (deferred)    |         |
 | UNAVAILABLE + ErrorInfo GOOGLE_API_DISABLED        | ReleaseJob, delay = RetryInfo:   | held    |
 |   (API disabled for the whole Cloud project)       |   no attempt spent (deferred)    | open    |
+| UNAVAILABLE + ErrorInfo DATABASE_UNAVAILABLE or    | ReleaseJob, delay = RetryInfo:   | success |
+|   DATABASE_BUSY (SyncService's database blipped)   |   no attempt spent (deferred)    |         |
 | INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION   | FailJob permanent                | success |
 | RESOURCE_EXHAUSTED; UNAVAILABLE, DEADLINE_EXCEEDED | FailJob retryable, server delay  | success |
 |   with a rich status (SyncService's own answer)    |                                  |         |
@@ -21,9 +23,16 @@ What a SyncService error means for the job (see `deferral`, then `classify`):
 | breaker open, or worker shutting down              | ReleaseJob: no attempt spent     | -       |
 | lease lost                                         | nothing: the job is not ours now | -       |
 
-The three ErrorInfo reasons count only in SyncService's domain (`gmbsync.sync.v1`) and with a
-rich status; "held open" means the breaker is forced open for the delay, so this worker picks
-and calls nothing until then (every job would meet the same answer).
+The three Google reasons count only in SyncService's domain (`gmbsync.sync.v1`), the two
+database reasons only in the serving runtime's (`gmbsync.service.v1`), each with a rich status;
+"held open" means the breaker is forced open for the delay, so this worker picks and calls
+nothing until then (every job would meet the same answer). The breaker guards against
+SyncService itself being down: a database blip, which SyncService reports in its own answer,
+must not stop the worker for a cooldown.
+
+Calls to QueueService (reports here, heartbeats, picks) that meet a passing failure are retried
+with a short backoff (0.2 s doubling to 2 s, jittered, at least any RetryInfo delay) and never
+count against the breaker.
 """
 
 from __future__ import annotations
@@ -41,11 +50,17 @@ from opentelemetry import trace
 from clients.errors import ClientError, LeaseLost, NotFound
 from clients.queue import Job, QueueClient
 from clients.sync import SyncClient
+from clients.worker.backoff import Backoff
 from clients.worker.circuit_breaker import CircuitBreaker, Permit
 from clients.worker.config import WorkerConfig
 from clients.worker.lease import LeaseKeeper
 from clients.worker.tracing import job_span
-from service_runtime.errors import SYNC_ERROR_DOMAIN, ErrorReason
+from service_runtime.errors import (
+    SERVICE_ERROR_DOMAIN,
+    SYNC_ERROR_DOMAIN,
+    ErrorReason,
+    ServiceReason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +123,7 @@ class Deferral:
     """SyncService's "come back later": the job goes back to the queue for `delay` seconds
     without spending its attempt; with `hold_dispatch`, the whole worker waits as long."""
 
-    reason: ErrorReason
+    reason: ErrorReason | ServiceReason
     delay: float
     hold_dispatch: bool
 
@@ -119,21 +134,34 @@ _DEFERRALS: dict[tuple[grpc.StatusCode, ErrorReason], tuple[float, bool]] = {
     (grpc.StatusCode.ABORTED, ErrorReason.SYNC_INCOMPLETE): (1.0, False),
     (grpc.StatusCode.UNAVAILABLE, ErrorReason.GOOGLE_API_DISABLED): (300.0, True),
 }
+# The same for the serving runtime's answers about SyncService's own database.
+_SERVICE_DEFERRALS: dict[tuple[grpc.StatusCode, ServiceReason], tuple[float, bool]] = {
+    (grpc.StatusCode.UNAVAILABLE, ServiceReason.DATABASE_UNAVAILABLE): (1.0, False),
+    (grpc.StatusCode.UNAVAILABLE, ServiceReason.DATABASE_BUSY): (1.0, False),
+}
 
 
 def deferral(error: ClientError) -> Deferral | None:
     """The deferral a SyncAccount error asks for, or None when it is an ordinary failure.
 
-    Only SyncService's own rich answers count (server details, its ErrorInfo domain, a reason
-    that goes with the code): a bare UNAVAILABLE from the transport is never a deferral.
+    Only SyncService's own rich answers count (server details, an ErrorInfo domain of ours, a
+    reason that goes with the code): a bare UNAVAILABLE from the transport is never a deferral.
     """
-    if not error.server_details or error.error_domain != SYNC_ERROR_DOMAIN:
+    if not error.server_details:
         return None
+    reason: ErrorReason | ServiceReason
+    known: tuple[float, bool] | None
     try:
-        reason = ErrorReason(error.reason)
+        if error.error_domain == SYNC_ERROR_DOMAIN:
+            reason = ErrorReason(error.reason)
+            known = _DEFERRALS.get((error.code, reason))
+        elif error.error_domain == SERVICE_ERROR_DOMAIN:
+            reason = ServiceReason(error.reason)
+            known = _SERVICE_DEFERRALS.get((error.code, reason))
+        else:
+            return None
     except ValueError:
         return None
-    known = _DEFERRALS.get((error.code, reason))
     if known is None:
         return None
     default_delay, hold = known
@@ -366,7 +394,7 @@ class JobExecution:
             return False
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._deps.config.lease_duration.total_seconds()
-        delay, tries = 0.2, 0
+        backoff, tries = Backoff(), 0
         while True:
             tries += 1
             try:
@@ -378,9 +406,11 @@ class JobExecution:
                 self._keeper.mark_lost(f"{what}: {exc.message}{note}")
                 return False
             except ClientError as exc:
+                delay = backoff.next(exc.retry_delay)
                 if not exc.retryable or loop.time() + delay > give_up_at:
                     log.error("job %s: %s could not be recorded: %s", self.job.id, what, exc)
                     return False
-                log.warning("job %s: %s failed (%s); retrying", self.job.id, what, exc)
+                log.warning(
+                    "job %s: %s failed (%s); retrying in %.1f s", self.job.id, what, exc, delay
+                )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)

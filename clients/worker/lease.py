@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from clients.errors import ClientError, LeaseLost, NotFound
 from clients.queue import QueueClient
+from clients.worker.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ class LeaseKeeper:
             self._on_lost()
 
     async def _beat(self) -> None:
+        backoff = Backoff()
+        delay = self._interval
         while True:
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(delay)
             try:
                 # A retry inside the client covers a brief outage; its deadline stays well
                 # inside the interval so heartbeats never pile up.
@@ -73,10 +76,16 @@ class LeaseKeeper:
                     self.job_id, self.lease_token, self._duration, timeout=self._interval
                 )
                 self.extensions += 1
+                backoff.reset()
+                delay = self._interval
             except (LeaseLost, NotFound) as exc:
                 self.mark_lost(exc.message)
                 return
             except ClientError as exc:
-                # QueueService unreachable: keep trying. If the lease runs out meanwhile, the
+                # QueueService or its database blipped: try again soon rather than a whole
+                # interval later, since the lease keeps running meanwhile. If it runs out, the
                 # next heartbeat or the report learns it from the server.
-                log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+                delay = min(backoff.next(exc.retry_delay), self._interval)
+                log.warning(
+                    "job %s: heartbeat failed (%s); retrying in %.1f s", self.job_id, exc, delay
+                )

@@ -19,7 +19,6 @@ import collections
 import contextlib
 import logging
 import os
-import random
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from clients.channel import Credentials
 from clients.errors import ClientError
 from clients.queue import Job, QueueClient, WorkerRun, WorkerRunStatus
 from clients.sync import SyncClient
+from clients.worker.backoff import Backoff
 from clients.worker.circuit_breaker import CircuitBreaker, Permit
 from clients.worker.config import WorkerConfig
 from clients.worker.job import JobDeps, JobExecution, Outcome
@@ -74,21 +74,6 @@ class RunSummary:
             "stop_reason": self.stop_reason,
             **({"error": self.error} if self.error else {}),
         }
-
-
-class _Backoff:
-    """Exponential backoff with jitter for reconnect loops (0.2 s doubling to 5 s)."""
-
-    def __init__(self, initial: float = 0.2, maximum: float = 5.0) -> None:
-        self._initial, self._maximum, self._next = initial, maximum, initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, self._maximum)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self._next = self._initial
 
 
 class Worker:
@@ -204,14 +189,14 @@ class Worker:
             "lease_seconds": config.lease_duration.total_seconds(),
             "circuit_breaker_threshold": config.circuit_breaker_threshold,
         }
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._stopping.is_set():
             try:
                 return await self.queue.start_worker_run(config.worker_id, metadata)
             except ClientError as exc:
                 if not exc.retryable:
                     raise
-                delay = backoff.next()
+                delay = backoff.next(exc.retry_delay)
                 if self._run_deadline is not None:
                     remaining = self._run_deadline - asyncio.get_running_loop().time()
                     if remaining < delay:
@@ -223,7 +208,7 @@ class Worker:
 
     async def _pick_loop(self) -> None:
         config, loop = self.config, asyncio.get_running_loop()
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._stopping.is_set():
             wanted = config.concurrency - len(self._inflight)
             if config.once:
@@ -259,7 +244,9 @@ class Worker:
                     self.breaker.give_back(permit)
                 if not exc.retryable:
                     raise
-                delay = backoff.next()
+                # QueueService or its database blipped: retry soon. This is not SyncService's
+                # health, so the circuit breaker does not hear of it.
+                delay = backoff.next(exc.retry_delay)
                 log.warning("PickJobs failed (%s); retrying in %.1f s", exc, delay)
                 await self._sleep(delay)
                 continue
@@ -397,7 +384,7 @@ class Worker:
     async def _finish_run(self, status: int) -> None:
         outcomes = dict(self._summary.outcomes)
         notes = self._summary.stop_reason
-        backoff = _Backoff(initial=0.5, maximum=2.0)
+        backoff = Backoff(initial=0.5, maximum=2.0)
         for attempt in range(1, 6):
             try:
                 run = await self.queue.finish_worker_run(

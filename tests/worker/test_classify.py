@@ -7,7 +7,12 @@ import pytest
 
 from clients import errors
 from clients.worker.job import MAX_DEFER_SECONDS, Deferral, Verdict, classify, deferral
-from service_runtime.errors import SYNC_ERROR_DOMAIN, ErrorReason
+from service_runtime.errors import (
+    SERVICE_ERROR_DOMAIN,
+    SYNC_ERROR_DOMAIN,
+    ErrorReason,
+    ServiceReason,
+)
 
 
 @pytest.mark.parametrize(
@@ -118,6 +123,27 @@ def rich(
             ),
             Deferral(ErrorReason.GOOGLE_API_DISABLED, 300.0, hold_dispatch=True),
         ),
+        # SyncService's database blipped (the serving runtime's answer, in its own domain).
+        (
+            rich(
+                errors.Unavailable,
+                grpc.StatusCode.UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+                delay=0.5,
+                domain=SERVICE_ERROR_DOMAIN,
+            ),
+            Deferral(ServiceReason.DATABASE_UNAVAILABLE, 0.5, hold_dispatch=False),
+        ),
+        (
+            rich(
+                errors.Unavailable,
+                grpc.StatusCode.UNAVAILABLE,
+                "DATABASE_BUSY",
+                delay=None,
+                domain=SERVICE_ERROR_DOMAIN,
+            ),
+            Deferral(ServiceReason.DATABASE_BUSY, 1.0, hold_dispatch=False),
+        ),
         # More than QueueService accepts: a day.
         (
             rich(errors.Aborted, grpc.StatusCode.ABORTED, "SYNC_INCOMPLETE", delay=10 * 86400.0),
@@ -141,6 +167,14 @@ def test_deferral_of_come_back_later_answers(error: errors.ClientError, expected
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "GOOGLE_QUOTA",
             domain="googleapis.com",
+        ),
+        # A database reason in SyncService's own domain, or under another code.
+        rich(errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+        rich(
+            errors.Internal,
+            grpc.StatusCode.INTERNAL,
+            "DATABASE_UNAVAILABLE",
+            domain=SERVICE_ERROR_DOMAIN,
         ),
         # An unknown reason, and none at all.
         rich(errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "SOMETHING_NEW"),

@@ -24,7 +24,7 @@ from clients.worker import Worker, WorkerConfig
 from clients.worker.circuit_breaker import BreakerState
 from clients.worker.runner import RunSummary
 from gmbsync.sync.v1 import sync_service_pb2_grpc as sync_grpc
-from service_runtime.errors import ErrorReason, abort
+from service_runtime.errors import SERVICE_ERROR_DOMAIN, ErrorReason, ServiceReason, abort
 from tests.conftest import TEST_TRIGGER_SECRET
 from tests.queue.conftest import RunningQueue, queue_settings, start_queue, stop_queue
 from tests.queue.helpers import job_row
@@ -35,7 +35,7 @@ ACTIVATION_URL = (
 )
 SERVICE = "mybusinessbusinessinformation.googleapis.com"
 
-# The three answers, as SyncService sends them.
+# The answers, as SyncService sends them.
 QUOTA: dict[str, Any] = {
     "code": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "message": "Google quota exhausted: Retry-After 90 s does not fit the deadline",
@@ -56,6 +56,14 @@ API_DISABLED: dict[str, Any] = {
     "retry_delay_seconds": 300.0,
     "reason": ErrorReason.GOOGLE_API_DISABLED,
     "error_metadata": {"service": SERVICE, "activation_url": ACTIVATION_URL},
+}
+# SyncService's own database blipped: its serving runtime says so, in its own domain.
+DATABASE: dict[str, Any] = {
+    "code": grpc.StatusCode.UNAVAILABLE,
+    "message": "the database is unavailable for the moment; retry after the delay",
+    "retry_delay_seconds": 0.5,
+    "reason": ServiceReason.DATABASE_UNAVAILABLE,
+    "domain": SERVICE_ERROR_DOMAIN,
 }
 
 
@@ -168,8 +176,12 @@ def assert_deferred(row: dict[str, Any], delay: float, before: datetime, after: 
 
 @pytest.mark.parametrize(
     ("answer", "reason"),
-    [(QUOTA, "GOOGLE_QUOTA"), (INCOMPLETE, "SYNC_INCOMPLETE")],
-    ids=["google-quota", "sync-incomplete"],
+    [
+        (QUOTA, "GOOGLE_QUOTA"),
+        (INCOMPLETE, "SYNC_INCOMPLETE"),
+        (DATABASE, "DATABASE_UNAVAILABLE"),
+    ],
+    ids=["google-quota", "sync-incomplete", "sync-database-blip"],
 )
 async def test_a_come_back_later_answer_defers_the_job_without_spending_an_attempt(
     rig: Rig, answer: dict[str, Any], reason: str
