@@ -201,6 +201,10 @@ class System:
         settings = dataclasses.replace(self.queue_app.settings, listen_addr=self.queue_addr)
         self.queue_app = QueueApp(settings)
         await self.queue_app.start()
+        # The test's own channels saw the old server go away and may sit in reconnect backoff;
+        # a call made now would fail fast instead of reaching the new server.
+        for client in (self.queue, self.user_queue):
+            await client.wait_ready(10.0)
 
     async def start_sync(self) -> None:
         """(Re)starts SyncService on its fixed port."""
