@@ -32,6 +32,7 @@ class SyncApp:
         self.settings = settings
         self.store: SyncStore | None = None
         self.google: GoogleApi | None = None
+        self.syncer: Syncer | None = None
         self.server: GrpcServer | None = None
 
     async def _build(self) -> GrpcServer:
@@ -47,7 +48,8 @@ class SyncApp:
         # On PostgreSQL the quota is shared with every replica on the database; SQLite: local.
         quota = quota_from_settings(settings.google, engine)
         self.google = GoogleApi(settings.google, quota=quota)
-        servicer = SyncServicer(self.store, Syncer(self.store, self.google, settings))
+        self.syncer = Syncer(self.store, self.google, settings)
+        servicer = SyncServicer(self.store, self.syncer)
         self.server = GrpcServer(
             listen_addr=settings.listen_addr,
             services=[
@@ -87,6 +89,10 @@ class SyncApp:
             await self._close_resources()
 
     async def _close_resources(self) -> None:
+        if self.syncer is not None:
+            # A location write that a deadline cut short finishes before the database closes.
+            await self.syncer.drain()
+            self.syncer = None
         if self.google is not None:
             await self.google.aclose()
             self.google = None

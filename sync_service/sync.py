@@ -24,7 +24,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -144,7 +144,7 @@ def _error_type(exc: BaseException) -> str:
 
 def _write_reserve(budget: float) -> float:
     """Time kept back from the pass for its last write (or the failure record)."""
-    return min(max(budget * 0.1, 0.25), 3.0)
+    return min(max(budget * 0.1, 0.5), 3.0)
 
 
 class Syncer:
@@ -154,6 +154,11 @@ class Syncer:
         self._store = store
         self._google = google
         self._settings = settings
+        self._writes = _Writes()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Waits for writes that syncs cut short by their deadline left running."""
+        await self._writes.drain(timeout)
 
     async def sync(
         self,
@@ -170,7 +175,7 @@ class Syncer:
         budget = self._settings.max_sync_duration.total_seconds()
         if time_budget is not None:
             budget = min(budget, time_budget)
-        record = _FailureRecorder(self._store, account_id, sync_type, job_id, attempt)
+        record = _FailureRecorder(self._store, self._writes, account_id, sync_type, job_id, attempt)
         try:
             context = await self._store.sync_context(account_id)
         except TokenDecryptError as exc:
@@ -344,7 +349,7 @@ class Syncer:
         watermark = context.status.reviews_watermark if context.status else None
         if sync_type is SyncType.INCREMENTAL and watermark is not None:
             cutoff = watermark - self._settings.incremental_overlap
-        run = _PassRun(self._store, session, account_id, account, seen, progress)
+        run = _PassRun(self._store, self._writes, session, account_id, account, seen, progress)
         limit = asyncio.Semaphore(self._settings.location_concurrency)
 
         async def limited(step: Callable[[], Any]) -> None:
@@ -414,6 +419,7 @@ class _PassRun:
     def __init__(
         self,
         store: SyncStore,
+        writes: _Writes,
         session: GoogleSession,
         account_id: uuid.UUID,
         account: str,
@@ -421,6 +427,7 @@ class _PassRun:
         progress: _Progress,
     ) -> None:
         self._store = store
+        self._writes = writes
         self._session = session
         self._account_id = account_id
         self._account = account
@@ -439,14 +446,14 @@ class _PassRun:
     async def _refused(self, location_id: str, exc: GoogleError) -> None:
         reason = f"Google refused its reviews (HTTP {exc.http_status}): {exc.message}"
         log.warning("account %s: skipping %s: %s", self._account_id, location_id, reason)
-        await _shielded(
+        await self._writes.run(
             self._store.location_reviews_refused(self._account_id, location_id, reason, self._seen)
         )
         self._progress.skipped.append(SkippedLocation(location_id, "failed", reason))
         self._progress.locations_done += 1
 
     async def _write(self, read: LocationRead) -> None:
-        counts = await _shielded(self._store.location_reviews_write(read, self._seen))
+        counts = await self._writes.run(self._store.location_reviews_write(read, self._seen))
         progress = self._progress
         progress.counts += counts
         progress.locations_done += 1
@@ -588,12 +595,14 @@ class _FailureRecorder:
     def __init__(
         self,
         store: SyncStore,
+        writes: _Writes,
         account_id: uuid.UUID,
         sync_type: SyncType,
         job_id: uuid.UUID | None,
         attempt: int,
     ) -> None:
         self._store = store
+        self._writes = writes
         self._account_id = account_id
         self._sync_type = sync_type
         self._job_id = job_id
@@ -613,7 +622,7 @@ class _FailureRecorder:
             log.error("sync of account %s held: %s", self._account_id, exc)
         else:
             log.warning("sync of account %s failed: %s", self._account_id, exc)
-        _, deactivated = await _shielded(
+        _, deactivated = await self._writes.run(
             self._store.sync_failure(
                 self._account_id,
                 error_type=_error_type(exc),
@@ -630,10 +639,23 @@ class _FailureRecorder:
             )
 
 
-async def _shielded(write: Any) -> Any:
-    """Lets a started write finish even if the sync's deadline cancels the caller: a location
-    is written whole or not at all, and never abandoned mid-transaction."""
-    return await asyncio.shield(write)
+class _Writes:
+    """Writes that outlive the call that started them: a sync's deadline cancels the caller,
+    not a write under way, so a location is written whole or not at all and no transaction is
+    abandoned half done. The service waits for them before it closes the database."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    async def run(self, write: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(write)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self, timeout: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
 
 
 def _parse(parse: Any, doc: Any, what: str) -> Any:
