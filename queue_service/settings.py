@@ -65,10 +65,7 @@ class QueueSettings:
         return cls(
             listen_addr=env.str("QUEUE_LISTEN_ADDR", cls.listen_addr),
             database_url=database_url_from_env(),
-            auth=AuthSettings(
-                jwt_secret=env.str("JWT_SECRET", ""),
-                trigger_secret=env.str("TRIGGER_SECRET", ""),
-            ),
+            auth=AuthSettings.from_env(env),
             retry_delay_base=env.duration(
                 "RETRY_DELAY_BASE",
                 cls.retry_delay_base,

@@ -57,14 +57,28 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
     """Turns an unexpected exception into INTERNAL (or UNAVAILABLE for a lost database).
 
     The client gets a short message with an incident id; the traceback goes to the log only.
+    It sits next to the servicer, so each method's guarded handler is built at its first call
+    and reused: gRPC finds the same handler object for a method on every call.
     """
+
+    def __init__(self) -> None:
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        behavior = handler.unary_unary
         method = handler_call_details.method
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = self._guard(handler, method)
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+    @staticmethod
+    def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        behavior = handler.unary_unary
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -105,12 +119,15 @@ class GrpcServer:
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    _error_boundary: ErrorBoundaryInterceptor = field(
+        default_factory=ErrorBoundaryInterceptor, init=False
+    )
     port: int = field(default=0, init=False)
 
     async def start(self) -> int:
         """Binds, starts serving and returns the bound port."""
         server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), ErrorBoundaryInterceptor(), *self.interceptors],
+            interceptors=[aio_server_interceptor(), *self.interceptors, self._error_boundary],
             options=SERVER_OPTIONS,
         )
         for service in self.services:
