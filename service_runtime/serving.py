@@ -25,7 +25,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from service_runtime.config import ConfigError
 from service_runtime.reflection import enable_reflection
-from service_runtime.telemetry import configure_tracing, shutdown_tracing
+from service_runtime.telemetry import configure_tracing, shutdown_tracing, tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,9 @@ class GrpcServer:
     background: Sequence[BackgroundTask] = ()
     # Called when shutdown begins, before draining: e.g. release long-polling RPCs at once.
     on_shutdown: Sequence[Callable[[], None]] = ()
+    # A server span per call (continuing the caller's trace)? None: when this process records
+    # spans at start() (`tracing_enabled()`); off, no tracing code runs per call at all.
+    tracing: bool | None = None
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
@@ -126,10 +129,10 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Binds, starts serving and returns the bound port."""
-        server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), *self.interceptors, self._error_boundary],
-            options=SERVER_OPTIONS,
-        )
+        interceptors = [*self.interceptors, self._error_boundary]
+        if tracing_enabled() if self.tracing is None else self.tracing:
+            interceptors.insert(0, aio_server_interceptor())
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         for service in self.services:
             service.add_to_server(server)
         self._health = HealthServicer()
@@ -234,11 +237,11 @@ def service_main(
     """
     try:
         settings = load_settings()
+        configure_logging(settings.log_level)
+        configure_tracing(tracing_name)
     except ConfigError as exc:
         print(f"{program}: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    configure_tracing(tracing_name)
     try:
         asyncio.run(make_app(settings).run_until_signal())
     finally:
