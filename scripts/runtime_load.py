@@ -1,16 +1,20 @@
 """CPU per call of QueueService's request path, measured on a real `python -m queue_service`.
 
-    .venv/bin/python -m scripts.runtime_load [--calls 3000] [--inflight 16] [--processes 1]
-        [--server-root DIR] [--profile DIR] [--env NAME=VALUE ...]
+    .venv/bin/python -m scripts.runtime_load [--calls 2000] [--rounds 3] [--inflight 16]
+        [--processes 1] [--compare DIR] [--profile DIR] [--env NAME=VALUE ...]
 
 QueueService runs as its own process(es) on a scratch PostgreSQL database; this process drives
 three phases, each with `--inflight` calls in flight: EnqueueSync (as a user with a bearer JWT,
 one account per call), GetJob (the same user, the jobs just enqueued) and PickJobs(max 1) +
 CompleteJob (as a worker). For each phase it prints the CPU time the server's processes (and
-the PostgreSQL backends serving them) spent per call, read from /proc, and calls per second.
-CPU per call is what to compare between versions: it is far less sensitive than wall time to
-what else the machine runs. `--server-root` runs another checkout's server (a "before"); with
-`--profile DIR`, py-spy records each phase of the server to DIR/<phase>.txt (collapsed stacks).
+the PostgreSQL backends serving them) spent per call, read from /proc, and calls per second:
+the median over `--rounds` rounds. CPU per call is what to compare between versions: it is far
+less sensitive than wall time to what else the machine runs.
+
+`--compare DIR` also runs the server of another checkout (a "before") on a database of its own
+and alternates the two round by round and phase by phase, so both see the same machine load.
+With `--profile DIR`, py-spy records each phase of the last round to DIR/<server>-<phase>.txt
+(collapsed stacks).
 """
 
 from __future__ import annotations
@@ -21,15 +25,16 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import grpc
 import sqlalchemy as sa
@@ -46,6 +51,7 @@ TRIGGER_SECRET = "load-trigger-secret"
 JWT_SECRET = "load-jwt-secret-load-jwt-secret-load!"
 WORKER = (("x-trigger-secret", TRIGGER_SECRET),)
 TICKS = os.sysconf("SC_CLK_TCK")
+PHASES = ("EnqueueSync", "GetJob", "PickJobs(1)+CompleteJob")
 
 
 def _free_port() -> int:
@@ -120,7 +126,9 @@ def seed_accounts(url: str, count: int, owner: uuid.UUID) -> list[str]:
 
 
 @contextmanager
-def server(url: str, root: Path, processes: int, extra_env: dict[str, str]) -> Iterator[Any]:
+def server_process(
+    url: str, root: Path, processes: int, extra_env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     address = f"127.0.0.1:{_free_port()}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "QUEUE_"))},
@@ -172,76 +180,95 @@ async def run_calls(count: int, inflight: int, call: Callable[[int], Awaitable[N
     return time.perf_counter() - started
 
 
-async def main(args: argparse.Namespace) -> None:
-    owner = uuid.uuid4()
-    user = (
-        ("authorization", f"Bearer {issue_token(JWT_SECRET, user_id=owner, role='authenticated')}"),
-    )
-    extra_env = dict(item.split("=", 1) for item in args.env)
-    with scratch_database("gmbsync_load") as url:
-        accounts = seed_accounts(url, args.calls, owner)
-        root = args.server_root
-        with server(url, root, args.processes, extra_env) as (process, address):
-            await wait_serving(address)
-            # A few channels, as several clients would use; calls spread over them.
-            channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
-            stubs = [pb_grpc.QueueServiceStub(c) for c in channels]
-            job_ids: list[str] = [""] * args.calls
+@dataclass
+class Target:
+    """One server under load, its database, and what its phases measured."""
 
-            async def enqueue(i: int) -> None:
-                reply = await stubs[i % 4].EnqueueSync(
-                    pb.EnqueueSyncRequest(account_id=accounts[i], sync_type=pb.SYNC_TYPE_FULL),
-                    metadata=user,
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    address: str
+    accounts: list[str]
+    user: tuple[tuple[str, str], ...]
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+    # phase -> [(server µs/call, postgres µs/call, calls/s)] per round
+    figures: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A few channels, as several clients would use; calls spread over them.
+        self.channels = [grpc.aio.insecure_channel(self.address) for _ in range(4)]
+        self.stubs = [pb_grpc.QueueServiceStub(c) for c in self.channels]
+
+    def phase_call(self, phase: str, offset: int) -> Callable[[int], Awaitable[None]]:
+        stubs, user = self.stubs, self.user
+
+        async def enqueue(i: int) -> None:
+            reply = await stubs[i % 4].EnqueueSync(
+                pb.EnqueueSyncRequest(
+                    account_id=self.accounts[offset + i], sync_type=pb.SYNC_TYPE_FULL
+                ),
+                metadata=user,
+            )
+            self.job_ids[i] = reply.job.id
+
+        async def get_job(i: int) -> None:
+            await stubs[i % 4].GetJob(pb.GetJobRequest(job_id=self.job_ids[i]), metadata=user)
+
+        async def pick_complete(i: int) -> None:
+            stub = stubs[i % 4]
+            reply = await stub.PickJobs(
+                pb.PickJobsRequest(max_jobs=1, worker_id=f"load-{i % 16}"), metadata=WORKER
+            )
+            (job,) = reply.jobs
+            await stub.CompleteJob(
+                pb.CompleteJobRequest(job_id=job.id, lease_token=job.lease_token),
+                metadata=WORKER,
+            )
+
+        return {PHASES[0]: enqueue, PHASES[1]: get_job, PHASES[2]: pick_complete}[phase]
+
+    async def warm_up(self) -> None:
+        async def call(i: int) -> None:
+            try:
+                await self.stubs[i % 4].GetJob(
+                    pb.GetJobRequest(job_id=str(uuid.uuid4())), metadata=self.user
                 )
-                job_ids[i] = reply.job.id
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
 
-            async def get_job(i: int) -> None:
-                await stubs[i % 4].GetJob(pb.GetJobRequest(job_id=job_ids[i]), metadata=user)
+        await run_calls(64, 16, call)
 
-            async def pick_complete(i: int) -> None:
-                stub = stubs[i % 4]
-                reply = await stub.PickJobs(
-                    pb.PickJobsRequest(max_jobs=1, worker_id=f"load-{i % 16}"), metadata=WORKER
-                )
-                (job,) = reply.jobs
-                await stub.CompleteJob(
-                    pb.CompleteJobRequest(job_id=job.id, lease_token=job.lease_token),
-                    metadata=WORKER,
-                )
+    async def measure(
+        self, phase: str, calls: int, inflight: int, offset: int, profile: Path | None
+    ) -> None:
+        if phase == PHASES[0]:
+            self.job_ids = [""] * calls
+        pids = _tree(self.process.pid)
+        backends = _backend_pids(self.url)
+        spy = start_profiler(profile, f"{self.name}-{phase}", self.process.pid) if profile else None
+        if spy is not None:
+            await asyncio.sleep(1.0)  # py-spy attaches before the phase starts
+        server_before, pg_before = _cpu_seconds(pids), _cpu_seconds(backends)
+        elapsed = await run_calls(calls, inflight, self.phase_call(phase, offset))
+        server_cpu = _spent(server_before, _cpu_seconds(_tree(self.process.pid)))
+        pg_cpu = _spent(pg_before, _cpu_seconds(_backend_pids(self.url)))
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        self.figures.setdefault(phase, []).append(
+            (server_cpu / calls * 1e6, pg_cpu / calls * 1e6, calls / elapsed)
+        )
 
-            # Warm up: connections in the pool, code paths compiled, caches filled.
-            await run_calls(16, 16, get_job_warmup(stubs, user))
-            print(f"server: {root} processes={args.processes} calls={args.calls}")
-            print(f"{'phase':<24}{'server µs/call':>16}{'postgres µs/call':>18}{'calls/s':>10}")
-            for name, call in (
-                ("EnqueueSync", enqueue),
-                ("GetJob", get_job),
-                ("PickJobs(1)+CompleteJob", pick_complete),
-            ):
-                pids = _tree(process.pid)
-                backends = _backend_pids(url)
-                spy = start_profiler(args.profile, name, process.pid) if args.profile else None
-                if spy is not None:
-                    await asyncio.sleep(1.0)  # py-spy attaches before the phase starts
-                server_before = _cpu_seconds(pids)
-                pg_before = _cpu_seconds(backends)
-                elapsed = await run_calls(args.calls, args.inflight, call)
-                server_cpu = _spent(server_before, _cpu_seconds(_tree(process.pid)))
-                pg_cpu = _spent(pg_before, _cpu_seconds(_backend_pids(url)))
-                if spy is not None:
-                    spy.send_signal(signal.SIGINT)
-                    spy.wait(timeout=60)
-                print(
-                    f"{name:<24}{server_cpu / args.calls * 1e6:>16,.0f}"
-                    f"{pg_cpu / args.calls * 1e6:>18,.0f}{args.calls / elapsed:>10,.0f}"
-                )
-            for channel in channels:
-                await channel.close()
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
 
 
-def start_profiler(directory: str, phase: str, pid: int) -> subprocess.Popen[bytes]:
-    """py-spy recording `pid` and its children, collapsed stacks in DIR/<phase>.txt."""
-    out = Path(directory) / f"{phase.split('(')[0]}.txt"
+def start_profiler(directory: Path, name: str, pid: int) -> subprocess.Popen[bytes]:
+    """py-spy recording `pid` and its children, collapsed stacks in DIR/<name>.txt."""
+    out = directory / f"{name.split('(')[0]}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     command = [py_spy, "record", "--format", "raw", "--rate", "250", "--subprocesses"]
@@ -252,25 +279,68 @@ def start_profiler(directory: str, phase: str, pid: int) -> subprocess.Popen[byt
     )
 
 
-def get_job_warmup(stubs: list[Any], user: Any) -> Callable[[int], Awaitable[None]]:
-    async def call(i: int) -> None:
-        try:
-            await stubs[i % 4].GetJob(pb.GetJobRequest(job_id=str(uuid.uuid4())), metadata=user)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
+def report(targets: list[Target], args: argparse.Namespace) -> None:
+    print(
+        f"calls per phase {args.calls}, {args.inflight} in flight, medians of {args.rounds} "
+        f"rounds, QUEUE_PROCESSES={args.processes}"
+    )
+    print(
+        f"{'phase':<25}{'server':<8}{'server µs/call':>15}{'postgres µs/call':>18}{'calls/s':>9}"
+        f"{'  server µs/call of each round'}"
+    )
+    for phase in PHASES:
+        for target in targets:
+            rounds = target.figures[phase]
+            server, pg, rate = (statistics.median(column) for column in zip(*rounds, strict=True))
+            each = " ".join(f"{r[0]:,.0f}" for r in rounds)
+            print(f"{phase:<25}{target.name:<8}{server:>15,.0f}{pg:>18,.0f}{rate:>9,.0f}  {each}")
 
-    return call
+
+async def main(args: argparse.Namespace) -> None:
+    owner = uuid.uuid4()
+    token = issue_token(JWT_SECRET, user_id=owner, role="authenticated", ttl_seconds=86_400)
+    user = (("authorization", f"Bearer {token}"),)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    roots = [("after", ROOT)] + ([("before", args.compare)] if args.compare else [])
+    targets: list[Target] = []
+    with ExitStack() as stack:
+        for name, root in roots:
+            url = stack.enter_context(scratch_database(f"gmbsync_load_{name}"))
+            accounts = seed_accounts(url, args.calls * args.rounds, owner)
+            process, address = stack.enter_context(
+                server_process(url, root, args.processes, extra_env)
+            )
+            targets.append(Target(name, url, process, address, accounts, user))
+        try:
+            for target in targets:
+                await wait_serving(target.address)
+                await target.warm_up()
+            for round_number in range(args.rounds):
+                last = round_number == args.rounds - 1
+                profile = args.profile if last else None
+                # Alternate who goes first, so neither always runs right after the other.
+                order = targets if round_number % 2 == 0 else targets[::-1]
+                for phase in PHASES:
+                    for target in order:
+                        await target.measure(
+                            phase, args.calls, args.inflight, round_number * args.calls, profile
+                        )
+        finally:
+            for target in targets:
+                await target.close()
+    report(targets, args)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m scripts.runtime_load", description=__doc__)
-    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--inflight", type=int, default=16)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--server-root", default=str(ROOT))
-    parser.add_argument("--profile", default="")
+    parser.add_argument("--compare", default="", help="another checkout's root: a 'before'")
+    parser.add_argument("--profile", default="", help="directory for py-spy's collapsed stacks")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
     arguments = parser.parse_args()
-    arguments.server_root = Path(arguments.server_root).resolve()
+    arguments.compare = Path(arguments.compare).resolve() if arguments.compare else None
+    arguments.profile = Path(arguments.profile).resolve() if arguments.profile else None
     asyncio.run(main(arguments))
