@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import uuid
@@ -24,13 +25,21 @@ from grpc_health.v1._async import HealthServicer
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from service_runtime.config import ConfigError
+from service_runtime.processes import PROCESS_INDEX_VAR, is_supervised, supervise
 from service_runtime.reflection import enable_reflection
 from service_runtime.telemetry import configure_tracing, shutdown_tracing, tracing_enabled
 
 log = logging.getLogger(__name__)
 
-# Let clients keep idle channels alive with pings every 10 s or more without being sent GOAWAY.
+# How long a supervisor waits past the copies' grace period before it kills them.
+_SUPERVISOR_KILL_MARGIN = 5.0
+
 SERVER_OPTIONS: list[tuple[str, Any]] = [
+    # SO_REUSEPORT: several processes may listen on one address and the kernel spreads new
+    # connections over them. gRPC's default on Linux, spelled out because QUEUE_PROCESSES
+    # relies on it. (So a second server started on a busy port shares it instead of failing.)
+    ("grpc.so_reuseport", 1),
+    # Let clients keep idle channels alive with pings every 10 s or more without GOAWAY.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -207,9 +216,12 @@ class GrpcServer:
 
 
 def configure_logging(level: str = "INFO") -> None:
+    # Copies of one service under a supervisor say which copy wrote a line.
+    index = os.environ.get(PROCESS_INDEX_VAR)
+    where = f" [process {index}]" if index is not None else ""
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s",
     )
 
 
@@ -229,15 +241,25 @@ def service_main(
     tracing_name: str,
     load_settings: Callable[[], SettingsT],
     make_app: Callable[[SettingsT], _App],
+    *,
+    processes: Callable[[SettingsT], int] | None = None,
+    grace: Callable[[SettingsT], float] | None = None,
 ) -> int:
     """The body of `python -m <service>`: settings, logging, tracing, serve, exit code.
 
     A bad setting ends the process with exit code 2 and one line naming it, before anything
-    starts; a served process that was stopped by a signal exits 0.
+    starts; a served process that was stopped by a signal exits 0. When `processes(settings)`
+    is more than 1, this process supervises that many copies of `python -m <program>` on the
+    same address instead of serving (service_runtime.processes); `grace(settings)` is how long
+    each copy drains after SIGTERM.
     """
     try:
         settings = load_settings()
+        copies = processes(settings) if processes is not None and not is_supervised() else 1
         configure_logging(settings.log_level)
+        if copies > 1:
+            drain = grace(settings) if grace is not None else 10.0
+            return supervise(program, copies, kill_after=drain + _SUPERVISOR_KILL_MARGIN)
         configure_tracing(tracing_name)
     except ConfigError as exc:
         print(f"{program}: configuration error: {exc}", file=sys.stderr)
