@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy.engine import make_url
+
 from queue_service.tables import SCHEDULE_INTERVAL_MAX as _INTERVAL_MAX_SECONDS
 from queue_service.tables import SCHEDULE_INTERVAL_MIN as _INTERVAL_MIN_SECONDS
 from service_runtime.auth import AuthSettings
-from service_runtime.config import Env
+from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
 
 SCHEDULE_INTERVAL_MIN = timedelta(seconds=_INTERVAL_MIN_SECONDS)
@@ -20,6 +22,8 @@ SCHEDULE_PRIORITY_MIN, SCHEDULE_PRIORITY_MAX = 0, 5
 @dataclass(frozen=True)
 class QueueSettings:
     listen_addr: str = "127.0.0.1:50051"
+    # Processes serving listen_addr together (`python -m queue_service`; PostgreSQL only).
+    processes: int = 1
     database_url: str = ""
     # DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_POOL_TIMEOUT.
     db_pool: PoolSettings = field(default_factory=PoolSettings)
@@ -64,14 +68,18 @@ class QueueSettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> QueueSettings:
         env = env or Env()
+        settings = cls._from_env(env)
+        _check_processes(settings)
+        return settings
+
+    @classmethod
+    def _from_env(cls, env: Env) -> QueueSettings:
         return cls(
             listen_addr=env.str("QUEUE_LISTEN_ADDR", cls.listen_addr),
+            processes=env.int("QUEUE_PROCESSES", cls.processes, minimum=1, maximum=64),
             database_url=database_url_from_env(),
             db_pool=PoolSettings.from_env(env),
-            auth=AuthSettings(
-                jwt_secret=env.str("JWT_SECRET", ""),
-                trigger_secret=env.str("TRIGGER_SECRET", ""),
-            ),
+            auth=AuthSettings.from_env(env),
             retry_delay_base=env.duration(
                 "RETRY_DELAY_BASE",
                 cls.retry_delay_base,
@@ -171,4 +179,21 @@ class QueueSettings:
                 minimum=timedelta(milliseconds=100),
                 maximum=timedelta(hours=1),
             ),
+        )
+
+
+def _check_processes(settings: QueueSettings) -> None:
+    """Several processes need a shared database and a fixed port to share."""
+    if settings.processes == 1:
+        return
+    if make_url(settings.database_url).get_backend_name() == "sqlite":
+        raise ConfigError(
+            f"QUEUE_PROCESSES={settings.processes}: only one process can serve a queue on "
+            "SQLite; use PostgreSQL (DATABASE_URL) or QUEUE_PROCESSES=1"
+        )
+    _host, _, port = settings.listen_addr.rpartition(":")
+    if port in ("", "0"):
+        raise ConfigError(
+            f"QUEUE_PROCESSES={settings.processes}: QUEUE_LISTEN_ADDR={settings.listen_addr!r} "
+            "must name a fixed port for the processes to share"
         )

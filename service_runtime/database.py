@@ -7,6 +7,17 @@ both are derived from the same URL so that operators set it once. `DB_POOL_SIZE`
 `database_trouble` says which failures are the database's passing trouble (unreachable, a
 connection lost, every pooled connection busy) rather than a bug: the serving runtime answers
 them UNAVAILABLE with a retry delay, never INTERNAL.
+
+Pooled connections are not pinged before use: a ping is a round trip on every checkout, and
+connections die only when the database restarts or the network drops them. Instead a statement
+that fails because its connection died is recognised as a disconnect (`handle_error` below),
+which invalidates that connection *and every connection opened before it*, so only the calls
+already running on dead connections fail (with UNAVAILABLE, which clients retry) and the next
+ones reconnect. `pool_recycle` replaces connections before idle timeouts of proxies and NAT
+gateways (typically 350 s or more) can cut them, and `pool_use_lifo` keeps reusing the most
+recent connections so that a quiet service holds few of them.
+
+`read_engine(engine)` is the same pool for calls that only read: no BEGIN/ROLLBACK around them.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from pathlib import Path
 import psycopg
 import sqlalchemy.exc
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Engine, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service_runtime.config import Env
@@ -31,6 +42,19 @@ DEFAULT_DATABASE_URL = f"sqlite:///./{DEFAULT_SQLITE_PATH.as_posix()}"
 
 # SQLite: wait for the write lock instead of failing at once with "database is locked".
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# Seconds a pooled connection lives before it is replaced at its next checkout: below the idle
+# timeouts of NAT gateways and load balancers (350 s on AWS), so none of them cuts it first.
+POOL_RECYCLE_SECONDS = 300
+
+# SQLSTATEs that mean the connection is gone even when the driver has not noticed yet:
+# class 08 (connection exception) and the server going down (admin or crash shutdown,
+# "cannot connect now" while it starts or stops).
+_DISCONNECT_SQLSTATE_CLASSES = ("08",)
+_DISCONNECT_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+# Execution option that marks the connections of `read_engine`.
+READS_ONLY_OPTION = "gmbsync_reads_only"
 
 
 def database_url_from_env() -> str:
@@ -85,7 +109,31 @@ def configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads of `read_engine` run without a transaction: in WAL mode they never wait for
+        # the write lock, which BEGIN IMMEDIATE would make them do.
+        if not connection.get_execution_options().get(READS_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_disconnect_error(error: BaseException) -> bool:
+    """Whether a driver error says the connection (or the server behind it) is gone."""
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    return sqlstate.startswith(_DISCONNECT_SQLSTATE_CLASSES) or sqlstate in _DISCONNECT_SQLSTATES
+
+
+def recover_from_disconnects(engine: Engine) -> None:
+    """Treats every error that says the connection died as a disconnect.
+
+    psycopg flags most of them itself (a closed or broken connection); this also catches those
+    it reports by SQLSTATE alone. A disconnect invalidates the pool (SQLAlchemy's default for
+    `invalidate_pool_on_disconnect`): each connection older than the error is replaced at its
+    next checkout instead of failing a call of its own.
+    """
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        if not context.is_disconnect and is_disconnect_error(context.original_exception):
+            context.is_disconnect = True
 
 
 @dataclass(frozen=True)
@@ -133,12 +181,14 @@ def create_engine_async(url: str | URL, *, pool: PoolSettings | None = None) -> 
         engine = create_async_engine(target, **sizing)
         configure_sqlite(engine.sync_engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         target,
         **sizing,
-        pool_pre_ping=True,
-        pool_recycle=1800,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        pool_use_lifo=True,
     )
+    recover_from_disconnects(engine.sync_engine)
+    return engine
 
 
 # SQLite's OperationalErrors that pass: a writer holding the lock, a file briefly unreachable.
@@ -200,3 +250,17 @@ def database_trouble(error: BaseException) -> DatabaseTrouble | None:
         DATABASE_UNAVAILABLE_RETRY_AFTER,
         _first_line(cause),
     )
+
+
+def read_engine(engine: AsyncEngine) -> AsyncEngine:
+    """`engine`'s pool, for calls that only read: each statement commits on its own.
+
+    PostgreSQL: AUTOCOMMIT, so no BEGIN before and no ROLLBACK after a read; at READ COMMITTED
+    every statement takes its own snapshot anyway, so a read-only call loses no consistency.
+    SQLite: no BEGIN IMMEDIATE, so reads never queue for the write lock; statements of one call
+    may then see different commits. Never write through it: each write would commit at once.
+    Connections go back to the pool with their usual transactional settings.
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{READS_ONLY_OPTION: True})
+    return engine.execution_options(isolation_level="AUTOCOMMIT", **{READS_ONLY_OPTION: True})

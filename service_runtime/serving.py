@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -26,13 +27,21 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from service_runtime.config import ConfigError
 from service_runtime.database import database_trouble
 from service_runtime.errors import SERVICE_ERROR_DOMAIN, rich_status
+from service_runtime.processes import PROCESS_INDEX_VAR, is_supervised, supervise
 from service_runtime.reflection import enable_reflection
-from service_runtime.telemetry import configure_tracing, shutdown_tracing
+from service_runtime.telemetry import configure_tracing, shutdown_tracing, tracing_enabled
 
 log = logging.getLogger(__name__)
 
-# Let clients keep idle channels alive with pings every 10 s or more without being sent GOAWAY.
+# How long a supervisor waits past the copies' grace period before it kills them.
+_SUPERVISOR_KILL_MARGIN = 5.0
+
 SERVER_OPTIONS: list[tuple[str, Any]] = [
+    # SO_REUSEPORT: several processes may listen on one address and the kernel spreads new
+    # connections over them. gRPC's default on Linux, spelled out because QUEUE_PROCESSES
+    # relies on it. (So a second server started on a busy port shares it instead of failing.)
+    ("grpc.so_reuseport", 1),
+    # Let clients keep idle channels alive with pings every 10 s or more without GOAWAY.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -105,17 +114,28 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
 
     For INTERNAL the client gets a short message with an incident id and the traceback goes to
     the log; database trouble is logged once per burst, at WARNING, without a traceback.
+    It sits next to the servicer, so each method's guarded handler is built at its first call
+    and reused: gRPC finds the same handler object for a method on every call.
     """
 
     def __init__(self) -> None:
         self._burst = BurstLog(log)
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        behavior = handler.unary_unary
         method = handler_call_details.method
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = self._guard(handler, method)
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+    def _guard(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        behavior = handler.unary_unary
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -168,21 +188,23 @@ class GrpcServer:
     background: Sequence[BackgroundTask] = ()
     # Called when shutdown begins, before draining: e.g. release long-polling RPCs at once.
     on_shutdown: Sequence[Callable[[], None]] = ()
+    # A server span per call (continuing the caller's trace)? None: when this process records
+    # spans at start() (`tracing_enabled()`); off, no tracing code runs per call at all.
+    tracing: bool | None = None
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    _error_boundary: ErrorBoundaryInterceptor = field(
+        default_factory=ErrorBoundaryInterceptor, init=False
+    )
     port: int = field(default=0, init=False)
 
     async def start(self) -> int:
         """Binds, starts serving and returns the bound port."""
-        server = grpc.aio.server(
-            interceptors=[
-                aio_server_interceptor(filter_=TRACED_RPCS),
-                ErrorBoundaryInterceptor(),
-                *self.interceptors,
-            ],
-            options=SERVER_OPTIONS,
-        )
+        interceptors = [*self.interceptors, self._error_boundary]
+        if tracing_enabled() if self.tracing is None else self.tracing:
+            interceptors.insert(0, aio_server_interceptor(filter_=TRACED_RPCS))
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         for service in self.services:
             service.add_to_server(server)
         self._health = HealthServicer()
@@ -257,9 +279,12 @@ class GrpcServer:
 
 
 def configure_logging(level: str = "INFO") -> None:
+    # Copies of one service under a supervisor say which copy wrote a line.
+    index = os.environ.get(PROCESS_INDEX_VAR)
+    where = f" [process {index}]" if index is not None else ""
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s",
     )
 
 
@@ -279,19 +304,29 @@ def service_main(
     tracing_name: str,
     load_settings: Callable[[], SettingsT],
     make_app: Callable[[SettingsT], _App],
+    *,
+    processes: Callable[[SettingsT], int] | None = None,
+    grace: Callable[[SettingsT], float] | None = None,
 ) -> int:
     """The body of `python -m <service>`: settings, logging, tracing, serve, exit code.
 
     A bad setting ends the process with exit code 2 and one line naming it, before anything
-    starts; a served process that was stopped by a signal exits 0.
+    starts; a served process that was stopped by a signal exits 0. When `processes(settings)`
+    is more than 1, this process supervises that many copies of `python -m <program>` on the
+    same address instead of serving (service_runtime.processes); `grace(settings)` is how long
+    each copy drains after SIGTERM.
     """
     try:
         settings = load_settings()
+        copies = processes(settings) if processes is not None and not is_supervised() else 1
+        configure_logging(settings.log_level)
+        if copies > 1:
+            drain = grace(settings) if grace is not None else 10.0
+            return supervise(program, copies, kill_after=drain + _SUPERVISOR_KILL_MARGIN)
+        configure_tracing(tracing_name)
     except ConfigError as exc:
         print(f"{program}: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    configure_tracing(tracing_name)
     try:
         asyncio.run(make_app(settings).run_until_signal())
     finally:

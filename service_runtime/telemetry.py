@@ -4,25 +4,47 @@
 SDK's own default (`otlp`), nothing is exported unless an exporter or an OTLP endpoint is
 configured, so a laptop without a collector does not log export errors every few seconds.
 `OTEL_SERVICE_NAME` names the service; the OTLP exporter reads `OTEL_EXPORTER_OTLP_*` itself.
+
+Tracing off (no exporter) costs nothing: no SDK tracer provider is installed, so every tracer
+is OpenTelemetry's no-op one, and servers leave out the tracing interceptor altogether
+(`tracing_enabled()`). Tracing on samples with `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`,
+the standard names and values; unset, `parentbased_traceidratio` at 0.1: a tenth of the traces
+that start here are recorded, and a call that arrives with a trace context follows the caller's
+decision, so a sampled trace stays whole across services.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+
+from service_runtime.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SAMPLER = "parentbased_traceidratio"
+DEFAULT_SAMPLER_RATIO = 0.1
+# The specification's ratio for a ratio sampler named without OTEL_TRACES_SAMPLER_ARG.
+_SPEC_RATIO = 1.0
 
-def _exporters() -> list[SpanExporter]:
-    names = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+
+def _exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
+    names = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if not names:
-        names = "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
+        names = "otlp" if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() else "none"
     exporters: list[SpanExporter] = []
     for name in (n.strip() for n in names.split(",")):
         if name in ("", "none"):
@@ -34,21 +56,87 @@ def _exporters() -> list[SpanExporter]:
 
             exporters.append(OTLPSpanExporter())
         else:
-            raise ValueError(f"OTEL_TRACES_EXPORTER={name!r}: use otlp, console or none")
+            raise ConfigError(f"OTEL_TRACES_EXPORTER={name!r}: use otlp, console or none")
     return exporters
 
 
-def configure_tracing(default_service_name: str) -> TracerProvider | None:
-    """Installs the global tracer provider unless one is installed (tests install their own)."""
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
+def _ratio(environ: Mapping[str, str], default: float) -> float:
+    raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if not raw:
+        return default
+    try:
+        ratio = float(raw)
+    except ValueError:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG={raw!r} is not a number") from None
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG={raw} is out of range (0..1)")
+    return ratio
+
+
+def sampler_from_env(environ: Mapping[str, str] | None = None) -> Sampler:
+    """The sampler OTEL_TRACES_SAMPLER (and its ARG) name; unset: parentbased_traceidratio 0.1."""
+    environ = os.environ if environ is None else environ
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    fixed = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+    }
+    if name in fixed:
+        return fixed[name]
+    if not name:
+        return ParentBased(TraceIdRatioBased(_ratio(environ, DEFAULT_SAMPLER_RATIO)))
+    if name == "traceidratio":
+        return TraceIdRatioBased(_ratio(environ, _SPEC_RATIO))
+    if name == "parentbased_traceidratio":
+        return ParentBased(TraceIdRatioBased(_ratio(environ, _SPEC_RATIO)))
+    known = ", ".join([*fixed, "traceidratio", "parentbased_traceidratio"])
+    raise ConfigError(f"OTEL_TRACES_SAMPLER={name!r}: use one of {known}")
+
+
+def tracer_provider_from_env(
+    default_service_name: str, environ: Mapping[str, str] | None = None
+) -> TracerProvider | None:
+    """The SDK tracer provider the variables ask for, or None when nothing would be exported."""
+    environ = os.environ if environ is None else environ
+    exporters = _exporters(environ)
+    if not exporters:
         return None
-    service_name = os.environ.get("OTEL_SERVICE_NAME", "").strip() or default_service_name
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
-    for exporter in _exporters():
+    service_name = environ.get("OTEL_SERVICE_NAME", "").strip() or default_service_name
+    provider = TracerProvider(
+        sampler=sampler_from_env(environ),
+        resource=Resource.create({SERVICE_NAME: service_name}),
+    )
+    for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    log.info("tracing configured for %s", service_name)
     return provider
+
+
+def configure_tracing(default_service_name: str) -> TracerProvider | None:
+    """Installs the global tracer provider unless one is installed (tests install their own).
+
+    With no exporter configured nothing is installed: tracing stays off. A bad variable raises
+    ConfigError.
+    """
+    if tracing_enabled():
+        return None
+    provider = tracer_provider_from_env(default_service_name)
+    if provider is None:
+        log.info("tracing off: no OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT")
+        return None
+    trace.set_tracer_provider(provider)
+    log.info(
+        "tracing on for %s, sampled by %s",
+        provider.resource.attributes.get(SERVICE_NAME),
+        provider.sampler.get_description(),
+    )
+    return provider
+
+
+def tracing_enabled() -> bool:
+    """Whether spans are recorded in this process: an SDK tracer provider is installed."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
 def shutdown_tracing() -> None:

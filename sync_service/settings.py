@@ -190,10 +190,7 @@ class SyncSettings:
             listen_addr=env.str("SYNC_LISTEN_ADDR", cls.listen_addr),
             database_url=database_url_from_env(),
             db_pool=PoolSettings.from_env(env),
-            auth=AuthSettings(
-                jwt_secret=env.str("JWT_SECRET", ""),
-                trigger_secret=env.str("TRIGGER_SECRET", ""),
-            ),
+            auth=AuthSettings.from_env(env),
             google=google,
             token_encryption_keys=keys,
             token_key_file=Path(env.str("TOKEN_ENCRYPTION_KEY_FILE", str(DEFAULT_KEY_FILE))),
