@@ -17,12 +17,18 @@ import sqlalchemy as sa
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service_runtime.database import create_engine_async, is_disconnect_error, read_engine
+from service_runtime.database import (
+    PoolSettings,
+    create_engine_async,
+    is_disconnect_error,
+    read_engine,
+)
 
 
 @asynccontextmanager
-async def engine_for(url: str, **kwargs: int) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine_async(url, **kwargs)
+async def engine_for(url: str, pool_size: int | None = None) -> AsyncIterator[AsyncEngine]:
+    pool = PoolSettings(size=pool_size) if pool_size is not None else None
+    engine = create_engine_async(url, pool=pool)
     try:
         yield engine
     finally:

@@ -50,11 +50,11 @@ async def test_each_method_is_guarded_by_one_wrapper_built_at_its_first_call(
     built: list[str] = []
     guard = ErrorBoundaryInterceptor._guard
 
-    def counting_guard(handler, method):  # type: ignore[no-untyped-def]
+    def counting_guard(self, handler, method):  # type: ignore[no-untyped-def]
         built.append(method)
-        return guard(handler, method)
+        return guard(self, handler, method)
 
-    monkeypatch.setattr(ErrorBoundaryInterceptor, "_guard", staticmethod(counting_guard))
+    monkeypatch.setattr(ErrorBoundaryInterceptor, "_guard", counting_guard)
     user = bearer_for(uuid.uuid4())
     async with echo_server(auth_settings) as (_echo, channel, _auth):
         for _ in range(5):
