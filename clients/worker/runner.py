@@ -28,11 +28,12 @@ from opentelemetry.instrumentation.grpc import filters
 
 from clients.channel import Credentials
 from clients.errors import ClientError
-from clients.queue import Job, QueueClient, WorkerRun, WorkerRunStatus
+from clients.queue import Job, JobView, QueueClient, WorkerRun, WorkerRunStatus
 from clients.sync import SyncClient
 from clients.worker.circuit_breaker import CircuitBreaker, Permit
 from clients.worker.config import WorkerConfig
 from clients.worker.job import JobDeps, JobExecution, Outcome
+from clients.worker.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,15 @@ class Worker:
         self.breaker = CircuitBreaker(
             config.circuit_breaker_threshold, config.circuit_breaker_cooldown.total_seconds()
         )
-        self._deps = JobDeps(self.queue, self.sync, self.breaker, config)
+        self.reporter = Reporter(
+            self.queue,
+            interval=config.report_interval.total_seconds(),
+            batch=config.report_batch,
+        )
+        self._deps = JobDeps(self.queue, self.sync, self.breaker, config, self.reporter)
         self._inflight: dict[asyncio.Task[Outcome], JobExecution] = {}
+        # Of the in-flight jobs, those still running (not yet waiting for their result's ack).
+        self._running = 0
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -175,6 +183,7 @@ class Worker:
                 "once" if self.config.once else "continuous",
                 self.config.concurrency,
             )
+            self.reporter.start()
             try:
                 await self._pick_loop()
             except Exception as exc:  # the run is still closed and in-flight jobs handed back
@@ -183,7 +192,12 @@ class Worker:
                 self._summary.error = f"worker loop failed: {exc}"
                 if not self._stopping.is_set():
                     self.request_stop("worker loop failed")
-            await self._drain()
+            try:
+                await self._drain()
+            finally:
+                # Every job has its answer by now, unless one was cut short: what is still
+                # waiting goes out at once (retried while its lease lasts) before the run ends.
+                await self.reporter.close()
             self._summary.stop_reason = self._stop_reason or "batch done"
             await self._finish_run(status)
             return self._summary
@@ -225,7 +239,7 @@ class Worker:
         config, loop = self.config, asyncio.get_running_loop()
         backoff = _Backoff()
         while not self._stopping.is_set():
-            wanted = config.concurrency - len(self._inflight)
+            wanted = self._free_slots()
             if config.once:
                 wanted = min(wanted, config.max_jobs_per_run - self._summary.picked)
                 time_left = self._run_deadline - loop.time()  # type: ignore[operator]
@@ -284,6 +298,8 @@ class Worker:
                 wait=wait,
                 lease_duration=config.lease_duration,
                 worker_run_id=self.run_id,
+                # The fields a job needs and no more: the full job costs QueueService dearly.
+                view=JobView.Value("JOB_VIEW_WORKER"),
             )
         )
         stop = asyncio.ensure_future(self._stopping.wait())
@@ -310,8 +326,19 @@ class Worker:
         self._summary.picked += len(jobs)
         return jobs
 
+    def _free_slots(self) -> int:
+        """Jobs to pick now: a slot frees as soon as its job's result is queued for the reporter,
+        so the next pick overlaps the report; but at most `concurrency` more jobs may wait for
+        their ack, which bounds what is held if QueueService is slow to answer."""
+        concurrency = self.config.concurrency
+        return min(concurrency - self._running, 2 * concurrency - len(self._inflight))
+
+    def _slot_done(self) -> None:
+        self._running -= 1
+        self._slot_freed.set()
+
     def _start_job(self, job: Job, permit: Permit) -> None:
-        execution = JobExecution(job, permit, self._deps)
+        execution = JobExecution(job, permit, self._deps, on_finished_work=self._slot_done)
         log.info(
             "job %s: picked (account %s, attempt %d/%d)",
             job.id,
@@ -322,6 +349,7 @@ class Worker:
         # Picked while stopping (a long poll that returned after the signal): hand it back.
         hand_back = "worker shutting down" if self._stopping.is_set() else None
         task = asyncio.create_task(execution.run(hand_back), name=f"job-{job.id}")
+        self._running += 1
         self._inflight[task] = execution
         task.add_done_callback(self._job_done)
 
@@ -340,7 +368,7 @@ class Worker:
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
-        if len(self._inflight) < self.config.concurrency:
+        if self._free_slots() > 0:
             return
         stop = asyncio.ensure_future(self._stopping.wait())
         freed = asyncio.ensure_future(self._slot_freed.wait())
