@@ -45,7 +45,7 @@ from clients.queue import Job, JobResult, JobStatus, QueueClient, completed, fai
 from clients.sync import SyncClient
 from clients.worker.circuit_breaker import CircuitBreaker, Permit
 from clients.worker.config import WorkerConfig
-from clients.worker.lease import LeaseKeeper
+from clients.worker.lease import Heartbeats
 from clients.worker.reporter import Answer, Fate, Reporter
 from clients.worker.tracing import job_span
 from service_runtime.errors import SYNC_ERROR_DOMAIN, ErrorReason
@@ -177,6 +177,7 @@ class JobDeps:
     breaker: CircuitBreaker
     config: WorkerConfig
     reporter: Reporter
+    heartbeats: Heartbeats
 
 
 class JobExecution:
@@ -196,13 +197,7 @@ class JobExecution:
         # Called once, when the job no longer needs its slot: its result is queued (only the
         # ack is awaited), or it ended without one.
         self._on_finished_work = on_finished_work
-        self._keeper = LeaseKeeper(
-            deps.queue,
-            job.id,
-            job.lease_token,
-            deps.config.lease_duration,
-            on_lost=self._on_lease_lost,
-        )
+        self._keeper = deps.heartbeats.keep(job.id, job.lease_token, on_lost=self._on_lease_lost)
         self._sync_task: asyncio.Task[Any] | None = None
         self.reported = False
 

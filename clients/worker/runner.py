@@ -33,6 +33,7 @@ from clients.sync import SyncClient
 from clients.worker.circuit_breaker import CircuitBreaker, Permit
 from clients.worker.config import WorkerConfig
 from clients.worker.job import JobDeps, JobExecution, Outcome
+from clients.worker.lease import Heartbeats
 from clients.worker.reporter import Reporter
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,10 @@ class Worker:
             interval=config.report_interval.total_seconds(),
             batch=config.report_batch,
         )
-        self._deps = JobDeps(self.queue, self.sync, self.breaker, config, self.reporter)
+        self.heartbeats = Heartbeats(self.queue, config.lease_duration)
+        self._deps = JobDeps(
+            self.queue, self.sync, self.breaker, config, self.reporter, self.heartbeats
+        )
         self._inflight: dict[asyncio.Task[Outcome], JobExecution] = {}
         # Of the in-flight jobs, those still running (not yet waiting for their result's ack).
         self._running = 0
@@ -184,6 +188,7 @@ class Worker:
                 self.config.concurrency,
             )
             self.reporter.start()
+            self.heartbeats.start()
             try:
                 await self._pick_loop()
             except Exception as exc:  # the run is still closed and in-flight jobs handed back
@@ -198,6 +203,7 @@ class Worker:
                 # Every job has its answer by now, unless one was cut short: what is still
                 # waiting goes out at once (retried while its lease lasts) before the run ends.
                 await self.reporter.close()
+                await self.heartbeats.stop()
             self._summary.stop_reason = self._stop_reason or "batch done"
             await self._finish_run(status)
             return self._summary
