@@ -89,6 +89,11 @@ class Heartbeats:
         self._queued = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def queued(self) -> int:
+        """Keepers waiting for a heartbeat, ended ones not yet swept out included."""
+        return len(self._due)
+
     def keep(
         self, job_id: str, lease_token: str, *, on_lost: Callable[[], None] | None = None
     ) -> LeaseKeeper:

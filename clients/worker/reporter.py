@@ -86,6 +86,7 @@ class Reporter:
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
+        self._prompt = False
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0
         # Pause before the next call after a transport failure; 0 while calls succeed.
@@ -115,24 +116,20 @@ class Reporter:
             self._full.set()
         return answer
 
+    def hurry(self) -> None:
+        """From now on sends results as they come, without waiting for others to join them:
+        the worker is stopping, and a result held back would only delay its exit."""
+        self._prompt = True
+        self._full.set()
+
     async def close(self) -> None:
         """Sends what is waiting at once (retrying while leases last) and stops."""
+        self.hurry()
         self._closing = True
         self._arrived.set()
-        self._full.set()
         if self._task is not None:
             await self._task
             self._task = None
-
-    async def abort(self) -> None:
-        """Stops at once; results still waiting are answered UNRECORDED."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while self._waiting:
-            self._settle(self._waiting.popleft(), Answer(Fate.UNRECORDED, message="aborted"))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -144,7 +141,7 @@ class Reporter:
                 await self._arrived.wait()
                 continue
             due = self._waiting[0].queued_at + self._interval
-            if not self._closing and len(self._waiting) < self._batch and loop.time() < due:
+            if not self._prompt and len(self._waiting) < self._batch and loop.time() < due:
                 # Let more results join this call, but never keep the first waiting longer.
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
@@ -182,8 +179,14 @@ class Reporter:
                 acks = await self._queue.report_results(
                     [w.item for w in sending], ack_only=True, timeout=timeout
                 )
-        except ClientError as exc:
+        except Exception as exc:
             self._in_flight = 0
+            if not isinstance(exc, ClientError):
+                # A bug, not QueueService: answer the jobs rather than leave them waiting.
+                log.exception("ReportResults of %d result(s) failed", len(sending))
+                for waiting in sending:
+                    self._settle(waiting, Answer(Fate.UNRECORDED, message=repr(exc)))
+                return
             refused = _refused_items(exc, len(sending))
             if refused:
                 # One bad result refuses the whole call: drop it, send the others again.

@@ -153,6 +153,8 @@ class Worker:
         self._stop_reason = reason
         self._grace_deadline = loop.time() + self.config.shutdown_grace.total_seconds()
         self._stopping.set()
+        # Results still held back for a fuller batch go out now: nothing more is coming soon.
+        self.reporter.hurry()
 
     @property
     def stopping(self) -> bool:
@@ -244,7 +246,13 @@ class Worker:
     async def _pick_loop(self) -> None:
         config, loop = self.config, asyncio.get_running_loop()
         backoff = _Backoff()
+        gathered = False
         while not self._stopping.is_set():
+            if not gathered and self._running and self._free_slots() > 0:
+                # Slots of jobs started together free within moments of each other: one pick
+                # for all of them, rather than a pick per slot that keeps the jobs out of step.
+                await self._gather_slots(config.report_interval.total_seconds())
+                gathered = True
             wanted = self._free_slots()
             if config.once:
                 wanted = min(wanted, config.max_jobs_per_run - self._summary.picked)
@@ -284,6 +292,7 @@ class Worker:
                 await self._sleep(delay)
                 continue
             backoff.reset()
+            gathered = False
             for permit in permits[len(jobs) :]:
                 self.breaker.give_back(permit)
             for job, permit in zip(jobs, permits, strict=False):
@@ -383,6 +392,18 @@ class Worker:
         finally:
             stop.cancel()
             freed.cancel()
+
+    async def _gather_slots(self, window: float) -> None:
+        """Waits up to `window` seconds for the running jobs to free their slots too."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window
+        while self._running and not self._stopping.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), remaining)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleeps, but wakes up at once when a stop is requested."""
