@@ -3,13 +3,16 @@
     worker = Worker(config)
     summary = await worker.run()      # until request_stop(), or one batch with config.once
 
-Continuous mode long-polls PickJobs whenever a slot is free and the circuit breaker allows.
-`--once` (cron or serverless) picks up to MAX_JOBS_PER_RUN jobs without waiting, runs them and
-ends within WORKER_TIMEOUT: it only starts a job whose whole JOB_TIMEOUT fits before then.
+Continuous mode long-polls PickJobs for all free slots at once whenever slots are free and the
+circuit breaker allows. `--once` (cron or serverless) picks up to MAX_JOBS_PER_RUN jobs without
+waiting, runs them and ends within WORKER_TIMEOUT: it only starts a job whose whole JOB_TIMEOUT
+fits before then. Jobs hand their results to one Reporter (ReportResults for many jobs at once)
+and their leases to one Heartbeats task; a job's slot is free once its result is queued.
 
-On request_stop() (SIGTERM/SIGINT) the worker picks nothing more, gives in-flight jobs
-SHUTDOWN_GRACE to finish, hands back what is left with ReleaseJob (no attempt spent), closes
-its worker run and returns. A second request_stop() ends the grace period at once.
+On request_stop() (SIGTERM/SIGINT) the worker picks nothing more, sends held-back results at
+once, gives in-flight jobs SHUTDOWN_GRACE to finish, hands back what is left (no attempt
+spent), sends every result still waiting, closes its worker run and returns. A second
+request_stop() ends the grace period at once.
 """
 
 from __future__ import annotations
