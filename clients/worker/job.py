@@ -221,12 +221,13 @@ class JobExecution:
                 span.set_attribute("gmbsync.job.outcome", Outcome.RELEASED)
                 raise
             finally:
-                self._finished_work()
+                self.finished_work()
                 await self._keeper.stop()
             span.set_attribute("gmbsync.job.outcome", outcome)
             return outcome
 
-    def _finished_work(self) -> None:
+    def finished_work(self) -> None:
+        """Gives the job's slot back (once; later calls do nothing)."""
         callback, self._on_finished_work = self._on_finished_work, None
         if callback is not None:
             callback()
@@ -378,7 +379,7 @@ class JobExecution:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._deps.config.lease_duration.total_seconds()
         pending = self._deps.reporter.submit(self.job.id, what, item, give_up_at)
-        self._finished_work()
+        self.finished_work()
         try:
             answer = await asyncio.shield(pending)
         except asyncio.CancelledError:

@@ -373,6 +373,7 @@ class Worker:
 
     def _job_done(self, task: asyncio.Task[Outcome]) -> None:
         execution = self._inflight.pop(task)
+        execution.finished_work()  # a task cancelled before it ever ran never gave it back
         if task.cancelled():
             outcome = Outcome.RELEASED if execution.reported else Outcome.UNREPORTED
         elif task.exception() is not None:
@@ -447,6 +448,9 @@ class Worker:
                 stop.cancel()
         leftovers = list(self._inflight)
         if leftovers:
+            # A job task created this very moment has not run yet; cancelled before its first
+            # step it would never reach its hand-back. One turn of the loop lets it start.
+            await asyncio.sleep(0)
             log.warning("handing back %d unfinished job(s)", len(leftovers))
             for task in leftovers:
                 task.cancel()
