@@ -99,6 +99,9 @@ class ServiceClient:
 
     async def wait_ready(self, timeout: float) -> None:
         """Waits until the channel is connected; Unavailable if it is not within `timeout` s."""
+        # Connected already (the usual case on a busy worker): no task and timer for nothing.
+        if self._channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY:
+            return
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
         except TimeoutError:

@@ -29,7 +29,10 @@ from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 _PICK_DEADLINE_MARGIN = 10.0
 
 Job = pb.Job
+JobResult = pb.JobResult
+JobResultAck = pb.JobResultAck
 JobStatus = pb.JobStatus
+JobView = pb.JobView
 SyncType = pb.SyncType
 WorkerRun = pb.WorkerRun
 WorkerRunStatus = pb.WorkerRunStatus
@@ -135,8 +138,12 @@ class QueueClient(ServiceClient):
         wait: float | timedelta = 0.0,
         lease_duration: float | timedelta | None = None,
         worker_run_id: str = "",
+        view: int = pb.JOB_VIEW_UNSPECIFIED,
     ) -> list[pb.Job]:
-        """Leases up to `max_jobs` ready jobs, long-polling up to `wait` for the first one."""
+        """Leases up to `max_jobs` ready jobs, long-polling up to `wait` for the first one.
+
+        `view=JOB_VIEW_WORKER` returns only the fields a worker reads (lease token included).
+        """
         wait_seconds = wait.total_seconds() if isinstance(wait, timedelta) else wait
         request = pb.PickJobsRequest(
             max_jobs=max_jobs,
@@ -144,6 +151,7 @@ class QueueClient(ServiceClient):
             lease_duration=to_duration(lease_duration),
             worker_id=worker_id,
             worker_run_id=worker_run_id,
+            view=view,
         )
         response = await self._unary(
             "PickJobs",
@@ -233,10 +241,15 @@ class QueueClient(ServiceClient):
         return response.job
 
     async def report_results(
-        self, results: Iterable[pb.JobResult], *, timeout: float | None = None
+        self,
+        results: Iterable[pb.JobResult],
+        *,
+        ack_only: bool = False,
+        timeout: float | None = None,
     ) -> list[pb.JobResultAck]:
-        """Records many completions and failures in one transaction; one ack per result."""
-        request = pb.ReportResultsRequest(results=list(results))
+        """Records many completions, failures and releases in one call; one ack per result, in
+        order. With `ack_only` an ack carries the job's id, code and status, not the job."""
+        request = pb.ReportResultsRequest(results=list(results), ack_only=ack_only)
         response = await self._unary(
             "ReportResults", self._stub.ReportResults, request, timeout=timeout
         )
@@ -291,3 +304,48 @@ class QueueClient(ServiceClient):
         return await self._unary(
             "GetDiagnostics", self._stub.GetDiagnostics, request, timeout=timeout, idempotent=True
         )
+
+
+# --- results for ReportResults -------------------------------------------------------------
+
+
+def completed(
+    job_id: str, lease_token: str, result: Mapping[str, Any] | None = None
+) -> pb.JobResult:
+    """A ReportResults item: the job succeeded (as CompleteJob)."""
+    return pb.JobResult(
+        complete=pb.CompleteJobRequest(
+            job_id=job_id, lease_token=lease_token, result=to_struct(result)
+        )
+    )
+
+
+def failed(
+    job_id: str,
+    lease_token: str,
+    error: str,
+    *,
+    permanent: bool = False,
+    retry_after: float | timedelta | None = None,
+) -> pb.JobResult:
+    """A ReportResults item: the attempt failed (as FailJob)."""
+    return pb.JobResult(
+        fail=pb.FailJobRequest(
+            job_id=job_id,
+            lease_token=lease_token,
+            error=error,
+            permanent=permanent,
+            retry_after=to_duration(retry_after),
+        )
+    )
+
+
+def released(
+    job_id: str, lease_token: str, reason: str, *, delay: float | timedelta | None = None
+) -> pb.JobResult:
+    """A ReportResults item: the job goes back unrun, its attempt given back (as ReleaseJob)."""
+    return pb.JobResult(
+        release=pb.ReleaseJobRequest(
+            job_id=job_id, lease_token=lease_token, reason=reason, delay=to_duration(delay)
+        )
+    )

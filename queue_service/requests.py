@@ -66,6 +66,7 @@ JOB_STATUSES = {
     pb.JOB_STATUS_FAILED: JobStatus.FAILED,
     pb.JOB_STATUS_CANCELLED: JobStatus.CANCELLED,
 }
+JOB_VIEWS = frozenset(pb.JobView.values())
 FINISHED_RUN_STATUSES = {
     pb.WORKER_RUN_STATUS_COMPLETED: WorkerRunStatus.COMPLETED,
     pb.WORKER_RUN_STATUS_FAILED: WorkerRunStatus.FAILED,
@@ -298,6 +299,8 @@ def pick_request(message: pb.PickJobsRequest, *, default_lease: timedelta) -> di
     lease = _lease(v, message, "lease_duration", default_lease)
     worker_id = _worker_id(v, "worker_id", message.worker_id)
     run_id = _uuid(v, "worker_run_id", message.worker_run_id, required=False)
+    if message.view not in JOB_VIEWS:
+        v.add("view", f"is not a JobView: {message.view}")
     v.check()
     return {
         "max_jobs": max_jobs,
@@ -371,8 +374,9 @@ def failure(message: pb.FailJobRequest, v: Violations | None = None) -> Failure 
     )
 
 
-def release_request(message: pb.ReleaseJobRequest) -> Release:
-    v = Violations()
+def release_request(message: pb.ReleaseJobRequest, v: Violations | None = None) -> Release | None:
+    own = v is None
+    v = v or Violations()
     job = _uuid(v, "job_id", message.job_id)
     token = lease_token(v, message.lease_token)
     if len(message.reason) > MAX_ERROR_INPUT:
@@ -385,31 +389,37 @@ def release_request(message: pb.ReleaseJobRequest) -> Release:
         delay = _duration(
             v, "delay", message.delay, minimum=timedelta(0), maximum=MAX_RELEASE_DELAY
         )
-    v.check()
-    assert job is not None and token is not None
+    if own:
+        v.check()
+    if job is None or token is None:
+        return None
     return Release(
         job_id=job, lease_token=token, reason=clean_text(message.reason.strip()), delay=delay
     )
 
 
-def report_request(message: pb.ReportResultsRequest) -> list[Completion | Failure]:
+def report_request(message: pb.ReportResultsRequest) -> list[Completion | Failure | Release]:
     v = Violations()
     if not message.results:
         v.add("results", "must hold at least one result")
     elif len(message.results) > MAX_BATCH:
         v.add("results", f"holds {len(message.results)} results; at most {MAX_BATCH} are allowed")
     v.check()
-    parsed: list[Completion | Failure] = []
+    parsed: list[Completion | Failure | Release] = []
     seen: set[uuid.UUID] = set()
     for index, item in enumerate(message.results):
         kind = item.WhichOneof("outcome")
         if kind is None:
-            v.add(f"results[{index}]", "must set complete or fail")
+            v.add(f"results[{index}]", "must set complete, fail or release")
             continue
         item_v = Violations(prefix=f"results[{index}].{kind}.")
-        result = (
-            completion(item.complete, item_v) if kind == "complete" else failure(item.fail, item_v)
-        )
+        result: Completion | Failure | Release | None
+        if kind == "complete":
+            result = completion(item.complete, item_v)
+        elif kind == "fail":
+            result = failure(item.fail, item_v)
+        else:
+            result = release_request(item.release, item_v)
         v.found.extend(item_v.found)
         if result is not None:
             if result.job_id in seen:

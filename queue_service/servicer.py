@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -29,7 +30,15 @@ from queue_service.errors import (
     QueueError,
     WorkerRunNotFound,
 )
-from queue_service.models import Caller, JobFilter, PageCursor, ScheduleDefaults
+from queue_service.models import (
+    Caller,
+    Job,
+    JobFilter,
+    PageCursor,
+    Release,
+    ResultAck,
+    ScheduleDefaults,
+)
 from queue_service.notifier import JobSignal
 from queue_service.picking import pick_with_wait
 from queue_service.settings import QueueSettings
@@ -239,6 +248,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     async def PickJobs(self, request, context):  # type: ignore[no-untyped-def]
         pick = requests.pick_request(request, default_lease=self._settings.default_lease)
         wait = pick.pop("wait")
+        worker_view = request.view == pb.JOB_VIEW_WORKER
         # Never hold a job past the caller's deadline: it would be leased to nobody.
         remaining = context.time_remaining()
         if remaining is not None:
@@ -250,6 +260,8 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             fallback_interval=self._settings.pick_fallback_interval,
             **pick,
         )
+        if worker_view:
+            return pb.PickJobsResponse(jobs=[convert.job_to_worker_pb(j) for j in jobs])
         return pb.PickJobsResponse(jobs=[convert.job_to_pb(j, with_lease_token=True) for j in jobs])
 
     @translated
@@ -279,6 +291,11 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     @translated
     async def ReleaseJob(self, request, context):  # type: ignore[no-untyped-def]
         release = requests.release_request(request)
+        assert release is not None
+        job = await self._release(release)
+        return pb.ReleaseJobResponse(job=convert.job_to_pb(job))
+
+    async def _release(self, release: Release) -> Job:
         job = await self._store.job_release(
             release.job_id, release.lease_token, release.delay, reason=release.reason
         )
@@ -288,20 +305,39 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             f" for {release.delay}" if release.delay else "",
             release.reason or "no reason given",
         )
-        return pb.ReleaseJobResponse(job=convert.job_to_pb(job))
+        return job
 
     @translated
     async def ReportResults(self, request, context):  # type: ignore[no-untyped-def]
         results = requests.report_request(request)
-        acks = await self._store.results_report(results)
+        outcomes = [r for r in results if not isinstance(r, Release)]
+        by_job: dict[uuid.UUID, ResultAck] = {}
+        if outcomes:
+            for ack in await self._store.results_report(outcomes):
+                by_job[ack.job_id] = ack
+        # Releases come one by one, each in a transaction of its own, after the batch: they
+        # are the rare path (shutdown, an open breaker, a deferral), never the drain's.
+        for release in results:
+            if isinstance(release, Release):
+                try:
+                    by_job[release.job_id] = ResultAck(
+                        job_id=release.job_id, job=await self._release(release)
+                    )
+                except QueueError as exc:
+                    by_job[release.job_id] = ResultAck(job_id=release.job_id, error=exc)
         response = pb.ReportResultsResponse()
-        for ack in acks:
+        ok = grpc.StatusCode.OK.value[0]
+        for result in results:
+            ack = by_job[result.job_id]
             if ack.error is None:
                 assert ack.job is not None
+                # ack_only spares the full job, the costliest part of the reply.
+                full = {} if request.ack_only else {"job": convert.job_to_pb(ack.job)}
                 response.acks.add(
                     job_id=str(ack.job_id),
-                    code=grpc.StatusCode.OK.value[0],
-                    job=convert.job_to_pb(ack.job),
+                    code=ok,
+                    status=convert.JOB_STATUS_TO_PB[ack.job.status],
+                    **full,
                 )
             else:
                 code = (

@@ -54,6 +54,10 @@ class WorkerConfig:
     # How long a job waits for the channel to SyncService to connect before it counts as an
     # infrastructure failure and is handed back unrun.
     connect_timeout: timedelta = timedelta(seconds=5)
+    # Results (completions, failures, hand-backs) wait at most this long to go to QueueService
+    # together in one ReportResults, or until `report_batch` of them are waiting.
+    report_interval: timedelta = timedelta(milliseconds=5)
+    report_batch: int = 200
     log_level: str = "INFO"
 
     @property
@@ -114,6 +118,11 @@ _SETTINGS: dict[str, _Setting] = {
                                 timedelta(seconds=5), timedelta(milliseconds=100),
                                 timedelta(minutes=5),
                                 help="wait for a SyncService connection per job"),
+    "report_interval": _Setting("--report-interval", "WORKER_REPORT_INTERVAL", "duration",
+                                timedelta(milliseconds=5), timedelta(0), timedelta(seconds=1),
+                                help="longest wait of a result before it is sent (batching)"),
+    "report_batch": _Setting("--report-batch", "WORKER_REPORT_BATCH", "int", 200, 1, 1000,
+                             help="results sent at most in one ReportResults"),
     "log_level": _Setting("--log-level", "LOG_LEVEL", "str", "INFO", help="DEBUG, INFO, ..."),
 }  # fmt: skip
 

@@ -1,4 +1,6 @@
-"""Running one leased job: SyncAccount under a deadline, then CompleteJob, FailJob or ReleaseJob.
+"""Running one leased job: SyncAccount under a deadline, then its result (a completion, a failure
+or a hand-back) through the worker's Reporter, which sends many jobs' results in one
+ReportResults. "CompleteJob", "FailJob" and "ReleaseJob" below name what the result records.
 
 What a SyncService error means for the job (see `deferral`, then `classify`):
 
@@ -40,20 +42,20 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from opentelemetry import trace
 
-from clients.errors import ClientError, LeaseLost, NotFound
-from clients.queue import Job, QueueClient
+from clients.errors import ClientError
+from clients.queue import Job, JobResult, JobStatus, QueueClient, completed, failed, released
 from clients.sync import SyncClient
-from clients.worker.backoff import Backoff
 from clients.worker.circuit_breaker import CircuitBreaker, Permit
 from clients.worker.config import WorkerConfig
-from clients.worker.lease import LeaseKeeper
+from clients.worker.lease import Heartbeats
+from clients.worker.reporter import Answer, Fate, Reporter
 from clients.worker.tracing import job_span
 from service_runtime.errors import (
     SERVICE_ERROR_DOMAIN,
@@ -64,8 +66,10 @@ from service_runtime.errors import (
 
 log = logging.getLogger(__name__)
 
-# FailJob keeps at most this much of an error message.
+# FailJob keeps at most this much of an error message (and a hand-back of its reason): within
+# what QueueService accepts, so that no result can spoil the batch it is sent in.
 _MAX_ERROR_CHARS = 4000
+_RETRYING = JobStatus.Value("JOB_STATUS_PENDING")
 # QueueService refuses a ReleaseJob delay above a day; a server asking for more gets a day.
 MAX_DEFER_SECONDS = 24 * 3600.0
 
@@ -199,22 +203,28 @@ class JobDeps:
     sync: SyncClient
     breaker: CircuitBreaker
     config: WorkerConfig
+    reporter: Reporter
+    heartbeats: Heartbeats
 
 
 class JobExecution:
     """One leased job, from the first heartbeat to its report."""
 
-    def __init__(self, job: Job, permit: Permit, deps: JobDeps) -> None:
+    def __init__(
+        self,
+        job: Job,
+        permit: Permit,
+        deps: JobDeps,
+        *,
+        on_finished_work: Callable[[], None] | None = None,
+    ) -> None:
         self.job = job
         self.permit = permit
         self._deps = deps
-        self._keeper = LeaseKeeper(
-            deps.queue,
-            job.id,
-            job.lease_token,
-            deps.config.lease_duration,
-            on_lost=self._on_lease_lost,
-        )
+        # Called once, when the job no longer needs its slot: its result is queued (only the
+        # ack is awaited), or it ended without one.
+        self._on_finished_work = on_finished_work
+        self._keeper = deps.heartbeats.keep(job.id, job.lease_token, on_lost=self._on_lease_lost)
         self._sync_task: asyncio.Task[Any] | None = None
         self.reported = False
 
@@ -238,9 +248,16 @@ class JobExecution:
                 span.set_attribute("gmbsync.job.outcome", Outcome.RELEASED)
                 raise
             finally:
+                self.finished_work()
                 await self._keeper.stop()
             span.set_attribute("gmbsync.job.outcome", outcome)
             return outcome
+
+    def finished_work(self) -> None:
+        """Gives the job's slot back (once; later calls do nothing)."""
+        callback, self._on_finished_work = self._on_finished_work, None
+        if callback is not None:
+            callback()
 
     def _on_lease_lost(self) -> None:
         if self._sync_task is not None and not self._sync_task.done():
@@ -285,11 +302,8 @@ class JobExecution:
         deps.breaker.record_success(self.permit)
         result = sync_result(response)
         log.info("job %s: account %s synced: %s", job.id, job.account_id, result)
-        ok = await self._report(
-            "CompleteJob",
-            lambda: deps.queue.complete_job(job.id, job.lease_token, result),
-        )
-        return Outcome.SUCCEEDED if ok else self._unreported()
+        answer = await self._report("CompleteJob", completed(job.id, job.lease_token, result))
+        return Outcome.SUCCEEDED if answer.recorded else self._unreported()
 
     async def _failed(self, error: ClientError, span: trace.Span) -> Outcome:
         deps, job = self._deps, self.job
@@ -312,22 +326,19 @@ class JobExecution:
             message,
             "permanent" if verdict.permanent else "retryable",
         )
-        answer: list[Any] = []
-
-        async def fail() -> None:
-            answer.append(
-                await deps.queue.fail_job(
-                    job.id,
-                    job.lease_token,
-                    message,
-                    permanent=verdict.permanent,
-                    retry_after=verdict.retry_after,
-                )
-            )
-
-        if not await self._report("FailJob", fail):
+        answer = await self._report(
+            "FailJob",
+            failed(
+                job.id,
+                job.lease_token,
+                message,
+                permanent=verdict.permanent,
+                retry_after=verdict.retry_after,
+            ),
+        )
+        if not answer.recorded:
             return self._unreported()
-        return Outcome.RETRYING if answer[0].will_retry else Outcome.FAILED
+        return Outcome.RETRYING if answer.status == _RETRYING else Outcome.FAILED
 
     async def _deferred(self, error: ClientError, deferred: Deferral, span: trace.Span) -> Outcome:
         deps, job = self._deps, self.job
@@ -368,49 +379,46 @@ class JobExecution:
         )
         why = f"deferred {deferred.delay:g} s by SyncService: {error.code.name} {deferred.reason}"
         why = f"{why}: {error.message}"[:_MAX_ERROR_CHARS]
-        ok = await self._report(
-            "ReleaseJob",
-            lambda: deps.queue.release_job(job.id, job.lease_token, why, delay=deferred.delay),
+        answer = await self._report(
+            "ReleaseJob", released(job.id, job.lease_token, why, delay=deferred.delay)
         )
-        return Outcome.DEFERRED if ok else self._unreported()
+        return Outcome.DEFERRED if answer.recorded else self._unreported()
 
     async def _release(self, reason: str) -> Outcome:
         job = self.job
-        ok = await self._report(
-            "ReleaseJob", lambda: self._deps.queue.release_job(job.id, job.lease_token, reason)
+        answer = await self._report(
+            "ReleaseJob", released(job.id, job.lease_token, reason[:_MAX_ERROR_CHARS])
         )
-        return Outcome.RELEASED if ok else self._unreported()
+        return Outcome.RELEASED if answer.recorded else self._unreported()
 
     def _unreported(self) -> Outcome:
         return Outcome.LEASE_LOST if self._keeper.lost else Outcome.UNREPORTED
 
-    async def _report(self, what: str, call: Callable[[], Awaitable[Any]]) -> bool:
-        """Makes a lease call, retrying while QueueService is unreachable and the lease lasts.
+    async def _report(self, what: str, item: JobResult) -> Answer:
+        """Hands the job's result to the reporter and waits for QueueService's answer.
 
-        A retry that finds the lease gone may follow a first try that was in fact recorded
-        (only its answer was lost); either way the job is no longer this worker's.
+        The reporter sends it again while QueueService is unreachable and the lease lasts. A
+        retry that finds the lease gone may follow a first try that was in fact recorded (only
+        its answer was lost); either way the job is no longer this worker's.
         """
         if self._keeper.lost:
-            return False
+            return Answer(Fate.LEASE_LOST)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._deps.config.lease_duration.total_seconds()
-        backoff, tries = Backoff(), 0
-        while True:
-            tries += 1
-            try:
-                await call()
-                self.reported = True
-                return True
-            except (LeaseLost, NotFound) as exc:
-                note = " (an earlier try may have been recorded)" if tries > 1 else ""
-                self._keeper.mark_lost(f"{what}: {exc.message}{note}")
-                return False
-            except ClientError as exc:
-                delay = backoff.next(exc.retry_delay)
-                if not exc.retryable or loop.time() + delay > give_up_at:
-                    log.error("job %s: %s could not be recorded: %s", self.job.id, what, exc)
-                    return False
-                log.warning(
-                    "job %s: %s failed (%s); retrying in %.1f s", self.job.id, what, exc, delay
-                )
-            await asyncio.sleep(delay)
+        pending = self._deps.reporter.submit(self.job.id, what, item, give_up_at)
+        self.finished_work()
+        try:
+            answer = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # Shutdown's grace period ran out, but this result is on its way already: its
+            # answer (due within the lease) says what became of the job, and a hand-back now
+            # would contradict it. Wait for that answer instead of giving up on it.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            answer = await pending
+        if answer.fate is Fate.RECORDED:
+            self.reported = True
+        elif answer.fate is Fate.LEASE_LOST:
+            self._keeper.mark_lost(answer.message)
+        return answer

@@ -3,13 +3,16 @@
     worker = Worker(config)
     summary = await worker.run()      # until request_stop(), or one batch with config.once
 
-Continuous mode long-polls PickJobs whenever a slot is free and the circuit breaker allows.
-`--once` (cron or serverless) picks up to MAX_JOBS_PER_RUN jobs without waiting, runs them and
-ends within WORKER_TIMEOUT: it only starts a job whose whole JOB_TIMEOUT fits before then.
+Continuous mode long-polls PickJobs for all free slots at once whenever slots are free and the
+circuit breaker allows. `--once` (cron or serverless) picks up to MAX_JOBS_PER_RUN jobs without
+waiting, runs them and ends within WORKER_TIMEOUT: it only starts a job whose whole JOB_TIMEOUT
+fits before then. Jobs hand their results to one Reporter (ReportResults for many jobs at once)
+and their leases to one Heartbeats task; a job's slot is free once its result is queued.
 
-On request_stop() (SIGTERM/SIGINT) the worker picks nothing more, gives in-flight jobs
-SHUTDOWN_GRACE to finish, hands back what is left with ReleaseJob (no attempt spent), closes
-its worker run and returns. A second request_stop() ends the grace period at once.
+On request_stop() (SIGTERM/SIGINT) the worker picks nothing more, sends held-back results at
+once, gives in-flight jobs SHUTDOWN_GRACE to finish, hands back what is left (no attempt
+spent), sends every result still waiting, closes its worker run and returns. A second
+request_stop() ends the grace period at once.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from opentelemetry.instrumentation.grpc import filters
 
 from clients.channel import Credentials
 from clients.errors import ClientError
-from clients.queue import Job, QueueClient, WorkerRun, WorkerRunStatus
+from clients.queue import Job, JobView, QueueClient, WorkerRun, WorkerRunStatus
 from clients.sync import SyncClient
 from clients.worker.backoff import Backoff
 from clients.worker.circuit_breaker import CircuitBreaker, Permit
 from clients.worker.config import WorkerConfig
 from clients.worker.job import JobDeps, JobExecution, Outcome
+from clients.worker.lease import Heartbeats
+from clients.worker.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +101,18 @@ class Worker:
         self.breaker = CircuitBreaker(
             config.circuit_breaker_threshold, config.circuit_breaker_cooldown.total_seconds()
         )
-        self._deps = JobDeps(self.queue, self.sync, self.breaker, config)
+        self.reporter = Reporter(
+            self.queue,
+            interval=config.report_interval.total_seconds(),
+            batch=config.report_batch,
+        )
+        self.heartbeats = Heartbeats(self.queue, config.lease_duration)
+        self._deps = JobDeps(
+            self.queue, self.sync, self.breaker, config, self.reporter, self.heartbeats
+        )
         self._inflight: dict[asyncio.Task[Outcome], JobExecution] = {}
+        # Of the in-flight jobs, those still running (not yet waiting for their result's ack).
+        self._running = 0
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -126,6 +141,8 @@ class Worker:
         self._stop_reason = reason
         self._grace_deadline = loop.time() + self.config.shutdown_grace.total_seconds()
         self._stopping.set()
+        # Results still held back for a fuller batch go out now: nothing more is coming soon.
+        self.reporter.hurry()
 
     @property
     def stopping(self) -> bool:
@@ -160,6 +177,8 @@ class Worker:
                 "once" if self.config.once else "continuous",
                 self.config.concurrency,
             )
+            self.reporter.start()
+            self.heartbeats.start()
             try:
                 await self._pick_loop()
             except Exception as exc:  # the run is still closed and in-flight jobs handed back
@@ -168,7 +187,13 @@ class Worker:
                 self._summary.error = f"worker loop failed: {exc}"
                 if not self._stopping.is_set():
                     self.request_stop("worker loop failed")
-            await self._drain()
+            try:
+                await self._drain()
+            finally:
+                # Every job has its answer by now, unless one was cut short: what is still
+                # waiting goes out at once (retried while its lease lasts) before the run ends.
+                await self.reporter.close()
+                await self.heartbeats.stop()
             self._summary.stop_reason = self._stop_reason or "batch done"
             await self._finish_run(status)
             return self._summary
@@ -209,8 +234,14 @@ class Worker:
     async def _pick_loop(self) -> None:
         config, loop = self.config, asyncio.get_running_loop()
         backoff = Backoff()
+        gathered = False
         while not self._stopping.is_set():
-            wanted = config.concurrency - len(self._inflight)
+            if not gathered and self._running and self._free_slots() > 0:
+                # Slots of jobs started together free within moments of each other: one pick
+                # for all of them, rather than a pick per slot that keeps the jobs out of step.
+                await self._gather_slots(config.report_interval.total_seconds())
+                gathered = True
+            wanted = self._free_slots()
             if config.once:
                 wanted = min(wanted, config.max_jobs_per_run - self._summary.picked)
                 time_left = self._run_deadline - loop.time()  # type: ignore[operator]
@@ -251,6 +282,7 @@ class Worker:
                 await self._sleep(delay)
                 continue
             backoff.reset()
+            gathered = False
             for permit in permits[len(jobs) :]:
                 self.breaker.give_back(permit)
             for job, permit in zip(jobs, permits, strict=False):
@@ -271,6 +303,8 @@ class Worker:
                 wait=wait,
                 lease_duration=config.lease_duration,
                 worker_run_id=self.run_id,
+                # The fields a job needs and no more: the full job costs QueueService dearly.
+                view=JobView.Value("JOB_VIEW_WORKER"),
             )
         )
         stop = asyncio.ensure_future(self._stopping.wait())
@@ -297,8 +331,19 @@ class Worker:
         self._summary.picked += len(jobs)
         return jobs
 
+    def _free_slots(self) -> int:
+        """Jobs to pick now: a slot frees as soon as its job's result is queued for the reporter,
+        so the next pick overlaps the report; but at most `concurrency` more jobs may wait for
+        their ack, which bounds what is held if QueueService is slow to answer."""
+        concurrency = self.config.concurrency
+        return min(concurrency - self._running, 2 * concurrency - len(self._inflight))
+
+    def _slot_done(self) -> None:
+        self._running -= 1
+        self._slot_freed.set()
+
     def _start_job(self, job: Job, permit: Permit) -> None:
-        execution = JobExecution(job, permit, self._deps)
+        execution = JobExecution(job, permit, self._deps, on_finished_work=self._slot_done)
         log.info(
             "job %s: picked (account %s, attempt %d/%d)",
             job.id,
@@ -309,11 +354,13 @@ class Worker:
         # Picked while stopping (a long poll that returned after the signal): hand it back.
         hand_back = "worker shutting down" if self._stopping.is_set() else None
         task = asyncio.create_task(execution.run(hand_back), name=f"job-{job.id}")
+        self._running += 1
         self._inflight[task] = execution
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[Outcome]) -> None:
         execution = self._inflight.pop(task)
+        execution.finished_work()  # a task cancelled before it ever ran never gave it back
         if task.cancelled():
             outcome = Outcome.RELEASED if execution.reported else Outcome.UNREPORTED
         elif task.exception() is not None:
@@ -327,7 +374,7 @@ class Worker:
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
-        if len(self._inflight) < self.config.concurrency:
+        if self._free_slots() > 0:
             return
         stop = asyncio.ensure_future(self._stopping.wait())
         freed = asyncio.ensure_future(self._slot_freed.wait())
@@ -336,6 +383,18 @@ class Worker:
         finally:
             stop.cancel()
             freed.cancel()
+
+    async def _gather_slots(self, window: float) -> None:
+        """Waits up to `window` seconds for the running jobs to free their slots too."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window
+        while self._running and not self._stopping.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), remaining)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleeps, but wakes up at once when a stop is requested."""
@@ -376,6 +435,9 @@ class Worker:
                 stop.cancel()
         leftovers = list(self._inflight)
         if leftovers:
+            # A job task created this very moment has not run yet; cancelled before its first
+            # step it would never reach its hand-back. One turn of the loop lets it start.
+            await asyncio.sleep(0)
             log.warning("handing back %d unfinished job(s)", len(leftovers))
             for task in leftovers:
                 task.cancel()

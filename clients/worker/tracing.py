@@ -4,11 +4,15 @@ The job stores the W3C context of the request that enqueued it. The worker's spa
 that context rather than continuing its trace, as OpenTelemetry's messaging conventions advise
 for work that may run minutes or hours after it was produced; the SyncAccount call made inside
 the span carries the worker's own trace on to SyncService and from there to Google.
+
+The results of many jobs go to QueueService in one ReportResults call, which belongs to no single
+job's trace: it runs in a `settle sync_queue` span of its own that links to the span of every
+job whose result it carries (the conventions' way to trace a batch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
@@ -58,5 +62,25 @@ def job_span(job: Job, worker_id: str) -> Iterator[trace.Span]:
         kind=trace.SpanKind.CONSUMER,
         links=[link] if link is not None else [],
         attributes=attributes,
+    ) as span:
+        yield span
+
+
+@contextmanager
+def settle_span(jobs: Iterable[trace.SpanContext]) -> Iterator[trace.Span]:
+    """A CLIENT span for one ReportResults call, linked to the spans of the jobs it reports."""
+    links = [trace.Link(context) for context in jobs if context.is_valid]
+    with _tracer.start_as_current_span(
+        f"settle {QUEUE_NAME}",
+        context=otel_context.Context(),
+        kind=trace.SpanKind.CLIENT,
+        links=links,
+        attributes={
+            "messaging.system": "gmbsync",
+            "messaging.operation.type": "settle",
+            "messaging.operation.name": "report",
+            "messaging.destination.name": QUEUE_NAME,
+            "messaging.batch.message_count": len(links),
+        },
     ) as span:
         yield span

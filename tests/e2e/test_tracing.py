@@ -76,9 +76,20 @@ async def test_the_worker_span_links_to_the_enqueue_and_parents_the_sync_and_goo
     assert len(google_calls) >= 3  # token, locations, reviews
     assert all(_descends_from(call, sync_server, by_id) for call in google_calls)
 
-    completes = [
+    # The result went out in a ReportResults call shared with other jobs: its span is the child
+    # of a settle span that links to this job's span.
+    (settle,) = [
         s
         for s in finished
-        if s.name == "/gmbsync.queue.v1.QueueService/CompleteJob" and s.kind is SpanKind.CLIENT
+        if s.name == "settle sync_queue"
+        and any(link.context.span_id == worker.context.span_id for link in s.links)
     ]
-    assert [c.parent.span_id for c in completes] == [worker.context.span_id]
+    assert settle.kind is SpanKind.CLIENT
+    assert settle.attributes["messaging.operation.type"] == "settle"
+    reports = [
+        s
+        for s in finished
+        if s.name == "/gmbsync.queue.v1.QueueService/ReportResults" and s.kind is SpanKind.CLIENT
+    ]
+    assert [r.parent.span_id for r in reports if r.parent] == [settle.context.span_id]
+    assert not [s for s in finished if s.name.endswith("/CompleteJob")]

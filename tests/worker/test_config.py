@@ -22,6 +22,8 @@ def test_defaults_are_the_seeds_config() -> None:
     assert config.circuit_breaker_threshold == 5
     assert config.once is False
     assert config.worker_id  # host-pid
+    assert config.report_interval == timedelta(milliseconds=5)
+    assert config.report_batch == 200
 
 
 def test_environment_sets_values() -> None:
@@ -55,6 +57,15 @@ def test_flags_win_over_environment() -> None:
     assert config.once is True
 
 
+def test_result_batching_is_set_by_environment_or_flags() -> None:
+    env = {**BASE_ENV, "WORKER_REPORT_INTERVAL": "20ms", "WORKER_REPORT_BATCH": "50"}
+    config = load_config([], env)
+    assert (config.report_interval, config.report_batch) == (timedelta(milliseconds=20), 50)
+    flagged = load_config(["--report-interval", "0", "--report-batch", "1"], env)
+    # 0 and 1: every result goes out on its own, at once.
+    assert (flagged.report_interval, flagged.report_batch) == (timedelta(0), 1)
+
+
 def test_seed_millisecond_names_are_read_when_the_plain_name_is_unset() -> None:
     env = {**BASE_ENV, "JOB_TIMEOUT_MS": "30000", "WORKER_TIMEOUT_MS": "40000"}
     config = load_config([], env)
@@ -78,6 +89,10 @@ def test_seed_millisecond_names_are_read_when_the_plain_name_is_unset() -> None:
         ([], {"JOB_TIMEOUT_MS": "45s"}, "JOB_TIMEOUT_MS"),
         ([], {"WORKER_ONCE": "maybe"}, "WORKER_ONCE"),
         ([], {"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ([], {"WORKER_REPORT_INTERVAL": "2s"}, "WORKER_REPORT_INTERVAL"),
+        ([], {"WORKER_REPORT_INTERVAL": "often"}, "WORKER_REPORT_INTERVAL"),
+        ([], {"WORKER_REPORT_BATCH": "0"}, "WORKER_REPORT_BATCH"),
+        (["--report-batch", "1001"], {}, "--report-batch"),
         (["--once", "--job-timeout", "1m"], {}, "WORKER_TIMEOUT"),
     ],
 )

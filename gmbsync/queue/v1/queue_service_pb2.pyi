@@ -106,6 +106,36 @@ ALERT_SEVERITY_CRITICAL: AlertSeverity.ValueType  # 2
 """Act now: syncs fail, and keep failing until someone acts."""
 Global___AlertSeverity: _TypeAlias = AlertSeverity  # noqa: Y015
 
+class _JobView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_VIEW_UNSPECIFIED: _JobView.ValueType  # 0
+    """Not set: every field, as JOB_VIEW_FULL."""
+    JOB_VIEW_FULL: _JobView.ValueType  # 1
+    """Every field of the job."""
+    JOB_VIEW_WORKER: _JobView.ValueType  # 2
+    """Only what a worker needs to run the job: `id`, `account_id`, `account_name`, `sync_type`,
+    `status`, `attempts`, `max_attempts`, `lease_token`, `lease_expires_at` and
+    `trace_context`. The other fields are left unset.
+    """
+
+class JobView(_JobView, metaclass=_JobViewEnumTypeWrapper):
+    """JobView is how much of each job PickJobs returns."""
+
+JOB_VIEW_UNSPECIFIED: JobView.ValueType  # 0
+"""Not set: every field, as JOB_VIEW_FULL."""
+JOB_VIEW_FULL: JobView.ValueType  # 1
+"""Every field of the job."""
+JOB_VIEW_WORKER: JobView.ValueType  # 2
+"""Only what a worker needs to run the job: `id`, `account_id`, `account_name`, `sync_type`,
+`status`, `attempts`, `max_attempts`, `lease_token`, `lease_expires_at` and
+`trace_context`. The other fields are left unset.
+"""
+Global___JobView: _TypeAlias = JobView  # noqa: Y015
+
 class _WorkerRunStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -759,12 +789,15 @@ class PickJobsRequest(_message.Message):
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     WORKER_RUN_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     max_jobs: _builtins.int
     """Jobs to lease at most, 1..100; 0 means 1."""
     worker_id: _builtins.str
     """Identifies the worker in the job row and in logs (at most 200 characters). Required."""
     worker_run_id: _builtins.str
     """The worker run counting these jobs (UUID), from StartWorkerRun; optional."""
+    view: Global___JobView.ValueType
+    """How much of each job to return; unset means every field."""
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
         """How long to wait for a job when none is ready, 0..60 s; unset means return at once."""
@@ -781,10 +814,11 @@ class PickJobsRequest(_message.Message):
         lease_duration: _duration_pb2.Duration | None = ...,
         worker_id: _builtins.str = ...,
         worker_run_id: _builtins.str = ...,
+        view: Global___JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "max_jobs", b"max_jobs", "wait", b"wait", "worker_id", b"worker_id", "worker_run_id", b"worker_run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "max_jobs", b"max_jobs", "view", b"view", "wait", b"wait", "worker_id", b"worker_id", "worker_run_id", b"worker_run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1058,12 +1092,13 @@ Global___ReleaseJobResponse: _TypeAlias = ReleaseJobResponse  # noqa: Y015
 
 @_typing.final
 class JobResult(_message.Message):
-    """JobResult is one completion or failure in a ReportResults call."""
+    """JobResult is one completion, failure or release in a ReportResults call."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     COMPLETE_FIELD_NUMBER: _builtins.int
     FAIL_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def complete(self) -> Global___CompleteJobRequest:
         """The job succeeded."""
@@ -1072,17 +1107,24 @@ class JobResult(_message.Message):
     def fail(self) -> Global___FailJobRequest:
         """The attempt failed."""
 
+    @_builtins.property
+    def release(self) -> Global___ReleaseJobRequest:
+        """The job was not run (or its service asked for it later): back to pending, its attempt
+        given back, as ReleaseJob.
+        """
+
     def __init__(
         self,
         *,
         complete: Global___CompleteJobRequest | None = ...,
         fail: Global___FailJobRequest | None = ...,
+        release: Global___ReleaseJobRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "fail", b"fail", "outcome", b"outcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "fail", b"fail", "outcome", b"outcome", "release", b"release"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "fail", b"fail", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "fail", b"fail", "outcome", b"outcome", "release", b"release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["complete", "fail"]  # noqa: Y015
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["complete", "fail", "release"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
@@ -1095,6 +1137,9 @@ class ReportResultsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    ACK_ONLY_FIELD_NUMBER: _builtins.int
+    ack_only: _builtins.bool
+    """When true, each ack carries `job_id`, `code`, `message` and `status` only, not the job."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobResult]:
         """The results, each for a different job."""
@@ -1103,10 +1148,11 @@ class ReportResultsRequest(_message.Message):
         self,
         *,
         results: _abc.Iterable[Global___JobResult] | None = ...,
+        ack_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_only", b"ack_only", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1122,15 +1168,20 @@ class JobResultAck(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job id of the result."""
     code: _builtins.int
     """gRPC status code of this result: OK, or FAILED_PRECONDITION for a lost lease, NOT_FOUND..."""
     message: _builtins.str
     """Why the result was refused; empty when accepted."""
+    status: Global___JobStatus.ValueType
+    """The job's status after the result, when accepted: SUCCEEDED; PENDING for a failure that
+    will be retried or a release; FAILED for a failure that ends the job.
+    """
     @_builtins.property
     def job(self) -> Global___Job:
-        """The job after the result, when accepted."""
+        """The job after the result, when accepted (not with `ack_only`)."""
 
     def __init__(
         self,
@@ -1139,10 +1190,11 @@ class JobResultAck(_message.Message):
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         job: Global___Job | None = ...,
+        status: Global___JobStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "job", b"job", "job_id", b"job_id", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "job", b"job", "job_id", b"job_id", "message", b"message", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

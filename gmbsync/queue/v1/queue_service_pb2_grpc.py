@@ -237,8 +237,9 @@ class QueueServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportResults(self, request, context):
-        """Records many completions and failures in one call and one transaction. Each result is
-        answered on its own: a lost lease fails that result only. Worker only.
+        """Records many completions, failures and releases in one call. Completions and failures are
+        applied in one transaction, each release on its own. Each result is answered on its own: a
+        lost lease fails that result only. Worker only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

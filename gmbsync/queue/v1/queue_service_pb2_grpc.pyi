@@ -75,8 +75,9 @@ class QueueServiceStub:
     shutdown, open circuit breaker). Worker only.
     """
     ReportResults: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.ReportResultsRequest, _queue_service_pb2.ReportResultsResponse]
-    """Records many completions and failures in one call and one transaction. Each result is
-    answered on its own: a lost lease fails that result only. Worker only.
+    """Records many completions, failures and releases in one call. Completions and failures are
+    applied in one transaction, each release on its own. Each result is answered on its own: a
+    lost lease fails that result only. Worker only.
     """
     MarkStaleJobs: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.MarkStaleJobsRequest, _queue_service_pb2.MarkStaleJobsResponse]
     """Recovers processing jobs that started more than `threshold` ago or whose lease expired, as
@@ -147,8 +148,9 @@ class QueueServiceAsyncStub(QueueServiceStub):
     shutdown, open circuit breaker). Worker only.
     """
     ReportResults: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.ReportResultsRequest, _queue_service_pb2.ReportResultsResponse]  # type: ignore[assignment]
-    """Records many completions and failures in one call and one transaction. Each result is
-    answered on its own: a lost lease fails that result only. Worker only.
+    """Records many completions, failures and releases in one call. Completions and failures are
+    applied in one transaction, each release on its own. Each result is answered on its own: a
+    lost lease fails that result only. Worker only.
     """
     MarkStaleJobs: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.MarkStaleJobsRequest, _queue_service_pb2.MarkStaleJobsResponse]  # type: ignore[assignment]
     """Recovers processing jobs that started more than `threshold` ago or whose lease expired, as
@@ -294,8 +296,9 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _queue_service_pb2.ReportResultsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.ReportResultsResponse, _abc.Awaitable[_queue_service_pb2.ReportResultsResponse]]:
-        """Records many completions and failures in one call and one transaction. Each result is
-        answered on its own: a lost lease fails that result only. Worker only.
+        """Records many completions, failures and releases in one call. Completions and failures are
+        applied in one transaction, each release on its own. Each result is answered on its own: a
+        lost lease fails that result only. Worker only.
         """
 
     @_abc_1.abstractmethod
