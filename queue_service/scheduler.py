@@ -232,6 +232,12 @@ class Scheduler:
         return changed
 
     async def _place(self, now: datetime, stretch: float) -> int:
+        async with self._store.schedule_placement_turn() as ours:
+            if not ours:
+                return 0  # another scheduler is laying accounts out right now
+            return await self._place_all(now, stretch)
+
+    async def _place_all(self, now: datetime, stretch: float) -> int:
         count = await self._store.schedule_unplaced_count()
         position = 0
         after: uuid.UUID | None = None

@@ -16,6 +16,7 @@ SQLite; where they differ it is said here:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import functools
@@ -101,6 +102,8 @@ DURATION_SAMPLE = 10_000
 
 # A laid-out account's period is rewritten only when the plan is off by more than this share.
 REGRID_TOLERANCE = 0.02
+# Session advisory lock of a scheduler's layout pass (see `schedule_placement_turn`).
+_PLACEMENT_LOCK_KEY = 0x676D6273636864  # "gmbschd"
 
 q = sync_queue
 runs = sync_worker_runs
@@ -382,6 +385,7 @@ class JobStore:
         self.clock = clock
         self.is_postgres = engine.dialect.name == "postgresql"
         self._on_jobs_available = on_jobs_available or (lambda: None)
+        self._placement_lock = asyncio.Lock()
 
     # -- connectivity -------------------------------------------------------------------------
 
@@ -1801,6 +1805,29 @@ class JobStore:
                 ),
             )
         )
+
+    @contextlib.asynccontextmanager
+    async def schedule_placement_turn(self) -> AsyncIterator[bool]:
+        """Whether this scheduler may lay out unplaced accounts now. A layout pass numbers the
+        accounts it places over several batches; two passes at once (a new leader while the
+        old one has not yet noticed it lost the lock) would give accounts the same positions.
+        So passes take turns: on PostgreSQL by a session advisory lock (a pass that does not get
+        it skips the layout this tick), in one process by a lock."""
+        if not self.is_postgres:
+            async with self._placement_lock:
+                yield True
+            return
+        async with self.engine.connect() as conn:
+            taken = (
+                await conn.execute(sa.select(sa.func.pg_try_advisory_lock(_PLACEMENT_LOCK_KEY)))
+            ).scalar_one()
+            await conn.commit()
+            try:
+                yield bool(taken)
+            finally:
+                if taken:
+                    await conn.execute(sa.select(sa.func.pg_advisory_unlock(_PLACEMENT_LOCK_KEY)))
+                    await conn.commit()
 
     async def schedule_unplaced_count(self) -> int:
         unplaced = self._unplaced().subquery()
