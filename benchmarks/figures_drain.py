@@ -56,10 +56,17 @@ async def drain_figure(bench: QueueBench) -> None:
     if result.failed:
         note += f"; {result.failed} jobs did not succeed"
     bench.rows.append(
-        Row("1", f"drain by the worker ({sizes.concurrency} at once), instant sync",
-            result.rate, "jobs/s", limit, target=">= 60 % and >= 25,000 jobs/s",
-            cpu=cpu_text(result.cpu, result.jobs, "job"), note=note)
-    )  # fmt: skip
+        Row(
+            "1",
+            f"drain by the worker ({sizes.concurrency} at once), instant sync",
+            result.rate,
+            "jobs/s",
+            limit,
+            target=">= 60 % and >= 25,000 jobs/s",
+            cpu=cpu_text(result.cpu, result.jobs, "job"),
+            note=note,
+        )
+    )
     bench.figures["1_worker_drain"] = {
         "jobs_enqueued": jobs,
         "jobs_drained": result.jobs,
@@ -107,11 +114,16 @@ async def memory_figure(bench: QueueBench) -> None:
         if not m:
             continue
         bench.rows.append(
-            Row("7", f"peak RSS of {label} while draining", m["peak_mib"], "MiB",
+            Row(
+                "7",
+                f"peak RSS of {label} while draining",
+                m["peak_mib"],
+                "MiB",
                 note=f"start {m['start_mib']} MiB, end {m['end_mib']} MiB; mean of the first "
                 f"quarter {m['first_quarter_mib']} MiB, of the last {m['last_quarter_mib']} MiB:"
-                f" {'grew' if m['grew'] else 'did not grow'} over {drained}")
-        )  # fmt: skip
+                f" {'grew' if m['grew'] else 'did not grow'} over {drained}",
+            )
+        )
     bench.figures["7_memory"] = {
         "jobs_enqueued": sizes.rss_jobs,
         "jobs_drained": result.jobs,
@@ -143,10 +155,17 @@ async def legacy_figures(bench: QueueBench) -> None:
         rate = jobs / cpu.wall
         progress(f"{figure}: {rate:,.0f} jobs/s (PostgreSQL alone {raw.rate:,.0f})")
         bench.rows.append(
-            Row(figure, name, rate, "jobs/s", raw.rate, cpu=cpu_text(cpu, jobs, "job"),
+            Row(
+                figure,
+                name,
+                rate,
+                "jobs/s",
+                raw.rate,
+                cpu=cpu_text(cpu, jobs, "job"),
                 note=f"PostgreSQL alone: pick {batch} + complete {batch} per statement on "
-                f"{RAW_CONNECTIONS} connections")
-        )  # fmt: skip
+                f"{RAW_CONNECTIONS} connections",
+            )
+        )
         bench.figures[f"{figure}_pickers_batch_{batch}"] = {
             "jobs": jobs,
             "jobs_per_s": round(rate, 1),

@@ -25,8 +25,7 @@ from service_runtime.auth import Role, issue_token
 
 async def _measure(
     bench: QueueBench,
-    figure: str,
-    name: str,
+    label: tuple[str, str, str],
     jobs: int,
     raw: RawFigure,
     call: Callable[[], Awaitable[None]],
@@ -35,6 +34,9 @@ async def _measure(
     note: str = "",
     extra: dict[str, Any] | None = None,
 ) -> None:
+    """Times `call` (which enqueues `jobs` jobs) with the CPU of QueueService, PostgreSQL and
+    this client; `label` is (figure, JSON key, table name)."""
+    figure, key, name = label
     cpu = bench.cpu_window({"queue": bench.queue_pid}, client=True)
     await cpu.start()
     await call()
@@ -42,10 +44,18 @@ async def _measure(
     rate = jobs / cpu.wall
     progress(f"{figure}: {rate:,.0f} jobs/s (PostgreSQL alone {raw.rate:,.0f})")
     bench.rows.append(
-        Row(figure, name, rate, "jobs/s", raw.rate, target=target,
-            cpu=cpu_text(cpu, jobs, "job"), note=note)
-    )  # fmt: skip
-    bench.figures[f"{figure}_{name}"] = {
+        Row(
+            figure,
+            name,
+            rate,
+            "jobs/s",
+            raw.rate,
+            target=target,
+            cpu=cpu_text(cpu, jobs, "job"),
+            note=note,
+        )
+    )
+    bench.figures[f"{figure}_{key}"] = {
         "jobs": jobs,
         "jobs_per_s": round(rate, 1),
         "seconds": round(cpu.wall, 3),
@@ -73,9 +83,14 @@ async def enqueue_figures(bench: QueueBench) -> None:
             )
 
     await _measure(
-        bench, "4a", "enqueue: one EnqueueSync at a time", len(accounts), raw, one_at_a_time,
-        target=">= 1,500 jobs/s", note="PostgreSQL alone: one enqueue statement at a time",
-    )  # fmt: skip
+        bench,
+        ("4a", "enqueue_one_at_a_time", "enqueue: one EnqueueSync at a time"),
+        len(accounts),
+        raw,
+        one_at_a_time,
+        target=">= 1,500 jobs/s",
+        note="PostgreSQL alone: one enqueue statement at a time",
+    )
 
     accounts = bench.accounts[: sizes.enqueue_in_flight]
     bench.seed.truncate_jobs()
@@ -97,11 +112,15 @@ async def enqueue_figures(bench: QueueBench) -> None:
         await asyncio.gather(*(sender() for _ in range(16)))
 
     await _measure(
-        bench, "4b", "enqueue: EnqueueSync, 16 in flight", len(accounts), raw, in_flight,
+        bench,
+        ("4b", "enqueue_16_in_flight", "enqueue: EnqueueSync, 16 in flight"),
+        len(accounts),
+        raw,
+        in_flight,
         note=f"PostgreSQL alone: 16 connections; {silent.rate:,.0f} jobs/s without the "
         "pg_notify, which PostgreSQL serialises at commit",
         extra={"raw_without_notify": silent.as_dict()},
-    )  # fmt: skip
+    )
 
     accounts = bench.accounts[: sizes.enqueue_batched]
     bench.seed.truncate_jobs()
@@ -109,10 +128,14 @@ async def enqueue_figures(bench: QueueBench) -> None:
     bench.seed.truncate_jobs()
     progress(f"4c: {len(accounts):,} jobs by EnqueueSyncBatch of 1,000")
     await _measure(
-        bench, "4c", "enqueue: EnqueueSyncBatch of 1,000", len(accounts), raw,
-        lambda: bench.enqueue_batches(accounts), target=">= 40,000 jobs/s",
+        bench,
+        ("4c", "enqueue_batch_of_1000", "enqueue: EnqueueSyncBatch of 1,000"),
+        len(accounts),
+        raw,
+        lambda: bench.enqueue_batches(accounts),
+        target=">= 40,000 jobs/s",
         note="PostgreSQL alone: one INSERT ... SELECT of 1,000 per statement",
-    )  # fmt: skip
+    )
 
 
 async def many_users_figure(bench: QueueBench) -> None:
@@ -196,13 +219,25 @@ async def many_users_figure(bench: QueueBench) -> None:
         "PostgreSQL alone: one enqueue statement on 16 connections"
     )
     bench.rows.append(
-        Row("4d", f"enqueue: {len(users)} users at once, calls/s", rate, "calls/s", raw.rate,
-            cpu=cpu_text(cpu, calls, "call"), note=note)
-    )  # fmt: skip
+        Row(
+            "4d",
+            f"enqueue: {len(users)} users at once, calls/s",
+            rate,
+            "calls/s",
+            raw.rate,
+            cpu=cpu_text(cpu, calls, "call"),
+            note=note,
+        )
+    )
     bench.rows.append(
-        Row("4d", f"enqueue: {len(users)} users at once, p99", stats["p99_ms"], "ms",
-            target="<= 100 ms")
-    )  # fmt: skip
+        Row(
+            "4d",
+            f"enqueue: {len(users)} users at once, p99",
+            stats["p99_ms"],
+            "ms",
+            target="<= 100 ms",
+        )
+    )
     bench.figures["4d_many_users"] = {
         "users": len(users),
         "seconds": round(cpu.wall, 2),

@@ -91,9 +91,15 @@ async def idle_figure(bench: QueueBench) -> None:
         f"{waiting['queue_cpu_ms_per_s']:.1f}, PostgreSQL {waiting['postgresql_cpu_ms_per_s']:.1f})"
     )
     bench.rows.append(
-        Row("5", f"idle: {sizes.idle_workers} workers waiting, statements/s",
-            waiting["transactions_per_s"], "/s", target="<= 5/s", note=note)
-    )  # fmt: skip
+        Row(
+            "5",
+            f"idle: {sizes.idle_workers} workers waiting, statements/s",
+            waiting["transactions_per_s"],
+            "/s",
+            target="<= 5/s",
+            note=note,
+        )
+    )
     bench.figures["5_idle"] = {
         "workers": sizes.idle_workers,
         "seconds": sizes.idle_seconds,

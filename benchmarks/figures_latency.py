@@ -79,15 +79,29 @@ async def enqueue_to_start_figure(bench: QueueBench) -> None:
         f"(PostgreSQL alone {raw['p50_ms']:.2f} / {raw['p99_ms']:.2f} ms)"
     )
     bench.rows.append(
-        Row("3", "enqueue to start, p50 (idle waiting worker)", measured["p50_ms"], "ms",
-            raw["p50_ms"], higher_is_better=False, target="<= 3 ms",
+        Row(
+            "3",
+            "enqueue to start, p50 (idle waiting worker)",
+            measured["p50_ms"],
+            "ms",
+            raw["p50_ms"],
+            higher_is_better=False,
+            target="<= 3 ms",
             note=f"{len(samples)} of {count} jobs at {rate:g}/s; PostgreSQL alone: a "
-            "connection LISTENs, picks on each NOTIFY")
-    )  # fmt: skip
+            "connection LISTENs, picks on each NOTIFY",
+        )
+    )
     bench.rows.append(
-        Row("3", "enqueue to start, p99", measured["p99_ms"], "ms", raw["p99_ms"],
-            higher_is_better=False, target="<= 10 ms")
-    )  # fmt: skip
+        Row(
+            "3",
+            "enqueue to start, p99",
+            measured["p99_ms"],
+            "ms",
+            raw["p99_ms"],
+            higher_is_better=False,
+            target="<= 10 ms",
+        )
+    )
     bench.figures["3_enqueue_to_start"] = {
         "jobs": count,
         "finished": len(samples),
@@ -209,19 +223,50 @@ async def pick_figure(bench: QueueBench) -> None:
         "changes indexed columns, which no fillfactor makes HOT)"
     )
     bench.rows += [
-        Row("6", "PickJobs(10) p50, near-empty table", empty["service"]["p50_ms"], "ms",
-            empty["raw"]["p50_ms"], higher_is_better=False),
-        Row("6", "PickJobs(10) p50, big table", big["service"]["p50_ms"], "ms",
-            big["raw"]["p50_ms"], higher_is_better=False,
+        Row(
+            "6",
+            "PickJobs(10) p50, near-empty table",
+            empty["service"]["p50_ms"],
+            "ms",
+            empty["raw"]["p50_ms"],
+            higher_is_better=False,
+        ),
+        Row(
+            "6",
+            "PickJobs(10) p50, big table",
+            big["service"]["p50_ms"],
+            "ms",
+            big["raw"]["p50_ms"],
+            higher_is_better=False,
             note=f"{sizes.big_finished:,} finished + {sizes.big_pending:,} pending jobs, "
-            f"{big['table']['total_mib']:,.0f} MiB with indexes"),
-        Row("6", "PickJobs(10) p99, big table", big["service"]["p99_ms"], "ms",
-            big["raw"]["p99_ms"], higher_is_better=False),
-        Row("6", "PickJobs(10) p50, big / near-empty", growth, "x", target="<= 1.5x",
-            note=f"PostgreSQL alone: {raw_growth:.2f}x"),
-        Row("6", "PickJobs(10) p50, big table, queue settings", tuned["service"]["p50_ms"],
-            "ms", tuned["raw"]["p50_ms"], higher_is_better=False, note=settings_note),
-    ]  # fmt: skip
+            f"{big['table']['total_mib']:,.0f} MiB with indexes",
+        ),
+        Row(
+            "6",
+            "PickJobs(10) p99, big table",
+            big["service"]["p99_ms"],
+            "ms",
+            big["raw"]["p99_ms"],
+            higher_is_better=False,
+        ),
+        Row(
+            "6",
+            "PickJobs(10) p50, big / near-empty",
+            growth,
+            "x",
+            target="<= 1.5x",
+            note=f"PostgreSQL alone: {raw_growth:.2f}x",
+        ),
+        Row(
+            "6",
+            "PickJobs(10) p50, big table, queue settings",
+            tuned["service"]["p50_ms"],
+            "ms",
+            tuned["raw"]["p50_ms"],
+            higher_is_better=False,
+            note=settings_note,
+        ),
+    ]
     bench.figures["6_pick_latency"] = {
         "picks": picks,
         "big_table": {"finished": sizes.big_finished, "pending": sizes.big_pending},

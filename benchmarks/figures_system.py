@@ -57,11 +57,23 @@ async def system_figure(bench: QueueBench) -> None:
     async with Processes(bench.log_dir) as procs:
         emulator = await procs.start(
             "emulator",
-            [PYTHON, "-m", "sync_service.emulator", "--port", str(emulator_port),
-             "--accounts", str(accounts), "--locations", "1",
-             "--reviews", str(sizes.system_reviews), "--quota", "1000000"],
+            [
+                PYTHON,
+                "-m",
+                "sync_service.emulator",
+                "--port",
+                str(emulator_port),
+                "--accounts",
+                str(accounts),
+                "--locations",
+                "1",
+                "--reviews",
+                str(sizes.system_reviews),
+                "--quota",
+                "1000000",
+            ],
             bench.env,
-        )  # fmt: skip
+        )
         await wait_for_port(emulator_port, emulator)
         sync = await procs.start(
             "sync",
@@ -101,9 +113,15 @@ async def system_figure(bench: QueueBench) -> None:
     if result.time_limited:
         note += f"; stopped by the {sizes.system_time_limit:g} s limit"
     bench.rows.append(
-        Row("2", "whole system: worker + SyncService + emulator", result.rate, "syncs/s",
-            cpu=cpu_text(result.cpu, result.jobs, "sync"), note=note)
-    )  # fmt: skip
+        Row(
+            "2",
+            "whole system: worker + SyncService + emulator",
+            result.rate,
+            "syncs/s",
+            cpu=cpu_text(result.cpu, result.jobs, "sync"),
+            note=note,
+        )
+    )
     bench.figures["2_whole_system"] = {
         "accounts": accounts,
         "locations_per_account": 1,

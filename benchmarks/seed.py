@@ -7,6 +7,7 @@ full (the queue's own enqueue is measured separately). Everything here is set-up
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -70,9 +71,17 @@ class Seeder:
         return len(rows)
 
     def finished_jobs(self, accounts: Sequence[str], count: int) -> None:
-        """`count` succeeded jobs spread over `accounts`, finished over the last 30 days."""
-        self._run(
-            """
+        """`count` succeeded jobs spread over `accounts`, finished over the last 30 days.
+
+        The accounts exist, so the foreign-key check per row is skipped where the server lets
+        this connection do so (a superuser's `session_replication_role`): a million rows then
+        take half the time.
+        """
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SET session_replication_role = replica")
+            conn.execute(
+                """
             INSERT INTO sync_queue (id, user_id, account_id, sync_type, status, priority,
                                     attempts, max_attempts, metadata, created_at, updated_at,
                                     started_at, completed_at, worker_id, trace_context, errors,
@@ -85,8 +94,8 @@ class Seeder:
             JOIN gmb_accounts a ON a.id = pick.id
             CROSS JOIN LATERAL (SELECT now() - interval '30 days' * random() AS t) AS at
             """,
-            {"accounts": list(accounts), "n": len(accounts), "count": count},
-        )
+                {"accounts": list(accounts), "n": len(accounts), "count": count},
+            )
 
     def scalar(self, sql: str, params: Any = None) -> Any:
         rows = self._run(sql, params)

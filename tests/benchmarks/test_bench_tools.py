@@ -140,9 +140,10 @@ async def test_the_stand_in_sync_service_answers_what_the_worker_counts_as_succe
     port = free_port()
     async with Processes(tmp_path) as procs:
         fake = await procs.start(
-            "fake-sync", [sys.executable, "-m", "benchmarks.fake_sync", "--port", str(port)],
+            "fake-sync",
+            [sys.executable, "-m", "benchmarks.fake_sync", "--port", str(port)],
             {**os.environ, "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
+        )
         await wait_for_port(port, fake)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = spb_grpc.SyncServiceStub(channel)
