@@ -1,7 +1,8 @@
 """The benchmark's table: one row per figure, with the database's own limit beside it.
 
 `Row` is one printed line; `render_text` prints the table for a terminal and `render_markdown`
-the same table for the README. Ratios are value / limit for rates and limit / value for
+the same table for the README (`python -m benchmarks.report var/bench.json` renders a saved
+run). Ratios are value / limit for rates and limit / value for
 latencies, so that 100 % is always "as fast as PostgreSQL itself".
 """
 
@@ -102,3 +103,18 @@ def render_markdown(rows: Sequence[Row]) -> str:
     if notes:
         out += ["", "Notes:", "", *notes]
     return "\n".join(out)
+
+
+def rows_from_json(report: dict[str, Any]) -> list[Row]:
+    """The rows of a run written by `python -m benchmarks --json-out`."""
+    fields = {f for f in Row.__dataclass_fields__}
+    return [Row(**{k: v for k, v in row.items() if k in fields}) for row in report["table"]]
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    # `python -m benchmarks.report var/bench.json`: a saved run's table, as Markdown.
+    with open(sys.argv[1] if len(sys.argv) > 1 else "var/bench.json", encoding="utf-8") as f:
+        print(render_markdown(rows_from_json(json.load(f))))
