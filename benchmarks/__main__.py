@@ -85,11 +85,15 @@ async def _sync_rows() -> tuple[list[Row], dict[str, Any]]:
     return rows, figures
 
 
-async def _quota() -> dict[str, Any]:
-    from benchmarks.quota_bench import run_quota_benchmark
+async def _quota(quick: bool) -> dict[str, Any]:
+    from benchmarks.quota_bench import Workload, run_quota_benchmark
 
-    progress("Q: shared Google quota (3 SyncService replicas, 4 workers)")
-    return await run_quota_benchmark()
+    workload = Workload(accounts=60) if quick else Workload()
+    progress(
+        f"Q: shared Google quota ({workload.replicas} SyncService replicas, "
+        f"{workload.workers} workers, {workload.accounts} accounts)"
+    )
+    return await run_quota_benchmark(workload)
 
 
 def _write_json(path: Path, report: dict[str, Any]) -> None:
@@ -138,7 +142,7 @@ async def main(args: argparse.Namespace) -> int:
             rows += sync_rows
             report["figures"]["S_sync_one_account"] = sync_figures
     if args.quota or args.quota_only:
-        report["figures"]["Q_shared_quota"] = await _quota()
+        report["figures"]["Q_shared_quota"] = await _quota(args.quick)
     report["run"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["run"]["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["table"] = [row.as_dict() for row in rows]
