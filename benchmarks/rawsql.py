@@ -320,7 +320,9 @@ class RawQueue:
         """Enqueues one job per account at `rate` per second while a picker waits on LISTEN;
         each job is picked as soon as its notification arrives and then completed. Returns
         (created_at, started_at) of every job, both stamped by this process's clock as the
-        store stamps them with the service's."""
+        store stamps them with the service's. A pick reads its clock before its statement
+        runs, so a job enqueued in between can start a moment "before" it was created, as in
+        the queue itself."""
         listener, picker, enqueuer = await self.connect(3)
         await listener.execute(f"LISTEN {RAW_CHANNEL}")
         wake = asyncio.Event()
