@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -66,13 +66,43 @@ def rss_bytes(pid: int) -> int | None:
         return None
 
 
-def total_cpu(pids: Sequence[int]) -> float:
-    return sum(cpu_seconds(pid) or 0.0 for pid in pids)
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants: a service may run as a supervisor of several processes."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each process of `pid`'s tree."""
+    readings = {p: cpu_seconds(p) for p in process_tree(pid)}
+    return {p: used for p, used in readings.items() if used is not None}
+
+
+def tree_rss(pid: int) -> int | None:
+    """RSS of `pid`'s tree now (None once `pid` is gone)."""
+    readings = [rss_bytes(p) for p in process_tree(pid)]
+    if readings[0] is None:
+        return None
+    return sum(r for r in readings if r is not None)
 
 
 class CpuWindow:
-    """CPU seconds of named processes, and of PostgreSQL backends, between `start()` and
-    `stop()`.
+    """CPU seconds of named processes (each with its descendants), and of PostgreSQL
+    backends, between `start()` and `stop()`.
 
     Backends come and go (a pool opens overflow connections under load and closes them when
     they come back), so `backends` (async, returns pids) is sampled every `interval` seconds:
@@ -99,7 +129,7 @@ class CpuWindow:
         self.seconds: dict[str, float] = {}
         self.wall = 0.0
         self.sessions_opened: int | None = None
-        self._before: dict[str, float] = {}
+        self._before: dict[str, dict[int, float]] = {}
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._client_before = 0.0
@@ -108,7 +138,7 @@ class CpuWindow:
         self._began = 0.0
 
     async def start(self) -> None:
-        self._before = {name: cpu_seconds(pid) or 0.0 for name, pid in self.processes.items()}
+        self._before = {name: tree_cpu(pid) for name, pid in self.processes.items()}
         if self.sessions is not None:
             self._sessions_before = await self.sessions()
         if self.backends is not None:
@@ -137,8 +167,8 @@ class CpuWindow:
         self.wall = time.perf_counter() - self._began
         client = time.process_time() - self._client_before
         for name, pid in self.processes.items():
-            now = cpu_seconds(pid)
-            self.seconds[name] = (now - self._before[name]) if now is not None else 0.0
+            before = self._before[name]
+            self.seconds[name] = sum(used - before.get(p, 0.0) for p, used in tree_cpu(pid).items())
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -161,7 +191,8 @@ class CpuWindow:
 
 
 class RssSampler:
-    """Samples the RSS of named processes every `interval` seconds until stopped."""
+    """Samples the RSS of named processes (each with its descendants) every `interval`
+    seconds until stopped."""
 
     def __init__(self, processes: dict[str, int], interval: float = 1.0) -> None:
         self.processes = processes
@@ -179,7 +210,7 @@ class RssSampler:
 
     def sample(self) -> None:
         for name, pid in self.processes.items():
-            value = rss_bytes(pid)
+            value = tree_rss(pid)
             if value is not None:
                 self.samples[name].append(value)
 

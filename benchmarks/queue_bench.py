@@ -20,6 +20,10 @@ machine). The figures (numbered as in the table) live in `figures_*.py`:
 L. the older figures: 4 pickers with PickJobs(10) + ReportResults, and PickJobs(1) +
    CompleteJob.
 
+The services and the worker read their settings from this process's environment as usual (a
+pool size, several QueueService processes...), except tracing, which is off as by default; a
+service that runs as a supervisor of several processes is measured with all of them.
+
 This module holds what they share: the processes, the scratch database's observation (job
 counts, backends, transactions), and drains by the worker. Drains stop at a time limit
 (reported) so that a slow build still finishes; the rate is then measured over what drained.

@@ -6,6 +6,7 @@ not outlive it. Speed itself is never asserted here (that is what `make bench` r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,15 @@ import grpc
 import psycopg
 import pytest
 
-from benchmarks.harness import ROOT, Processes, free_port, rss_summary, wait_for_port
+from benchmarks.harness import (
+    ROOT,
+    Processes,
+    free_port,
+    process_tree,
+    rss_summary,
+    tree_cpu,
+    wait_for_port,
+)
 from benchmarks.rawsql import RAW_CHANNEL, RESULT_JSON, RawQueue, libpq_url, percentiles_ms
 from benchmarks.report import Row, render_markdown, render_text
 from benchmarks.seed import Seeder
@@ -208,6 +217,28 @@ def test_children_do_not_outlive_a_benchmark_that_is_killed(tmp_path: Path) -> N
     finally:
         if bench.poll() is None:
             bench.kill()
+
+
+def test_a_service_is_measured_with_the_processes_it_starts() -> None:
+    """A supervisor (QueueService with several processes) is counted with its children."""
+    script = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print(child.pid, flush=True)\n"
+        "child.wait()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert set(process_tree(parent.pid)) == {parent.pid, child}
+        assert set(tree_cpu(parent.pid)) == {parent.pid, child}
+        assert process_tree(child) == [child]
+    finally:
+        for pid in process_tree(parent.pid)[::-1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait(timeout=10)
 
 
 def test_ratios_read_as_a_share_of_postgresql_alone() -> None:
