@@ -49,7 +49,7 @@ postgres:  ## Start the local PostgreSQL if it is not accepting connections.
 test: $(STAMP) postgres  ## Run the whole test suite against PostgreSQL (and SQLite where it applies).
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) postgres  ## Measure enqueue, pick+complete throughput and wake-up latency.
+bench: $(STAMP) postgres  ## Every queue/worker figure beside PostgreSQL's own limit (BENCH_ARGS=--quick).
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 migrate: $(STAMP)  ## Bring DATABASE_URL to the newest schema.
