@@ -33,6 +33,10 @@ class LeaseLost(QueueError):
     """The lease on this job is no longer held: it expired and the job was recovered."""
 
 
+class LeaseExpired(LeaseLost):
+    """The lease on this job ran out: its holder may no longer extend it or report on the job."""
+
+
 class IllegalTransition(QueueError):
     """The job is not in a state that allows this operation."""
 

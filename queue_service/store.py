@@ -7,7 +7,11 @@ SQLite; where they differ it is said here:
 - a new ready job is announced with `pg_notify` inside the enqueue transaction (so it is sent
   only if the transaction commits), or by an in-process callback after commit on SQLite;
 - one pending or processing job per account is the partial unique index
-  `uq_sync_queue_active_account`, never a check-then-insert.
+  `uq_sync_queue_active_account`, never a check-then-insert;
+- a lease ends at `lease_expires_at` by the database's clock on PostgreSQL
+  (`statement_timestamp()`), by this process's clock on SQLite. Every statement that checks a
+  lease token also checks that the lease has not expired, in the same statement, and a pick
+  takes over jobs whose lease ran out without waiting for the reaper.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import statistics
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,6 +39,7 @@ from queue_service.errors import (
     ActiveJobExists,
     IllegalTransition,
     JobNotFound,
+    LeaseExpired,
     LeaseLost,
     QueueError,
     WorkerRunNotFound,
@@ -101,6 +106,37 @@ sched = sync_schedules
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def lost_worker_error(expired_at: datetime, worker_id: str | None) -> str:
+    """The error recorded when a job's lease ran out: its worker is taken to be lost.
+
+    Microseconds are always written, so the text is the same as `_LOST_WORKER_ERROR_SQL`'s.
+    """
+    return (
+        f"worker lost: lease expired at {expired_at.isoformat(timespec='microseconds')} "
+        f"(worker {worker_id})"
+    )
+
+
+def _text(value: str) -> sa.ColumnElement[str]:
+    """A string constant in SQL, typed: variadic functions such as jsonb_build_object cannot
+    infer the type of an untyped parameter."""
+    return sa.cast(sa.literal(value), sa.Text())
+
+
+# `lost_worker_error` computed by PostgreSQL from the row being updated.
+_LOST_WORKER_ERROR_SQL = (
+    _text("worker lost: lease expired at ")
+    + sa.func.to_char(
+        sa.func.timezone("UTC", q.c.lease_expires_at),
+        _text('YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+        type_=sa.Text(),
+    )
+    + _text(" (worker ")
+    + sa.func.coalesce(q.c.worker_id, _text("None"))
+    + _text(")")
+)
 
 
 class random_uuid(FunctionElement[uuid.UUID]):
@@ -309,6 +345,58 @@ class JobStore:
     async def _announce(self, conn: AsyncConnection) -> None:
         if self.is_postgres:
             await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
+
+    # -- the lease clock ----------------------------------------------------------------------
+
+    @functools.cached_property
+    def _lease_clock(self) -> sa.ColumnElement[datetime]:
+        """The "now" of leases, in SQL: when a lease starts, and whether it has run out.
+
+        On PostgreSQL the database's clock, so that every replica, the reaper and every pick
+        agree on when a lease ends however far their hosts' clocks drift; the start of the
+        statement (stable within it, so the expiry index can be used). A clock injected into
+        the store (tests) is passed as `p_lease_now` and wins. SQLite has only this process.
+        """
+        given = sa.bindparam("p_lease_now", type_=UtcDateTime())
+        if self.is_postgres:
+            return sa.func.coalesce(given, sa.func.statement_timestamp(), type_=UtcDateTime())
+        return given
+
+    @functools.cached_property
+    def _lease_end(self) -> sa.ColumnElement[datetime]:
+        """When a lease granted or extended now ends: `_lease_clock` plus `p_lease`."""
+        if self.is_postgres:
+            return self._lease_clock + sa.bindparam("p_lease", type_=sa.Interval())
+        return sa.bindparam("p_expires", type_=UtcDateTime())
+
+    def _lease_params(
+        self, lease: timedelta | None = None, *, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """The parameters of `_lease_clock` (and of `_lease_end` for a `lease`); `now` is this
+        process's clock if already read."""
+        injected = not self.is_postgres or self.clock is not utcnow
+        lease_now = (now or self.clock()) if injected else None
+        params: dict[str, Any] = {"p_lease_now": lease_now}
+        if lease is not None:
+            if self.is_postgres:
+                params["p_lease"] = lease
+            else:
+                assert lease_now is not None
+                params["p_expires"] = lease_now + lease
+        return params
+
+    def _lease_held(self, job_id: Any, lease_token: Any) -> tuple[sa.ColumnElement[bool], ...]:
+        """The conditions under which `lease_token` holds the job's lease right now.
+
+        Put in the same statement as the change they guard: a lease that runs out between a
+        check and a write would otherwise still be honoured.
+        """
+        return (
+            q.c.id == job_id,
+            q.c.lease_token == lease_token,
+            q.c.status == JobStatus.PROCESSING.value,
+            q.c.lease_expires_at > self._lease_clock,
+        )
 
     # -- enqueue ------------------------------------------------------------------------------
 
@@ -632,15 +720,11 @@ class JobStore:
 
     # -- worker operations --------------------------------------------------------------------
 
-    @functools.cached_property
-    def _pick_sql(self) -> sa.Executable:
-        """PickJobs' statement, built once and run with `pick_statement`'s parameters.
-
-        Parameter names start with `p_`: executed with a dict, an UPDATE turns keys that are
-        column names of its table into extra SET clauses.
-        """
+    def _ready_candidates(self, limit: Any) -> sa.Select[Any]:
+        """Pending jobs that are due, in pick order, locked; rows other pickers hold are
+        skipped. Reads the partial index `ix_sync_queue_pick`."""
         now = sa.bindparam("p_now", type_=UtcDateTime())
-        candidates = (
+        return (
             sa.select(q.c.id)
             .where(
                 q.c.status == JobStatus.PENDING.value,
@@ -648,26 +732,169 @@ class JobStore:
                 q.c.attempts < q.c.max_attempts,
             )
             .order_by(q.c.priority.desc(), q.c.created_at, q.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+
+    def _expired_leases(self, *columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        """Processing jobs whose lease has run out, oldest expiry first, locked; rows another
+        transaction holds (a holder reporting, the reaper, another picker) are skipped.
+        Reads the partial index `ix_sync_queue_lease_expiry`."""
+        return (
+            sa.select(*columns)
+            .where(
+                q.c.status == JobStatus.PROCESSING.value,
+                q.c.lease_expires_at <= self._lease_clock,
+            )
+            .order_by(q.c.lease_expires_at)
             .limit(sa.bindparam("p_max_jobs", type_=sa.Integer()))
             .with_for_update(skip_locked=True)
-            .cte("candidates")
         )
-        update = (
+
+    def _lease_grant(self) -> dict[str, Any]:
+        """The values that lease a job to the picking worker."""
+        now = sa.bindparam("p_now", type_=UtcDateTime())  # this process's clock
+        return {
+            "status": JobStatus.PROCESSING.value,
+            "attempts": q.c.attempts + 1,
+            # The lease's own start: `lease_expires_at - started_at` is the lease granted.
+            "started_at": self._lease_clock,
+            "updated_at": now,
+            "lease_token": random_uuid(),
+            "lease_expires_at": self._lease_end,
+            "worker_id": sa.bindparam("p_worker_id", type_=sa.Text()),
+            "worker_run_id": sa.bindparam("p_worker_run_id", type_=sa.Uuid()),
+        }
+
+    @functools.cached_property
+    def _pick_sql(self) -> sa.Executable:
+        """PickJobs' statement, built once and run with `pick_statement`'s parameters.
+
+        On PostgreSQL one statement does the whole pick:
+        - `expired`: up to `max_jobs` jobs whose lease ran out, locked (SKIP LOCKED);
+        - `lost`: those of them whose attempts are used up fail, with the error the reaper
+          writes ("worker lost: ...");
+        - `ready`: due pending jobs in pick order, locked, as many as the expired jobs with
+          attempts left leave room for;
+        - `changed`: the expired jobs with attempts left, then the ready ones, are leased to
+          this worker; a taken-over job records its lost attempt like the reaper does;
+        - `counted`: the runs' counts, in one update after locking the run rows in id order
+          (two picks touching the same two runs never wait on each other in a cycle): the
+          picking run's `jobs_picked`, and a processed and failed job on each run that lost one.
+        A job is acted on by whoever locks its row first: a reaper pass or another pick that
+        comes second skips the row, or re-reads it after the first commits and finds it no
+        longer processing. Expired jobs go first: they were at the head of the queue when
+        first picked.
+
+        On SQLite (no data-modifying CTEs) `_pick_sqlite` handles the expired jobs first in
+        the same transaction and passes the ones to take over as `p_takeover`.
+
+        Parameter names start with `p_`: executed with a dict, an UPDATE turns keys that are
+        column names of its table into extra SET clauses.
+        """
+        now = sa.bindparam("p_now", type_=UtcDateTime())
+        max_jobs = sa.bindparam("p_max_jobs", type_=sa.Integer())
+        if not self.is_postgres:
+            takeover = sa.bindparam("p_takeover", expanding=True, type_=sa.Uuid())
+            ready = self._ready_candidates(sa.bindparam("p_room", type_=sa.Integer())).cte("ready")
+            return (
+                sa.update(q)
+                .where(sa.or_(q.c.id.in_(takeover), q.c.id.in_(sa.select(ready.c.id))))
+                .values(**self._lease_grant())
+                .returning(*_JOB_COLUMNS)
+            )
+
+        expired = self._expired_leases(
+            q.c.id, q.c.attempts, q.c.max_attempts, q.c.worker_run_id
+        ).cte("expired")
+        takeover = sa.select(expired.c.id).where(expired.c.attempts < expired.c.max_attempts)
+        taken_count = sa.select(sa.func.count()).select_from(takeover.subquery()).scalar_subquery()
+        ready = self._ready_candidates(sa.func.greatest(max_jobs - taken_count, 0)).cte("ready")
+        lost_entry = q.c.errors.op("||", return_type=postgresql.JSONB())(
+            sa.func.jsonb_build_array(
+                sa.func.jsonb_build_object(
+                    _text("attempt"),
+                    q.c.attempts,
+                    _text("error"),
+                    _LOST_WORKER_ERROR_SQL,
+                    _text("failed_at"),
+                    sa.cast(sa.bindparam("p_failed_at", type_=sa.Text()), sa.Text()),
+                    _text("worker_id"),
+                    q.c.worker_id,
+                    _text("permanent"),
+                    sa.false(),
+                )
+            )
+        )
+        lost = (
             sa.update(q)
-            .where(q.c.id.in_(sa.select(candidates.c.id)))
+            .where(
+                q.c.id.in_(
+                    sa.select(expired.c.id).where(expired.c.attempts >= expired.c.max_attempts)
+                )
+            )
             .values(
-                status=JobStatus.PROCESSING.value,
-                attempts=q.c.attempts + 1,
-                started_at=now,
+                status=JobStatus.FAILED.value,
+                completed_at=now,
                 updated_at=now,
-                lease_token=random_uuid(),
-                lease_expires_at=sa.bindparam("p_expires", type_=UtcDateTime()),
-                worker_id=sa.bindparam("p_worker_id", type_=sa.Text()),
-                worker_run_id=sa.bindparam("p_worker_run_id", type_=sa.Uuid()),
+                last_error=_LOST_WORKER_ERROR_SQL,
+                errors=lost_entry,
+                **_LEASE_CLEARED,
+            )
+            .returning(q.c.id)
+            .cte("lost")
+        )
+        # In SET, columns are the row before the update: `processing` marks a takeover.
+        taken_over = q.c.status == JobStatus.PROCESSING.value
+        changed = (
+            sa.update(q)
+            .where(q.c.id.in_(sa.union_all(takeover, sa.select(ready.c.id))))
+            .values(
+                **self._lease_grant(),
+                last_error=sa.case((taken_over, _LOST_WORKER_ERROR_SQL), else_=q.c.last_error),
+                errors=sa.case((taken_over, lost_entry), else_=q.c.errors),
             )
             .returning(*_JOB_COLUMNS)
+            .cte("changed")
         )
-        return self._counted(update, RunTally.PICKED)
+        one, zero = sa.literal_column("1"), sa.literal_column("0")
+        owed = sa.union_all(
+            sa.select(
+                changed.c.worker_run_id.label("run_id"), one.label("picked"), zero.label("lost")
+            ),
+            sa.select(expired.c.worker_run_id, zero, one),
+        ).subquery("owed")
+        per_run = (
+            sa.select(
+                owed.c.run_id,
+                sa.func.sum(owed.c.picked).label("picked"),
+                sa.func.sum(owed.c.lost).label("lost"),
+            )
+            .where(owed.c.run_id.is_not(None))
+            .group_by(owed.c.run_id)
+            .cte("per_run")
+        )
+        locked_runs = (
+            sa.select(runs.c.id)
+            .where(runs.c.id.in_(sa.select(per_run.c.run_id)))
+            .order_by(runs.c.id)
+            .with_for_update()
+            .cte("locked_runs")
+        )
+        counted = (
+            sa.update(runs)
+            .where(
+                runs.c.id == per_run.c.run_id,
+                runs.c.id.in_(sa.select(locked_runs.c.id)),
+            )
+            .values(
+                jobs_picked=runs.c.jobs_picked + per_run.c.picked,
+                jobs_processed=runs.c.jobs_processed + per_run.c.lost,
+                jobs_failed=runs.c.jobs_failed + per_run.c.lost,
+            )
+            .cte("counted")
+        )
+        return sa.select(changed).add_cte(lost).add_cte(counted)
 
     def pick_statement(
         self,
@@ -678,14 +905,22 @@ class JobStore:
         worker_id: str,
         worker_run_id: uuid.UUID | None,
     ) -> tuple[sa.Executable, dict[str, Any]]:
-        """The one statement that leases up to `max_jobs` ready jobs, and its parameters."""
-        return self._pick_sql, {
+        """The one statement that leases up to `max_jobs` jobs, and its parameters.
+
+        On SQLite it leases due pending jobs only: `_pick_sqlite` deals with expired ones.
+        """
+        params = {
             "p_now": now,
             "p_max_jobs": max_jobs,
-            "p_expires": now + lease,
             "p_worker_id": worker_id,
             "p_worker_run_id": worker_run_id,
+            **self._lease_params(lease, now=now),
         }
+        if self.is_postgres:
+            params["p_failed_at"] = now.isoformat()
+        else:
+            params |= {"p_takeover": [], "p_room": max_jobs}
+        return self._pick_sql, params
 
     async def job_pick(
         self,
@@ -695,7 +930,8 @@ class JobStore:
         worker_id: str,
         worker_run_id: uuid.UUID | None = None,
     ) -> list[Job]:
-        """Leases up to `max_jobs` ready jobs in pick order, in one statement."""
+        """Leases up to `max_jobs` jobs: those whose lease ran out first, then ready ones in
+        pick order. Expired jobs whose attempts are used up fail instead (worker lost)."""
         statement, params = self.pick_statement(
             now=self.clock(),
             max_jobs=max_jobs,
@@ -703,24 +939,96 @@ class JobStore:
             worker_id=worker_id,
             worker_run_id=worker_run_id,
         )
-        async with self._single_change() as conn:
-            rows = await self._change_jobs(conn, statement, params, RunTally.PICKED)
+        if self.is_postgres:
+            async with self._single_change() as conn:
+                rows = (await conn.execute(statement, params)).mappings().all()
+        else:
+            rows = await self._pick_sqlite(statement, params)
         jobs = [_job(r) for r in rows]
         # RETURNING gives no order; hand the jobs out in pick order.
         jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
         return jobs
 
+    async def _pick_sqlite(
+        self, statement: sa.Executable, params: dict[str, Any]
+    ) -> Sequence[sa.RowMapping]:
+        """SQLite's pick, in one `BEGIN IMMEDIATE` transaction: expired jobs are failed or
+        marked as lost attempts first, then leased with the ready ones."""
+        now: datetime = params["p_now"]
+        tally = RunTally()
+        async with self.engine.begin() as conn:
+            expired = (
+                (
+                    await conn.execute(
+                        self._expired_leases(
+                            q.c.id,
+                            q.c.attempts,
+                            q.c.max_attempts,
+                            q.c.errors,
+                            q.c.worker_id,
+                            q.c.worker_run_id,
+                            q.c.lease_expires_at,
+                        ),
+                        params,
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            takeover: list[uuid.UUID] = []
+            for row in expired:
+                values = self._lost_values(row, now)
+                if row["attempts"] >= row["max_attempts"]:
+                    values |= {
+                        "status": JobStatus.FAILED.value,
+                        "completed_at": now,
+                        **_LEASE_CLEARED,
+                    }
+                else:
+                    takeover.append(row["id"])
+                await conn.execute(sa.update(q).where(q.c.id == row["id"]).values(**values))
+                tally.add(row["worker_run_id"], RunTally.FAILED)
+            params = params | {
+                "p_takeover": takeover,
+                "p_room": max(params["p_max_jobs"] - len(takeover), 0),
+            }
+            rows = (await conn.execute(statement, params)).mappings().all()
+            for row in rows:
+                tally.add(row["worker_run_id"], RunTally.PICKED)
+            await tally.apply(conn)
+        return rows
+
+    def _lost_values(self, row: sa.RowMapping, now: datetime) -> dict[str, Any]:
+        """The error a job whose lease ran out records: its worker is taken to be lost."""
+        error = lost_worker_error(row["lease_expires_at"], row["worker_id"])
+        return {
+            "last_error": error,
+            "errors": [
+                *(row["errors"] or []),
+                _error_entry(
+                    attempt=row["attempts"],
+                    error=error,
+                    at=now,
+                    worker_id=row["worker_id"],
+                    permanent=False,
+                ),
+            ],
+            "updated_at": now,
+        }
+
     @functools.cached_property
     def _extend_sql(self) -> sa.Update:
+        """ExtendLease: a lease that has run out cannot be revived, only a held one moved."""
         return (
             sa.update(q)
             .where(
-                q.c.id == sa.bindparam("p_job_id", type_=sa.Uuid()),
-                q.c.lease_token == sa.bindparam("p_lease_token", type_=sa.Uuid()),
-                q.c.status == JobStatus.PROCESSING.value,
+                *self._lease_held(
+                    sa.bindparam("p_job_id", type_=sa.Uuid()),
+                    sa.bindparam("p_lease_token", type_=sa.Uuid()),
+                )
             )
             .values(
-                lease_expires_at=sa.bindparam("p_expires", type_=UtcDateTime()),
+                lease_expires_at=self._lease_end,
                 updated_at=sa.bindparam("p_now", type_=UtcDateTime()),
             )
             .returning(q.c.lease_expires_at)
@@ -729,17 +1037,16 @@ class JobStore:
     async def lease_extend(
         self, job_id: uuid.UUID, lease_token: uuid.UUID, lease: timedelta
     ) -> datetime:
-        now = self.clock()
         params = {
             "p_job_id": job_id,
             "p_lease_token": lease_token,
-            "p_now": now,
-            "p_expires": now + lease,
+            "p_now": self.clock(),
+            **self._lease_params(lease),
         }
         async with self._single_change() as conn:
             expires = (await conn.execute(self._extend_sql, params)).scalar_one_or_none()
             if expires is None:
-                await self._raise_lease_problem(conn, job_id)
+                await self._raise_lease_problem(conn, job_id, lease_token)
         return expires
 
     @functools.cached_property
@@ -749,9 +1056,10 @@ class JobStore:
         return (
             sa.update(q)
             .where(
-                q.c.id == sa.bindparam("p_job_id", type_=sa.Uuid()),
-                q.c.lease_token == sa.bindparam("p_lease_token", type_=sa.Uuid()),
-                q.c.status == JobStatus.PROCESSING.value,
+                *self._lease_held(
+                    sa.bindparam("p_job_id", type_=sa.Uuid()),
+                    sa.bindparam("p_lease_token", type_=sa.Uuid()),
+                )
             )
             .values(
                 status=JobStatus.SUCCEEDED.value,
@@ -774,6 +1082,7 @@ class JobStore:
             "p_lease_token": completion.lease_token,
             "p_now": self.clock(),
             "p_result": completion.result,
+            **self._lease_params(),
         }
 
     async def job_complete(self, completion: Completion) -> Job:
@@ -785,7 +1094,7 @@ class JobStore:
                 RunTally.SUCCEEDED,
             )
             if not rows:
-                await self._raise_lease_problem(conn, completion.job_id)
+                await self._raise_lease_problem(conn, completion.job_id, completion.lease_token)
         return _job(rows[0])
 
     async def job_fail(self, failure: Failure) -> FailOutcome:
@@ -815,11 +1124,7 @@ class JobStore:
         noted = {"last_error": reason[:MAX_ERROR_LENGTH]} if reason else {}
         statement = (
             sa.update(q)
-            .where(
-                q.c.id == job_id,
-                q.c.lease_token == lease_token,
-                q.c.status == JobStatus.PROCESSING.value,
-            )
+            .where(*self._lease_held(job_id, lease_token))
             .values(
                 status=JobStatus.PENDING.value,
                 attempts=sa.case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
@@ -832,10 +1137,13 @@ class JobStore:
         )
         async with self.engine.begin() as conn:
             rows = await self._change_jobs(
-                conn, self._counted(statement, RunTally.RELEASED), {}, RunTally.RELEASED
+                conn,
+                self._counted(statement, RunTally.RELEASED),
+                self._lease_params(),
+                RunTally.RELEASED,
             )
             if not rows:
-                await self._raise_lease_problem(conn, job_id)
+                await self._raise_lease_problem(conn, job_id, lease_token)
             await self._announce(conn)
         self._on_jobs_available()
         return _job(rows[0])
@@ -890,11 +1198,7 @@ class JobStore:
         )
         return (
             sa.update(q)
-            .where(
-                q.c.id == reported.c.job_id,
-                q.c.lease_token == reported.c.lease_token,
-                q.c.status == JobStatus.PROCESSING.value,
-            )
+            .where(*self._lease_held(reported.c.job_id, reported.c.lease_token))
             .values(
                 status=JobStatus.SUCCEEDED.value,
                 completed_at=now,
@@ -923,14 +1227,14 @@ class JobStore:
             "p_job_ids": [c.job_id for c in completions],
             "p_lease_tokens": [c.lease_token for c in completions],
             "p_results": [json.dumps(c.result) for c in completions],
+            **self._lease_params(),
         }
         rows = (await conn.execute(self._complete_many_sql, params)).mappings().all()
         return {row["id"]: _job(row) for row in rows}
 
     async def _no_lease(self, conn: AsyncConnection, completion: Completion) -> Job:
         """For a completion the batch update refused: raises why (no job, or no lease)."""
-        await self._raise_lease_problem(conn, completion.job_id)
-        raise AssertionError("unreachable: _raise_lease_problem raises")
+        await self._raise_lease_problem(conn, completion.job_id, completion.lease_token)
 
     async def _complete(
         self, conn: AsyncConnection, completion: Completion, tally: RunTally
@@ -941,7 +1245,7 @@ class JobStore:
             .first()
         )
         if row is None:
-            await self._raise_lease_problem(conn, completion.job_id)
+            await self._raise_lease_problem(conn, completion.job_id, completion.lease_token)
         job = _job(row)
         tally.add(job.worker_run_id, RunTally.SUCCEEDED)
         return job
@@ -1008,19 +1312,16 @@ class JobStore:
             (
                 await conn.execute(
                     sa.select(q.c.attempts, q.c.max_attempts, q.c.errors, q.c.worker_id)
-                    .where(
-                        q.c.id == failure.job_id,
-                        q.c.lease_token == failure.lease_token,
-                        q.c.status == JobStatus.PROCESSING.value,
-                    )
-                    .with_for_update()
+                    .where(*self._lease_held(failure.job_id, failure.lease_token))
+                    .with_for_update(),
+                    self._lease_params(),
                 )
             )
             .mappings()
             .first()
         )
         if current is None:
-            await self._raise_lease_problem(conn, failure.job_id)
+            await self._raise_lease_problem(conn, failure.job_id, failure.lease_token)
         now = self.clock()
         decision = decide_failure(
             attempts=current["attempts"],
@@ -1068,16 +1369,39 @@ class JobStore:
             await self._announce(conn)
         return FailOutcome(job=job, will_retry=decision.retry)
 
-    async def _raise_lease_problem(self, conn: AsyncConnection, job_id: uuid.UUID) -> None:
-        """Says why a lease-guarded change matched no row: no job, or the lease is gone."""
-        status = (
-            await conn.execute(sa.select(q.c.status).where(q.c.id == job_id))
-        ).scalar_one_or_none()
-        if status is None:
+    async def _raise_lease_problem(
+        self, conn: AsyncConnection, job_id: uuid.UUID, lease_token: uuid.UUID
+    ) -> NoReturn:
+        """Says why a lease-guarded change matched no row: no job, a lease that ran out, or a
+        token that is not the job's current one."""
+        row = (
+            (
+                await conn.execute(
+                    sa.select(
+                        q.c.status,
+                        q.c.lease_token,
+                        q.c.lease_expires_at,
+                        self._lease_clock.label("lease_now"),
+                    ).where(q.c.id == job_id),
+                    self._lease_params(),
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
             raise JobNotFound(f"job {job_id} not found")
+        if row["status"] == JobStatus.PROCESSING.value and row["lease_token"] == lease_token:
+            # The token still matches, so the guard refused the change for the expiry alone.
+            raise LeaseExpired(
+                f"job {job_id}: the lease expired at {row['lease_expires_at'].isoformat()} "
+                f"(database time {row['lease_now'].isoformat()}) and is no longer held, so "
+                "this worker must not extend it or report on the job"
+            )
         raise LeaseLost(
-            f"job {job_id} is {status} and this lease is no longer held: it expired or was "
-            "recovered, so this worker must not report on it"
+            f"job {job_id} is {row['status']} and the lease token does not match: this lease "
+            "is no longer held (it expired and the job was recovered or taken over by another "
+            "worker), so this worker must not report on it"
         )
 
     # -- recovery -----------------------------------------------------------------------------
@@ -1087,10 +1411,10 @@ class JobStore:
 
         They go back to pending after backoff while attempts remain, else to failed with an
         error saying the worker was lost. Rows another transaction holds are skipped; the next
-        pass gets them.
+        pass gets them. Expiry is judged by the lease clock, as every lease check is.
         """
         now = self.clock()
-        stuck = q.c.lease_expires_at < now
+        stuck = q.c.lease_expires_at <= self._lease_clock
         if started_before is not None:
             stuck = sa.or_(stuck, q.c.started_at < started_before)
         requeued: list[uuid.UUID] = []
@@ -1109,22 +1433,21 @@ class JobStore:
                             q.c.worker_run_id,
                             q.c.lease_expires_at,
                             q.c.started_at,
+                            self._lease_clock.label("lease_now"),
                         )
                         .where(q.c.status == JobStatus.PROCESSING.value, stuck)
                         .order_by(q.c.lease_expires_at)
                         .limit(RECOVER_BATCH)
-                        .with_for_update(skip_locked=True)
+                        .with_for_update(skip_locked=True),
+                        self._lease_params(),
                     )
                 )
                 .mappings()
                 .all()
             )
             for row in rows:
-                if row["lease_expires_at"] < now:
-                    error = (
-                        f"worker lost: lease expired at {row['lease_expires_at'].isoformat()} "
-                        f"(worker {row['worker_id']})"
-                    )
+                if row["lease_expires_at"] <= row["lease_now"]:
+                    error = lost_worker_error(row["lease_expires_at"], row["worker_id"])
                 else:
                     error = (
                         f"worker lost: processing since {row['started_at'].isoformat()}, past "

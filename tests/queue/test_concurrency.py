@@ -135,7 +135,8 @@ async def test_fifty_concurrent_enqueues_for_one_account_make_exactly_one_job(pg
 
 
 async def test_concurrent_completion_and_recovery_leave_one_outcome(pg_queue):
-    """The holder's completion and the reaper race; exactly one of them wins, never both."""
+    """Late holders' completions and the reaper race: the leases have expired, so the
+    completions are all refused whoever comes first, and the reaper recovers every job."""
     accounts = [await pg_queue.add_account() for _ in range(40)]
     for account in accounts:
         await pg_queue.enqueue(account)
@@ -159,6 +160,7 @@ async def test_concurrent_completion_and_recovery_leave_one_outcome(pg_queue):
     completed_ids = {c.id for c in completions if not isinstance(c, grpc.StatusCode)}
     assert recovered_ids.isdisjoint(completed_ids)
     assert recovered_ids | completed_ids == {j.id for j in jobs}
+    assert completed_ids == set()  # an expired lease is never honoured
 
 
 @pytest.mark.parametrize("replicas", [3])

@@ -89,3 +89,5 @@ async def test_the_pick_reads_the_partial_index_of_pending_jobs(pg_queue):
     text = "\n".join(plan)
     assert "ix_sync_queue_pick" in text, text
     assert "Seq Scan on sync_queue" not in text, text
+    # Expired leases are found by their own partial index, not by scanning processing jobs.
+    assert "ix_sync_queue_lease_expiry" in text, text
