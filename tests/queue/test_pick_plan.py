@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from queue_service.drivers import Moment, PickParams
 from queue_service.tables import sync_queue
 from sync_service.tables import gmb_accounts
 
@@ -74,14 +75,12 @@ async def test_the_pick_reads_the_partial_index_of_pending_jobs(pg_queue):
         )
     async with engine.connect() as conn:
         await conn.execute(sa.text("ANALYZE sync_queue"))
-        statement, params = store.pick_statement(
-            now=now,
-            max_jobs=10,
-            lease=timedelta(seconds=60),
-            worker_id="planner",
-            worker_run_id=None,
+        driver = store.driver
+        params = driver.pick_params(
+            PickParams(max_jobs=10, lease=timedelta(seconds=60), worker_id="planner"),
+            Moment(now=now),
         )
-        compiled = statement.compile(dialect=engine.dialect)
+        compiled = driver.pick_sql.compile(dialect=engine.dialect)
         bound = compiled.construct_params(params)
         plan = (await conn.exec_driver_sql(f"EXPLAIN {compiled}", bound)).scalars().all()
         await conn.rollback()

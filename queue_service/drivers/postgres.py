@@ -1,0 +1,830 @@
+"""The queue on PostgreSQL: each change on the hot path is one statement where it can be.
+
+- picking is one `WITH candidates AS (SELECT ... FOR UPDATE SKIP LOCKED) UPDATE ... RETURNING`
+  statement;
+- a change and the worker-run counts it owes are one statement: the job UPDATE is a
+  data-modifying CTE and the runs are updated from its RETURNING rows;
+- a one-statement change runs in autocommit: no BEGIN and COMMIT round trips;
+- a new ready job is announced with `pg_notify` inside the transaction that made it (so it is
+  sent only if the transaction commits), which reaches every replica's listener.
+
+Leases are judged by the database's clock (`statement_timestamp()`, stable within a
+statement) unless a clock is injected (`Moment.lease_now`), so that every replica, the reaper
+and every pick agree on when a lease ends however far their hosts' clocks drift.
+
+Leadership is a session-level advisory lock on a dedicated connection: if that connection
+drops, PostgreSQL releases the lock and another replica takes it at its next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from queue_service.drivers.base import Moment, PickParams, SignalTarget
+from queue_service.drivers.shared import (
+    JOB_COLUMNS,
+    LEASE_CLEARED,
+    MAX_ERROR_LENGTH,
+    RunTally,
+    SharedDriver,
+    enqueue_results,
+    error_entry,
+    is_ready,
+    job_from_row,
+    job_values,
+    merge_by_account,
+    q,
+    runs,
+)
+from queue_service.errors import AccountInactive, AccountNotFound, ActiveJobExists
+from queue_service.lifecycle import decide_failure
+from queue_service.models import (
+    Caller,
+    Completion,
+    EnqueueRequest,
+    EnqueueResult,
+    Failure,
+    Job,
+    JobStatus,
+    Release,
+    ResultAck,
+    SyncType,
+)
+from queue_service.tables import ACTIVE_JOB_PREDICATE, ACTIVE_STATUSES
+from service_runtime.sqltypes import JsonDocument, UtcDateTime
+from sync_service.tables import gmb_accounts
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "gmbsync_jobs"
+# Any fixed 64-bit key shared by every replica: "gmbsync" in ASCII.
+LEADER_LOCK_KEY = 0x676D6273796E63
+
+
+class random_uuid(FunctionElement[uuid.UUID]):
+    """A new random UUID per row, computed by the database."""
+
+    type = sa.Uuid()
+    inherit_cache = True
+
+
+@compiles(random_uuid, "postgresql")
+def _random_uuid_postgresql(element: Any, compiler: Any, **kw: Any) -> str:
+    return "gen_random_uuid()"
+
+
+def _text(value: str) -> sa.ColumnElement[str]:
+    """A string constant in SQL, typed: variadic functions such as jsonb_build_object cannot
+    infer the type of an untyped parameter."""
+    return sa.cast(sa.literal(value), sa.Text())
+
+
+# `shared.lost_worker_error` computed by PostgreSQL from the row being updated.
+_LOST_WORKER_ERROR_SQL = (
+    _text("worker lost: lease expired at ")
+    + sa.func.to_char(
+        sa.func.timezone("UTC", q.c.lease_expires_at),
+        _text('YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+        type_=sa.Text(),
+    )
+    + _text(" (worker ")
+    + sa.func.coalesce(q.c.worker_id, _text("None"))
+    + _text(")")
+)
+
+
+def libpq_conninfo(database_url: str | sa.URL) -> str:
+    """An SQLAlchemy PostgreSQL URL as a libpq URI that psycopg accepts."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class PostgresListener:
+    """Relays NOTIFY gmbsync_jobs to a signal; reconnects with backoff when the link drops."""
+
+    def __init__(self, database_url: str | sa.URL, signal: SignalTarget) -> None:
+        self._conninfo = libpq_conninfo(database_url)
+        self._signal = signal
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listens until cancelled."""
+        backoff = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.connected.set()
+                    backoff = 0.5
+                    # Anything enqueued while we were not listening must be looked at now.
+                    self._signal.notify()
+                    async for _ in conn.notifies():
+                        self._signal.notify()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the link dropped; pickers fall back to polling meanwhile
+                log.warning(
+                    "LISTEN %s lost (%s); reconnecting in %.1f s", NOTIFY_CHANNEL, exc, backoff
+                )
+            self.connected.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+class _AdvisoryLeadership:
+    """A leader bid on its own connection: the lock lives exactly as long as the connection."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def attempt_elect(self) -> bool:
+        """Takes the lock unless another session holds it (re-entrant for this one)."""
+        cursor = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
+        row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def confirm(self) -> None:
+        """Raises if the connection, and with it the lock, is gone."""
+        await self._conn.execute("SELECT 1")
+
+
+class PostgresDriver(SharedDriver):
+    """`QueueDriver` on PostgreSQL (see the module docstring)."""
+
+    name = "postgresql"
+
+    # -- connections, clock, notifications, leadership -----------------------------------------
+
+    def _lease_clock(self) -> sa.ColumnElement[datetime]:
+        given = sa.bindparam("p_lease_now", type_=UtcDateTime())
+        return sa.func.coalesce(given, sa.func.statement_timestamp(), type_=UtcDateTime())
+
+    def _lease_params(self, moment: Moment) -> dict[str, Any]:
+        return {"p_lease_now": moment.lease_now}
+
+    @functools.cached_property
+    def _lease_end(self) -> sa.ColumnElement[datetime]:
+        """When a lease granted or extended now ends: the lease clock plus `p_lease`."""
+        return self._lease_clock() + sa.bindparam("p_lease", type_=sa.Interval())
+
+    def _lease_held(self, job_id: Any, lease_token: Any) -> tuple[sa.ColumnElement[bool], ...]:
+        """`lease_token` holds the job's lease right now, checked in the guarded statement."""
+        return (
+            q.c.id == job_id,
+            q.c.lease_token == lease_token,
+            q.c.status == JobStatus.PROCESSING.value,
+            q.c.lease_expires_at > self._lease_clock(),
+        )
+
+    def insert(self, table: sa.Table) -> Any:
+        """PostgreSQL's INSERT, with ON CONFLICT."""
+        return postgresql.insert(table)
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A REPEATABLE READ transaction: every read sees the snapshot of the first."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for a change that is one statement: one statement is atomic by itself,
+        and BEGIN and COMMIT would cost two round trips."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    async def _announce(self, conn: AsyncConnection, count: int) -> None:
+        await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
+        self._announce_after_commit(conn, count)
+
+    def listener(self, signal: SignalTarget) -> PostgresListener:
+        """LISTEN on `gmbsync_jobs`: every replica's announcements reach this process."""
+        return PostgresListener(self.engine.url, signal)
+
+    @contextlib.asynccontextmanager
+    async def leader_session(self) -> AsyncIterator[_AdvisoryLeadership]:
+        """A dedicated connection that can hold the leader's advisory lock."""
+        conninfo = libpq_conninfo(self.engine.url)
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            yield _AdvisoryLeadership(conn)
+
+    # -- enqueue ------------------------------------------------------------------------------
+
+    async def job_insert_many(
+        self,
+        requests: Sequence[EnqueueRequest],
+        *,
+        caller: Caller,
+        moment: Moment,
+        conn: AsyncConnection | None = None,
+    ) -> list[EnqueueResult]:
+        """See `QueueDriver.job_insert_many`: one query checks every account, one multi-row
+        INSERT ... ON CONFLICT DO NOTHING creates every job it can, and only the accounts that
+        met an active job take the one-by-one duplicate path."""
+        if not requests:
+            return []
+        merged = merge_by_account(requests)
+        async with self._within(conn) as tx:
+            owners = await self._check_accounts(tx, requests, caller)
+            rows = (
+                (
+                    await tx.execute(
+                        self._insert_jobs,
+                        [job_values(r, owners[a], moment.now) for a, r in merged.items()],
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            inserted = {row["account_id"]: job_from_row(row) for row in rows}
+            active: dict[uuid.UUID, Job] = {}
+            for account, request in merged.items():
+                if account in inserted:
+                    continue
+                job, created = await self._enqueue_one(tx, request, owners[account], moment.now)
+                (inserted if created else active)[account] = job
+            ready = sum(is_ready(job, moment.now) for job in inserted.values())
+            if ready:
+                await self._announce(tx, ready)
+        return enqueue_results(requests, inserted, active)
+
+    async def _check_accounts(
+        self, conn: AsyncConnection, requests: Sequence[EnqueueRequest], caller: Caller
+    ) -> dict[uuid.UUID, uuid.UUID]:
+        """The owner of each requested account; NOT_FOUND or inactive stop the whole batch."""
+        wanted = {r.account_id for r in requests}
+        rows = await conn.execute(
+            sa.select(gmb_accounts.c.id, gmb_accounts.c.user_id, gmb_accounts.c.is_active).where(
+                gmb_accounts.c.id.in_(wanted)
+            )
+        )
+        found = {account_id: (owner, active) for account_id, owner, active in rows}
+        for request in requests:
+            owner, active = found.get(request.account_id, (None, False))
+            # Someone else's account is reported exactly like a missing one: no hint it exists.
+            if owner is None or not (caller.sees_everything or owner == caller.user_id):
+                raise AccountNotFound(f"account {request.account_id} not found")
+            if not active:
+                raise AccountInactive(
+                    f"account {request.account_id} is deactivated: reconnect it before syncing"
+                )
+        return {account_id: owner for account_id, (owner, _) in found.items()}
+
+    @functools.cached_property
+    def _insert_jobs(self) -> sa.Insert:
+        """INSERT of one or many jobs that skips accounts with an active job.
+
+        One statement object executed with a list of rows: SQLAlchemy batches it into
+        multi-row VALUES ("insertmanyvalues") and compiles it once.
+        """
+        return (
+            postgresql.insert(q)
+            .on_conflict_do_nothing(
+                index_elements=[q.c.account_id],
+                # Literal, not bound: PostgreSQL infers the partial index from the predicate
+                # text, and cannot once a prepared statement turns the values into parameters.
+                index_where=ACTIVE_JOB_PREDICATE,
+            )
+            .returning(*JOB_COLUMNS)
+        )
+
+    async def _enqueue_one(
+        self, conn: AsyncConnection, request: EnqueueRequest, owner: uuid.UUID, now: datetime
+    ) -> tuple[Job, bool]:
+        """Enqueue for an account that has (or just had) an active job: upgrade or return it;
+        True when a job was created after all."""
+        values = job_values(request, owner, now)
+        # The active job may finish between our look and our insert; then the insert can
+        # succeed on the next try. Three tries cover any realistic interleaving.
+        for _ in range(3):
+            existing = await self._upgrade_active(conn, request, now)
+            if existing is not None:
+                return existing, False
+            row = (await conn.execute(self._insert_jobs, [values])).mappings().first()
+            if row is not None:
+                return job_from_row(row), True
+        raise ActiveJobExists(
+            f"account {request.account_id} has a job changing state right now; retry"
+        )
+
+    async def _upgrade_active(
+        self, conn: AsyncConnection, request: EnqueueRequest, now: datetime
+    ) -> Job | None:
+        """Upgrades a pending duplicate to a full sync or a higher priority; returns the job."""
+        upgraded_type = (
+            sa.literal(SyncType.FULL.value) if request.sync_type is SyncType.FULL else q.c.sync_type
+        )
+        upgraded_priority = sa.case(
+            (q.c.priority < request.priority, request.priority), else_=q.c.priority
+        )
+        needs_upgrade = sa.or_(
+            q.c.priority < request.priority,
+            sa.and_(
+                sa.literal(request.sync_type.value) == SyncType.FULL.value,
+                q.c.sync_type != SyncType.FULL.value,
+            ),
+        )
+        row = (
+            (
+                await conn.execute(
+                    sa.update(q)
+                    .where(
+                        q.c.account_id == request.account_id,
+                        q.c.status == JobStatus.PENDING.value,
+                        needs_upgrade,
+                    )
+                    .values(sync_type=upgraded_type, priority=upgraded_priority, updated_at=now)
+                    .returning(*JOB_COLUMNS)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(*JOB_COLUMNS).where(
+                            q.c.account_id == request.account_id,
+                            q.c.status.in_(ACTIVE_STATUSES),
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return None if row is None else job_from_row(row)
+
+    # -- pick ---------------------------------------------------------------------------------
+
+    def _lease_grant(self) -> dict[str, Any]:
+        """The values that lease a job to the picking worker."""
+        now = sa.bindparam("p_now", type_=UtcDateTime())  # this process's clock
+        return {
+            "status": JobStatus.PROCESSING.value,
+            "attempts": q.c.attempts + 1,
+            # The lease's own start: `lease_expires_at - started_at` is the lease granted.
+            "started_at": self._lease_clock(),
+            "updated_at": now,
+            "lease_token": random_uuid(),
+            "lease_expires_at": self._lease_end,
+            "worker_id": sa.bindparam("p_worker_id", type_=sa.Text()),
+            "worker_run_id": sa.bindparam("p_worker_run_id", type_=sa.Uuid()),
+        }
+
+    @functools.cached_property
+    def pick_sql(self) -> sa.Executable:
+        """The pick, one statement, run with `pick_params`:
+        - `expired`: up to `max_jobs` jobs whose lease ran out, locked (SKIP LOCKED);
+        - `lost`: those of them whose attempts are used up fail, with the error the reaper
+          writes ("worker lost: ...");
+        - `ready`: due pending jobs in pick order, locked, as many as the expired jobs with
+          attempts left leave room for;
+        - `changed`: the expired jobs with attempts left, then the ready ones, are leased to
+          this worker; a taken-over job records its lost attempt like the reaper does;
+        - `counted`: the runs' counts, in one update after locking the run rows in id order
+          (two picks touching the same two runs never wait on each other in a cycle): the
+          picking run's `jobs_picked`, and a processed and failed job on each run that lost one.
+        A job is acted on by whoever locks its row first: a reaper pass or another pick that
+        comes second skips the row, or re-reads it after the first commits and finds it no
+        longer processing. Expired jobs go first: they were at the head of the queue when
+        first picked.
+
+        Parameter names start with `p_`: executed with a dict, an UPDATE turns keys that are
+        column names of its table into extra SET clauses.
+        """
+        now = sa.bindparam("p_now", type_=UtcDateTime())
+        max_jobs = sa.bindparam("p_max_jobs", type_=sa.Integer())
+        expired = (
+            sa.select(q.c.id, q.c.attempts, q.c.max_attempts, q.c.worker_run_id)
+            .where(
+                q.c.status == JobStatus.PROCESSING.value,
+                q.c.lease_expires_at <= self._lease_clock(),
+            )
+            .order_by(q.c.lease_expires_at)
+            .limit(max_jobs)
+            .with_for_update(skip_locked=True)
+            .cte("expired")
+        )
+        takeover = sa.select(expired.c.id).where(expired.c.attempts < expired.c.max_attempts)
+        taken_count = sa.select(sa.func.count()).select_from(takeover.subquery()).scalar_subquery()
+        ready = (
+            sa.select(q.c.id)
+            .where(
+                q.c.status == JobStatus.PENDING.value,
+                sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= now),
+                q.c.attempts < q.c.max_attempts,
+            )
+            .order_by(q.c.priority.desc(), q.c.created_at, q.c.id)
+            .limit(sa.func.greatest(max_jobs - taken_count, 0))
+            .with_for_update(skip_locked=True)
+            .cte("ready")
+        )
+        lost_entry = q.c.errors.op("||", return_type=postgresql.JSONB())(
+            sa.func.jsonb_build_array(
+                sa.func.jsonb_build_object(
+                    _text("attempt"),
+                    q.c.attempts,
+                    _text("error"),
+                    _LOST_WORKER_ERROR_SQL,
+                    _text("failed_at"),
+                    sa.cast(sa.bindparam("p_failed_at", type_=sa.Text()), sa.Text()),
+                    _text("worker_id"),
+                    q.c.worker_id,
+                    _text("permanent"),
+                    sa.false(),
+                )
+            )
+        )
+        lost = (
+            sa.update(q)
+            .where(
+                q.c.id.in_(
+                    sa.select(expired.c.id).where(expired.c.attempts >= expired.c.max_attempts)
+                )
+            )
+            .values(
+                status=JobStatus.FAILED.value,
+                completed_at=now,
+                updated_at=now,
+                last_error=_LOST_WORKER_ERROR_SQL,
+                errors=lost_entry,
+                **LEASE_CLEARED,
+            )
+            .returning(q.c.id)
+            .cte("lost")
+        )
+        # In SET, columns are the row before the update: `processing` marks a takeover.
+        taken_over = q.c.status == JobStatus.PROCESSING.value
+        changed = (
+            sa.update(q)
+            .where(q.c.id.in_(sa.union_all(takeover, sa.select(ready.c.id))))
+            .values(
+                **self._lease_grant(),
+                last_error=sa.case((taken_over, _LOST_WORKER_ERROR_SQL), else_=q.c.last_error),
+                errors=sa.case((taken_over, lost_entry), else_=q.c.errors),
+            )
+            .returning(*JOB_COLUMNS)
+            .cte("changed")
+        )
+        one, zero = sa.literal_column("1"), sa.literal_column("0")
+        owed = sa.union_all(
+            sa.select(
+                changed.c.worker_run_id.label("run_id"), one.label("picked"), zero.label("lost")
+            ),
+            sa.select(expired.c.worker_run_id, zero, one),
+        ).subquery("owed")
+        per_run = (
+            sa.select(
+                owed.c.run_id,
+                sa.func.sum(owed.c.picked).label("picked"),
+                sa.func.sum(owed.c.lost).label("lost"),
+            )
+            .where(owed.c.run_id.is_not(None))
+            .group_by(owed.c.run_id)
+            .cte("per_run")
+        )
+        locked_runs = (
+            sa.select(runs.c.id)
+            .where(runs.c.id.in_(sa.select(per_run.c.run_id)))
+            .order_by(runs.c.id)
+            .with_for_update()
+            .cte("locked_runs")
+        )
+        counted = (
+            sa.update(runs)
+            .where(
+                runs.c.id == per_run.c.run_id,
+                runs.c.id.in_(sa.select(locked_runs.c.id)),
+            )
+            .values(
+                jobs_picked=runs.c.jobs_picked + per_run.c.picked,
+                jobs_processed=runs.c.jobs_processed + per_run.c.lost,
+                jobs_failed=runs.c.jobs_failed + per_run.c.lost,
+            )
+            .cte("counted")
+        )
+        return sa.select(changed).add_cte(lost).add_cte(counted)
+
+    def pick_params(self, params: PickParams, moment: Moment) -> dict[str, Any]:
+        """The parameters of `pick_sql`."""
+        return {
+            "p_now": moment.now,
+            "p_max_jobs": params.max_jobs,
+            "p_worker_id": params.worker_id,
+            "p_worker_run_id": params.worker_run_id,
+            "p_lease_now": moment.lease_now,
+            "p_lease": params.lease,
+            "p_failed_at": moment.now.isoformat(),
+        }
+
+    async def job_pick(self, params: PickParams, *, moment: Moment) -> list[Job]:
+        """See `QueueDriver.job_pick`: `pick_sql`, one statement."""
+        async with self._autocommit() as conn:
+            rows = (
+                (await conn.execute(self.pick_sql, self.pick_params(params, moment)))
+                .mappings()
+                .all()
+            )
+        jobs = [job_from_row(r) for r in rows]
+        # RETURNING gives no order; hand the jobs out in pick order.
+        jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
+        return jobs
+
+    # -- leases and results -------------------------------------------------------------------
+
+    @functools.cached_property
+    def _extend_sql(self) -> sa.Update:
+        """ExtendLease: a lease that has run out cannot be revived, only a held one moved."""
+        return (
+            sa.update(q)
+            .where(
+                *self._lease_held(
+                    sa.bindparam("p_job_id", type_=sa.Uuid()),
+                    sa.bindparam("p_lease_token", type_=sa.Uuid()),
+                )
+            )
+            .values(
+                lease_expires_at=self._lease_end,
+                updated_at=sa.bindparam("p_now", type_=UtcDateTime()),
+            )
+            .returning(q.c.lease_expires_at)
+        )
+
+    async def job_lease_extend(
+        self, job_id: uuid.UUID, lease_token: uuid.UUID, lease: timedelta, *, moment: Moment
+    ) -> datetime:
+        """See `QueueDriver.job_lease_extend`: one UPDATE; a refusal reads why."""
+        params = {
+            "p_job_id": job_id,
+            "p_lease_token": lease_token,
+            "p_now": moment.now,
+            "p_lease": lease,
+            **self._lease_params(moment),
+        }
+        async with self._autocommit() as conn:
+            expires = (await conn.execute(self._extend_sql, params)).scalar_one_or_none()
+            if expires is None:
+                raise await self._lease_problem(conn, job_id, lease_token, moment)
+        return expires
+
+    @functools.cached_property
+    def _complete_sql(self) -> sa.Update:
+        """CompleteJob's update."""
+        now = sa.bindparam("p_now", type_=UtcDateTime())
+        return (
+            sa.update(q)
+            .where(
+                *self._lease_held(
+                    sa.bindparam("p_job_id", type_=sa.Uuid()),
+                    sa.bindparam("p_lease_token", type_=sa.Uuid()),
+                )
+            )
+            .values(
+                status=JobStatus.SUCCEEDED.value,
+                completed_at=now,
+                updated_at=now,
+                last_error=None,
+                result=sa.bindparam("p_result", type_=JsonDocument),
+                **LEASE_CLEARED,
+            )
+            .returning(*JOB_COLUMNS)
+        )
+
+    @functools.cached_property
+    def _complete_counted_sql(self) -> sa.Executable:
+        return _counted(self._complete_sql, RunTally.SUCCEEDED)
+
+    @functools.cached_property
+    def _complete_many_sql(self) -> sa.Update:
+        """Every completion of a report in one UPDATE ... FROM unnest(ids, tokens, results)."""
+        now = sa.bindparam("p_now", type_=UtcDateTime())
+        reported = (
+            sa.func.unnest(
+                sa.bindparam("p_job_ids", type_=postgresql.ARRAY(sa.Uuid())),
+                sa.bindparam("p_lease_tokens", type_=postgresql.ARRAY(sa.Uuid())),
+                sa.bindparam("p_results", type_=postgresql.ARRAY(sa.Text())),
+            )
+            .table_valued(
+                sa.column("job_id", sa.Uuid()),
+                sa.column("lease_token", sa.Uuid()),
+                sa.column("result", sa.Text()),
+            )
+            .render_derived(name="reported")
+        )
+        return (
+            sa.update(q)
+            .where(*self._lease_held(reported.c.job_id, reported.c.lease_token))
+            .values(
+                status=JobStatus.SUCCEEDED.value,
+                completed_at=now,
+                updated_at=now,
+                last_error=None,
+                result=sa.cast(reported.c.result, postgresql.JSONB()),
+                **LEASE_CLEARED,
+            )
+            .returning(*JOB_COLUMNS)
+        )
+
+    async def job_report_many(
+        self,
+        results: Sequence[Completion | Failure],
+        *,
+        moment: Moment,
+        with_jobs: bool = True,
+    ) -> list[ResultAck]:
+        """See `QueueDriver.job_report_many`. One completion is one statement with its run
+        count; otherwise one transaction: every completion in one UPDATE, each failure read,
+        decided in Python and written, and the run counts last, in run order."""
+        if len(results) == 1 and isinstance(results[0], Completion):
+            return [await self._complete_one(results[0], moment, with_jobs)]
+        acks: dict[uuid.UUID, ResultAck] = {}
+        tally = RunTally()
+        ready = 0
+        async with self.transaction() as conn:
+            completions = [r for r in results if isinstance(r, Completion)]
+            if completions:
+                params = {
+                    "p_now": moment.now,
+                    "p_job_ids": [c.job_id for c in completions],
+                    "p_lease_tokens": [c.lease_token for c in completions],
+                    "p_results": [json.dumps(c.result) for c in completions],
+                    **self._lease_params(moment),
+                }
+                rows = (await conn.execute(self._complete_many_sql, params)).mappings().all()
+                for row in rows:
+                    job = job_from_row(row)
+                    tally.add(job.worker_run_id, RunTally.SUCCEEDED)
+                    acks[job.id] = ResultAck(job_id=job.id, job=job if with_jobs else None)
+            for failure in (r for r in results if isinstance(r, Failure)):
+                job, retry = await self._fail(conn, failure, moment)
+                if job is None:
+                    continue
+                tally.add(job.worker_run_id, RunTally.FAILED)
+                ready += retry and is_ready(job, moment.now)
+                acks[job.id] = ResultAck(
+                    job_id=job.id, job=job if with_jobs else None, will_retry=retry
+                )
+            problems = await self._lease_problems(
+                conn, [(r.job_id, r.lease_token) for r in results if r.job_id not in acks], moment
+            )
+            await tally.apply(conn)
+            if ready:
+                await self._announce(conn, ready)
+        return [
+            acks.get(r.job_id) or ResultAck(job_id=r.job_id, error=problems[r.job_id])
+            for r in results
+        ]
+
+    async def _complete_one(
+        self, completion: Completion, moment: Moment, with_jobs: bool
+    ) -> ResultAck:
+        params = {
+            "p_job_id": completion.job_id,
+            "p_lease_token": completion.lease_token,
+            "p_now": moment.now,
+            "p_result": completion.result,
+            **self._lease_params(moment),
+        }
+        async with self._autocommit() as conn:
+            row = (await conn.execute(self._complete_counted_sql, params)).mappings().first()
+            if row is None:
+                error = await self._lease_problem(
+                    conn, completion.job_id, completion.lease_token, moment
+                )
+                return ResultAck(job_id=completion.job_id, error=error)
+        return ResultAck(job_id=completion.job_id, job=job_from_row(row) if with_jobs else None)
+
+    async def _fail(
+        self, conn: AsyncConnection, failure: Failure, moment: Moment
+    ) -> tuple[Job | None, bool]:
+        """Locks the row, decides in Python, writes: the decision needs attempts and the error
+        list. None when the lease is not held."""
+        current = (
+            (
+                await conn.execute(
+                    sa.select(q.c.attempts, q.c.max_attempts, q.c.errors, q.c.worker_id)
+                    .where(*self._lease_held(failure.job_id, failure.lease_token))
+                    .with_for_update(),
+                    self._lease_params(moment),
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if current is None:
+            return None, False
+        now = moment.now
+        decision = decide_failure(
+            attempts=current["attempts"],
+            max_attempts=current["max_attempts"],
+            permanent=failure.permanent,
+            now=now,
+            policy=self.retry_policy,
+            retry_after=failure.retry_after,
+        )
+        values: dict[str, Any] = {
+            "last_error": failure.error[:MAX_ERROR_LENGTH],
+            "errors": [
+                *(current["errors"] or []),
+                error_entry(
+                    attempt=current["attempts"],
+                    error=failure.error,
+                    at=now,
+                    worker_id=current["worker_id"],
+                    permanent=failure.permanent,
+                ),
+            ],
+            "updated_at": now,
+            **LEASE_CLEARED,
+        }
+        if decision.retry:
+            values |= {"status": JobStatus.PENDING.value, "scheduled_at": decision.retry_at}
+        else:
+            values |= {"status": JobStatus.FAILED.value, "completed_at": now}
+        row = (
+            (
+                await conn.execute(
+                    sa.update(q)
+                    .where(q.c.id == failure.job_id)
+                    .values(**values)
+                    .returning(*JOB_COLUMNS)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        return job_from_row(row), decision.retry
+
+    async def job_release(self, release: Release, *, moment: Moment) -> Job:
+        """See `QueueDriver.job_release`: the update and its run count in one statement."""
+        now = moment.now
+        noted = {"last_error": release.reason[:MAX_ERROR_LENGTH]} if release.reason else {}
+        scheduled_at = (now + release.delay) if release.delay else None
+        statement = (
+            sa.update(q)
+            .where(*self._lease_held(release.job_id, release.lease_token))
+            .values(
+                status=JobStatus.PENDING.value,
+                attempts=sa.case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
+                scheduled_at=scheduled_at,
+                updated_at=now,
+                **noted,
+                **LEASE_CLEARED,
+            )
+            .returning(*JOB_COLUMNS)
+        )
+        async with self.transaction() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        _counted(statement, RunTally.RELEASED), self._lease_params(moment)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise await self._lease_problem(conn, release.job_id, release.lease_token, moment)
+            if scheduled_at is None or scheduled_at <= now:
+                await self._announce(conn, 1)
+        return job_from_row(row)
+
+
+def _counted(update: sa.Update, increments: dict[str, int]) -> sa.Executable:
+    """`update` (a job UPDATE ... RETURNING) and the worker-run counts it owes as one
+    statement: the update is a data-modifying CTE and the runs are updated from its rows."""
+    changed = update.cte("changed")
+    per_run = (
+        sa.select(changed.c.worker_run_id, sa.func.count().label("jobs"))
+        .where(changed.c.worker_run_id.is_not(None))
+        .group_by(changed.c.worker_run_id)
+        .subquery("per_run")
+    )
+    counted = (
+        sa.update(runs)
+        .where(runs.c.id == per_run.c.worker_run_id)
+        .values({runs.c[name]: runs.c[name] + per_run.c.jobs * n for name, n in increments.items()})
+        .cte("counted")
+    )
+    return sa.select(changed).add_cte(counted)
