@@ -51,6 +51,7 @@ from queue_service.drivers.shared import (
     merge_by_account,
     q,
     runs,
+    status,
 )
 from queue_service.errors import AccountInactive, AccountNotFound, ActiveJobExists
 from queue_service.lifecycle import decide_failure
@@ -66,7 +67,7 @@ from queue_service.models import (
     ResultAck,
     SyncType,
 )
-from queue_service.tables import ACTIVE_JOB_PREDICATE, ACTIVE_STATUSES
+from queue_service.tables import ACTIVE_JOB_PREDICATE
 from service_runtime.sqltypes import JsonDocument, UtcDateTime
 from sync_service.tables import gmb_accounts
 
@@ -190,7 +191,7 @@ class PostgresDriver(SharedDriver):
         return (
             q.c.id == job_id,
             q.c.lease_token == lease_token,
-            q.c.status == JobStatus.PROCESSING.value,
+            q.c.status == status(JobStatus.PROCESSING),
             q.c.lease_expires_at > self._lease_clock(),
         )
 
@@ -350,7 +351,7 @@ class PostgresDriver(SharedDriver):
                     sa.update(q)
                     .where(
                         q.c.account_id == request.account_id,
-                        q.c.status == JobStatus.PENDING.value,
+                        q.c.status == status(JobStatus.PENDING),
                         needs_upgrade,
                     )
                     .values(sync_type=upgraded_type, priority=upgraded_priority, updated_at=now)
@@ -366,7 +367,9 @@ class PostgresDriver(SharedDriver):
                     await conn.execute(
                         sa.select(*JOB_COLUMNS).where(
                             q.c.account_id == request.account_id,
-                            q.c.status.in_(ACTIVE_STATUSES),
+                            q.c.status.in_(
+                                [status(JobStatus.PENDING), status(JobStatus.PROCESSING)]
+                            ),
                         )
                     )
                 )
@@ -381,7 +384,7 @@ class PostgresDriver(SharedDriver):
         """The values that lease a job to the picking worker."""
         now = sa.bindparam("p_now", type_=UtcDateTime())  # this process's clock
         return {
-            "status": JobStatus.PROCESSING.value,
+            "status": status(JobStatus.PROCESSING),
             "attempts": q.c.attempts + 1,
             # The lease's own start: `lease_expires_at - started_at` is the lease granted.
             "started_at": self._lease_clock(),
@@ -418,7 +421,7 @@ class PostgresDriver(SharedDriver):
         expired = (
             sa.select(q.c.id, q.c.attempts, q.c.max_attempts, q.c.worker_run_id)
             .where(
-                q.c.status == JobStatus.PROCESSING.value,
+                q.c.status == status(JobStatus.PROCESSING),
                 q.c.lease_expires_at <= self._lease_clock(),
             )
             .order_by(q.c.lease_expires_at)
@@ -431,7 +434,7 @@ class PostgresDriver(SharedDriver):
         ready = (
             sa.select(q.c.id)
             .where(
-                q.c.status == JobStatus.PENDING.value,
+                q.c.status == status(JobStatus.PENDING),
                 sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= now),
                 q.c.attempts < q.c.max_attempts,
             )
@@ -464,7 +467,7 @@ class PostgresDriver(SharedDriver):
                 )
             )
             .values(
-                status=JobStatus.FAILED.value,
+                status=status(JobStatus.FAILED),
                 completed_at=now,
                 updated_at=now,
                 last_error=_LOST_WORKER_ERROR_SQL,
@@ -475,7 +478,7 @@ class PostgresDriver(SharedDriver):
             .cte("lost")
         )
         # In SET, columns are the row before the update: `processing` marks a takeover.
-        taken_over = q.c.status == JobStatus.PROCESSING.value
+        taken_over = q.c.status == status(JobStatus.PROCESSING)
         changed = (
             sa.update(q)
             .where(q.c.id.in_(sa.union_all(takeover, sa.select(ready.c.id))))
@@ -601,7 +604,7 @@ class PostgresDriver(SharedDriver):
                 )
             )
             .values(
-                status=JobStatus.SUCCEEDED.value,
+                status=status(JobStatus.SUCCEEDED),
                 completed_at=now,
                 updated_at=now,
                 last_error=None,
@@ -636,7 +639,7 @@ class PostgresDriver(SharedDriver):
             sa.update(q)
             .where(*self._lease_held(reported.c.job_id, reported.c.lease_token))
             .values(
-                status=JobStatus.SUCCEEDED.value,
+                status=status(JobStatus.SUCCEEDED),
                 completed_at=now,
                 updated_at=now,
                 last_error=None,
@@ -759,9 +762,9 @@ class PostgresDriver(SharedDriver):
             **LEASE_CLEARED,
         }
         if decision.retry:
-            values |= {"status": JobStatus.PENDING.value, "scheduled_at": decision.retry_at}
+            values |= {"status": status(JobStatus.PENDING), "scheduled_at": decision.retry_at}
         else:
-            values |= {"status": JobStatus.FAILED.value, "completed_at": now}
+            values |= {"status": status(JobStatus.FAILED), "completed_at": now}
         row = (
             (
                 await conn.execute(
@@ -785,7 +788,7 @@ class PostgresDriver(SharedDriver):
             sa.update(q)
             .where(*self._lease_held(release.job_id, release.lease_token))
             .values(
-                status=JobStatus.PENDING.value,
+                status=status(JobStatus.PENDING),
                 attempts=sa.case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
                 scheduled_at=scheduled_at,
                 updated_at=now,
