@@ -44,7 +44,6 @@ from queue_service.drivers.shared import (
     RunTally,
     SharedDriver,
     enqueue_results,
-    error_entry,
     is_ready,
     job_from_row,
     job_values,
@@ -54,7 +53,7 @@ from queue_service.drivers.shared import (
     status,
 )
 from queue_service.errors import AccountInactive, AccountNotFound, ActiveJobExists
-from queue_service.lifecycle import decide_failure
+from queue_service.lifecycle import MAX_RETRY_DELAY
 from queue_service.models import (
     Caller,
     Completion,
@@ -68,7 +67,7 @@ from queue_service.models import (
     SyncType,
 )
 from queue_service.tables import ACTIVE_JOB_PREDICATE
-from service_runtime.sqltypes import JsonDocument, UtcDateTime
+from service_runtime.sqltypes import UtcDateTime
 from sync_service.tables import gmb_accounts
 
 log = logging.getLogger(__name__)
@@ -76,6 +75,133 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "gmbsync_jobs"
 # Any fixed 64-bit key shared by every replica: "gmbsync" in ASCII.
 LEADER_LOCK_KEY = 0x676D6273796E63
+
+# The statements below are SQL text, run through psycopg as written (`%(name)s` parameters,
+# each cast to its type). Statuses are literals, never parameters (see the module docstring).
+_FIELDS = [c.name for c in q.c]
+JOB_FIELDS = ", ".join(_FIELDS)
+Q_JOB_FIELDS = ", ".join(f"q.{name}" for name in _FIELDS)
+
+# The lease clock: an injected instant, or the start of this statement by the database's clock.
+LEASE_NOW = "coalesce(%(lease_now)s::timestamptz, statement_timestamp())"
+
+
+def _lease_held_sql(alias: str, job_id: str, token: str) -> str:
+    """SQL: `token` holds the lease of job `job_id` (table alias `alias`) right now."""
+    return (
+        f"{alias}.id = {job_id} AND {alias}.lease_token = {token}"
+        f" AND {alias}.status = 'processing' AND {alias}.lease_expires_at > {LEASE_NOW}"
+    )
+
+
+# Locks the runs of `per_run` (run_id and counts) in id order, then adds each run's counts:
+# jobs are locked before runs in every statement, so no two wait on each other in a cycle.
+_COUNT_RUNS = """
+locked_runs AS (
+    SELECT id FROM sync_worker_runs
+    WHERE id IN (SELECT run_id FROM per_run)
+    ORDER BY id
+    FOR UPDATE
+),
+counted AS (
+    UPDATE sync_worker_runs r
+    SET {sets}
+    FROM per_run p
+    WHERE r.id = p.run_id AND r.id IN (SELECT id FROM locked_runs)
+)"""
+
+# A failure's retry, and its delay in seconds from the row's attempts: `decide_failure` and
+# `RetryPolicy.delay` of queue_service.lifecycle in SQL, with each failure's jitter factor
+# drawn by the policy.
+_RETRY = "(NOT f.permanent AND q.attempts < q.max_attempts)"
+_BACKOFF = (
+    "(least(%(base)s::float8 * power(2::float8, greatest(q.attempts, 1) - 1),"
+    " %(max_delay)s::float8) * f.jitter)"
+)
+_DELAY = (
+    f"(CASE WHEN f.retry_after > {_BACKOFF} THEN least(f.retry_after, %(max_delay)s::float8)"
+    f" ELSE {_BACKOFF} END)"
+)
+
+
+def _report_sql(*, with_jobs: bool) -> str:
+    """Every completion and failure of a report in one statement, with the run counts."""
+    returning = Q_JOB_FIELDS if with_jobs else "q.id, q.status, q.scheduled_at, q.worker_run_id"
+    answer = (
+        "SELECT d.*, a.account_name FROM done d LEFT JOIN gmb_accounts a ON a.id = d.account_id"
+        if with_jobs
+        else "SELECT * FROM done"
+    )
+    count_runs = _COUNT_RUNS.format(
+        sets="jobs_processed = r.jobs_processed + p.succeeded + p.failed,"
+        " jobs_succeeded = r.jobs_succeeded + p.succeeded,"
+        " jobs_failed = r.jobs_failed + p.failed"
+    )
+    # Built once at import from this module's constants: no input ever reaches the text.
+    return f"""
+WITH completion AS (
+    SELECT *
+    FROM unnest(%(c_ids)s::uuid[], %(c_tokens)s::uuid[], %(c_results)s::text[]::jsonb[])
+        AS c(job_id, lease_token, result)
+),
+failure AS (
+    SELECT *
+    FROM unnest(
+        %(f_ids)s::uuid[], %(f_tokens)s::uuid[], %(f_errors)s::text[],
+        %(f_permanent)s::boolean[], %(f_retry_after)s::float8[], %(f_jitter)s::float8[]
+    ) AS f(job_id, lease_token, error, permanent, retry_after, jitter)
+),
+completed AS (
+    UPDATE sync_queue q
+    SET status = 'succeeded',
+        completed_at = %(now)s::timestamptz,
+        updated_at = %(now)s::timestamptz,
+        last_error = NULL,
+        result = c.result,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    FROM completion c
+    WHERE {_lease_held_sql("q", "c.job_id", "c.lease_token")}
+    RETURNING {returning}
+),
+failed AS (
+    UPDATE sync_queue q
+    SET status = CASE WHEN {_RETRY} THEN 'pending' ELSE 'failed' END,
+        scheduled_at = CASE
+            WHEN {_RETRY} THEN %(now)s::timestamptz + make_interval(secs => {_DELAY})
+            ELSE q.scheduled_at
+        END,
+        completed_at = CASE WHEN {_RETRY} THEN q.completed_at ELSE %(now)s::timestamptz END,
+        last_error = f.error,
+        errors = q.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', q.attempts, 'error', f.error, 'failed_at', %(now_text)s::text,
+            'worker_id', q.worker_id, 'permanent', f.permanent
+        )),
+        updated_at = %(now)s::timestamptz,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    FROM failure f
+    WHERE {_lease_held_sql("q", "f.job_id", "f.lease_token")}
+    RETURNING {returning}
+),
+done AS (
+    SELECT * FROM completed UNION ALL SELECT * FROM failed
+),
+per_run AS (
+    SELECT worker_run_id AS run_id,
+           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status <> 'succeeded') AS failed
+    FROM done
+    WHERE worker_run_id IS NOT NULL
+    GROUP BY worker_run_id
+),
+{count_runs}
+{answer}
+"""  # noqa: S608
+
+
+REPORT_SQL = _report_sql(with_jobs=True)
+REPORT_ACK_SQL = _report_sql(with_jobs=False)
 
 
 class random_uuid(FunctionElement[uuid.UUID]):
@@ -591,64 +717,6 @@ class PostgresDriver(SharedDriver):
                 raise await self._lease_problem(conn, job_id, lease_token, moment)
         return expires
 
-    @functools.cached_property
-    def _complete_sql(self) -> sa.Update:
-        """CompleteJob's update."""
-        now = sa.bindparam("p_now", type_=UtcDateTime())
-        return (
-            sa.update(q)
-            .where(
-                *self._lease_held(
-                    sa.bindparam("p_job_id", type_=sa.Uuid()),
-                    sa.bindparam("p_lease_token", type_=sa.Uuid()),
-                )
-            )
-            .values(
-                status=status(JobStatus.SUCCEEDED),
-                completed_at=now,
-                updated_at=now,
-                last_error=None,
-                result=sa.bindparam("p_result", type_=JsonDocument),
-                **LEASE_CLEARED,
-            )
-            .returning(*JOB_COLUMNS)
-        )
-
-    @functools.cached_property
-    def _complete_counted_sql(self) -> sa.Executable:
-        return _counted(self._complete_sql, RunTally.SUCCEEDED)
-
-    @functools.cached_property
-    def _complete_many_sql(self) -> sa.Update:
-        """Every completion of a report in one UPDATE ... FROM unnest(ids, tokens, results)."""
-        now = sa.bindparam("p_now", type_=UtcDateTime())
-        reported = (
-            sa.func.unnest(
-                sa.bindparam("p_job_ids", type_=postgresql.ARRAY(sa.Uuid())),
-                sa.bindparam("p_lease_tokens", type_=postgresql.ARRAY(sa.Uuid())),
-                sa.bindparam("p_results", type_=postgresql.ARRAY(sa.Text())),
-            )
-            .table_valued(
-                sa.column("job_id", sa.Uuid()),
-                sa.column("lease_token", sa.Uuid()),
-                sa.column("result", sa.Text()),
-            )
-            .render_derived(name="reported")
-        )
-        return (
-            sa.update(q)
-            .where(*self._lease_held(reported.c.job_id, reported.c.lease_token))
-            .values(
-                status=status(JobStatus.SUCCEEDED),
-                completed_at=now,
-                updated_at=now,
-                last_error=None,
-                result=sa.cast(reported.c.result, postgresql.JSONB()),
-                **LEASE_CLEARED,
-            )
-            .returning(*JOB_COLUMNS)
-        )
-
     async def job_report_many(
         self,
         results: Sequence[Completion | Failure],
@@ -656,128 +724,60 @@ class PostgresDriver(SharedDriver):
         moment: Moment,
         with_jobs: bool = True,
     ) -> list[ResultAck]:
-        """See `QueueDriver.job_report_many`. One completion is one statement with its run
-        count; otherwise one transaction: every completion in one UPDATE, each failure read,
-        decided in Python and written, and the run counts last, in run order."""
-        if len(results) == 1 and isinstance(results[0], Completion):
-            return [await self._complete_one(results[0], moment, with_jobs)]
-        acks: dict[uuid.UUID, ResultAck] = {}
-        tally = RunTally()
-        ready = 0
-        async with self.transaction() as conn:
-            completions = [r for r in results if isinstance(r, Completion)]
-            if completions:
-                params = {
-                    "p_now": moment.now,
-                    "p_job_ids": [c.job_id for c in completions],
-                    "p_lease_tokens": [c.lease_token for c in completions],
-                    "p_results": [json.dumps(c.result) for c in completions],
-                    **self._lease_params(moment),
-                }
-                rows = (await conn.execute(self._complete_many_sql, params)).mappings().all()
-                for row in rows:
-                    job = job_from_row(row)
-                    tally.add(job.worker_run_id, RunTally.SUCCEEDED)
-                    acks[job.id] = ResultAck(job_id=job.id, job=job if with_jobs else None)
-            for failure in (r for r in results if isinstance(r, Failure)):
-                job, retry = await self._fail(conn, failure, moment)
-                if job is None:
-                    continue
-                tally.add(job.worker_run_id, RunTally.FAILED)
-                ready += retry and is_ready(job, moment.now)
-                acks[job.id] = ResultAck(
-                    job_id=job.id, job=job if with_jobs else None, will_retry=retry
-                )
-            problems = await self._lease_problems(
-                conn, [(r.job_id, r.lease_token) for r in results if r.job_id not in acks], moment
-            )
-            await tally.apply(conn)
-            if ready:
-                await self._announce(conn, ready)
-        return [
-            acks.get(r.job_id) or ResultAck(job_id=r.job_id, error=problems[r.job_id])
-            for r in results
-        ]
-
-    async def _complete_one(
-        self, completion: Completion, moment: Moment, with_jobs: bool
-    ) -> ResultAck:
+        """See `QueueDriver.job_report_many`: `REPORT_SQL`, one statement in autocommit for
+        every result of the report, whatever the mix: completions and failures each in one
+        UPDATE ... FROM unnest(...), the backoff of each retried job computed from its attempts,
+        and the run counts. A refused result is explained by one more query for all of them."""
+        completions = [r for r in results if isinstance(r, Completion)]
+        failures = [r for r in results if isinstance(r, Failure)]
+        policy = self.retry_policy
         params = {
-            "p_job_id": completion.job_id,
-            "p_lease_token": completion.lease_token,
-            "p_now": moment.now,
-            "p_result": completion.result,
-            **self._lease_params(moment),
-        }
-        async with self._autocommit() as conn:
-            row = (await conn.execute(self._complete_counted_sql, params)).mappings().first()
-            if row is None:
-                error = await self._lease_problem(
-                    conn, completion.job_id, completion.lease_token, moment
-                )
-                return ResultAck(job_id=completion.job_id, error=error)
-        return ResultAck(job_id=completion.job_id, job=job_from_row(row) if with_jobs else None)
-
-    async def _fail(
-        self, conn: AsyncConnection, failure: Failure, moment: Moment
-    ) -> tuple[Job | None, bool]:
-        """Locks the row, decides in Python, writes: the decision needs attempts and the error
-        list. None when the lease is not held."""
-        current = (
-            (
-                await conn.execute(
-                    sa.select(q.c.attempts, q.c.max_attempts, q.c.errors, q.c.worker_id)
-                    .where(*self._lease_held(failure.job_id, failure.lease_token))
-                    .with_for_update(),
-                    self._lease_params(moment),
-                )
-            )
-            .mappings()
-            .first()
-        )
-        if current is None:
-            return None, False
-        now = moment.now
-        decision = decide_failure(
-            attempts=current["attempts"],
-            max_attempts=current["max_attempts"],
-            permanent=failure.permanent,
-            now=now,
-            policy=self.retry_policy,
-            retry_after=failure.retry_after,
-        )
-        values: dict[str, Any] = {
-            "last_error": failure.error[:MAX_ERROR_LENGTH],
-            "errors": [
-                *(current["errors"] or []),
-                error_entry(
-                    attempt=current["attempts"],
-                    error=failure.error,
-                    at=now,
-                    worker_id=current["worker_id"],
-                    permanent=failure.permanent,
-                ),
+            "now": moment.now,
+            "now_text": moment.now.isoformat(),
+            "lease_now": moment.lease_now,
+            "c_ids": [c.job_id for c in completions],
+            "c_tokens": [c.lease_token for c in completions],
+            "c_results": [json.dumps(c.result) for c in completions],
+            "f_ids": [f.job_id for f in failures],
+            "f_tokens": [f.lease_token for f in failures],
+            "f_errors": [f.error[:MAX_ERROR_LENGTH] for f in failures],
+            "f_permanent": [f.permanent for f in failures],
+            "f_retry_after": [
+                None if f.retry_after is None else f.retry_after.total_seconds() for f in failures
             ],
-            "updated_at": now,
-            **LEASE_CLEARED,
+            "f_jitter": [policy.jitter_factor() for _ in failures],
+            "base": policy.base.total_seconds(),
+            "max_delay": MAX_RETRY_DELAY.total_seconds(),
         }
-        if decision.retry:
-            values |= {"status": status(JobStatus.PENDING), "scheduled_at": decision.retry_at}
-        else:
-            values |= {"status": status(JobStatus.FAILED), "completed_at": now}
-        row = (
-            (
-                await conn.execute(
-                    sa.update(q)
-                    .where(q.c.id == failure.job_id)
-                    .values(**values)
-                    .returning(*JOB_COLUMNS)
+        statement = REPORT_SQL if with_jobs else REPORT_ACK_SQL
+        async with self._autocommit() as conn:
+            rows = (await conn.exec_driver_sql(statement, params)).mappings().all()
+            done = {row["id"]: row for row in rows}
+            problems = await self._lease_problems(
+                conn, [(r.job_id, r.lease_token) for r in results if r.job_id not in done], moment
+            )
+            ready = sum(
+                row["status"] == JobStatus.PENDING.value and row["scheduled_at"] <= moment.now
+                for row in rows
+            )
+            if ready:
+                # Only with no backoff at all: a retried job is otherwise due later, and found
+                # by the pickers' own polling then.
+                await self._announce(conn, ready)
+        acks = []
+        for result in results:
+            row = done.get(result.job_id)
+            if row is None:
+                acks.append(ResultAck(job_id=result.job_id, error=problems[result.job_id]))
+                continue
+            acks.append(
+                ResultAck(
+                    job_id=result.job_id,
+                    job=job_from_row(row) if with_jobs else None,
+                    will_retry=row["status"] == JobStatus.PENDING.value,
                 )
             )
-            .mappings()
-            .one()
-        )
-        return job_from_row(row), decision.retry
+        return acks
 
     async def job_release(self, release: Release, *, moment: Moment) -> Job:
         """See `QueueDriver.job_release`: the update and its run count in one statement."""

@@ -281,6 +281,32 @@ async def test_a_report_applies_every_result_it_may_and_answers_each_in_order(
     }
 
 
+async def test_each_failure_of_a_report_gets_its_own_backoff_and_jitter(db: DriverUnderTest):
+    veteran = await db.leased(await db.add_account(), max_attempts=5)
+    await db.driver.job_report_many(
+        [Failure(veteran.id, veteran.lease_token, "first")], moment=moment(AT)
+    )
+    again_at = AT + BASE_DELAY
+    [veteran] = await db.pick(at=again_at)
+    newcomer = await db.insert(await db.add_account(), at=again_at)
+    [newcomer] = await db.pick(at=again_at)
+    db.random.values = [0.0, 1.0]  # -10 % for the first failure, +10 % for the second
+    at = again_at + timedelta(seconds=1)
+
+    acks = await db.driver.job_report_many(
+        [
+            Failure(veteran.id, veteran.lease_token, "second"),
+            Failure(newcomer.id, newcomer.lease_token, "first"),
+        ],
+        moment=moment(at),
+    )
+
+    assert [a.will_retry for a in acks] == [True, True]
+    assert close_to((await db.row(veteran.id))["scheduled_at"], at + 2 * BASE_DELAY * 0.9)
+    assert close_to((await db.row(newcomer.id))["scheduled_at"], at + BASE_DELAY * 1.1)
+    assert [e["attempt"] for e in (await db.row(veteran.id))["errors"]] == [1, 2]
+
+
 async def test_acks_without_jobs_say_what_was_accepted(db: DriverUnderTest):
     first = await db.leased(await db.add_account())
     second = await db.leased(await db.add_account())
