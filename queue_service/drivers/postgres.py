@@ -46,7 +46,6 @@ from queue_service.drivers.shared import (
     enqueue_results,
     is_ready,
     job_from_row,
-    job_values,
     merge_by_account,
     q,
     runs,
@@ -64,11 +63,8 @@ from queue_service.models import (
     JobStatus,
     Release,
     ResultAck,
-    SyncType,
 )
-from queue_service.tables import ACTIVE_JOB_PREDICATE
 from service_runtime.sqltypes import UtcDateTime
-from sync_service.tables import gmb_accounts
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +198,79 @@ per_run AS (
 
 REPORT_SQL = _report_sql(with_jobs=True)
 REPORT_ACK_SQL = _report_sql(with_jobs=False)
+
+INSERT_SQL = f"""
+WITH request AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::uuid[], %(account_ids)s::uuid[], %(sync_types)s::text[], %(priorities)s::int[],
+        %(scheduled_ats)s::timestamptz[], %(max_attempts)s::int[],
+        %(metadata)s::text[]::jsonb[], %(trace_contexts)s::text[]::jsonb[]
+    ) WITH ORDINALITY
+        AS r(id, account_id, sync_type, priority, scheduled_at, max_attempts, metadata,
+             trace_context, n)
+),
+account AS (
+    SELECT r.n, r.account_id, a.user_id, coalesce(a.is_active, false) AS is_active,
+           (a.id IS NOT NULL AND (%(everyone)s::boolean OR a.user_id = %(caller)s::uuid))
+               AS visible
+    FROM request r LEFT JOIN gmb_accounts a ON a.id = r.account_id
+),
+allowed AS (
+    -- All or nothing: one account missing, someone else's or inactive, and nothing is written.
+    SELECT r.*, a.user_id
+    FROM request r JOIN account a ON a.n = r.n
+    WHERE NOT EXISTS (SELECT 1 FROM account WHERE NOT visible OR NOT is_active)
+),
+inserted AS (
+    INSERT INTO sync_queue (
+        id, user_id, account_id, sync_type, status, priority, attempts, max_attempts,
+        scheduled_at, metadata, created_at, updated_at, trace_context, errors
+    )
+    SELECT id, user_id, account_id, sync_type, 'pending', priority, 0, max_attempts,
+           scheduled_at, metadata, %(now)s::timestamptz, %(now)s::timestamptz, trace_context,
+           '[]'::jsonb
+    FROM allowed
+    ORDER BY n
+    ON CONFLICT (account_id) WHERE status IN ('pending', 'processing') DO NOTHING
+    RETURNING {JOB_FIELDS}
+),
+upgraded AS (
+    UPDATE sync_queue q
+    SET sync_type = CASE WHEN a.sync_type = 'full' THEN 'full' ELSE q.sync_type END,
+        priority = greatest(q.priority, a.priority),
+        updated_at = %(now)s::timestamptz
+    FROM allowed a
+    WHERE q.account_id = a.account_id
+      AND q.status = 'pending'
+      AND (q.priority < a.priority OR (a.sync_type = 'full' AND q.sync_type <> 'full'))
+      AND a.account_id NOT IN (SELECT account_id FROM inserted)
+    RETURNING {Q_JOB_FIELDS}
+),
+existing AS (
+    -- This statement's snapshot: a row it cannot see (committed by another enqueue after the
+    -- snapshot was taken) makes the INSERT skip the account and leaves it unanswered here.
+    SELECT {Q_JOB_FIELDS}
+    FROM sync_queue q JOIN allowed a ON q.account_id = a.account_id
+    WHERE q.status IN ('pending', 'processing')
+      AND a.account_id NOT IN (SELECT account_id FROM inserted)
+      AND a.account_id NOT IN (SELECT account_id FROM upgraded)
+),
+job AS (
+    SELECT *, true AS created FROM inserted
+    UNION ALL SELECT *, false FROM upgraded
+    UNION ALL SELECT *, false FROM existing
+)
+SELECT acc.n, acc.account_id AS requested_account_id, acc.visible, acc.is_active,
+       job.*, g.account_name,
+       (SELECT pg_notify('{NOTIFY_CHANNEL}', count(*)::text) FROM inserted
+        WHERE scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz
+        HAVING count(*) > 0) AS notified
+FROM account acc
+LEFT JOIN job ON job.account_id = acc.account_id
+LEFT JOIN gmb_accounts g ON g.id = acc.account_id
+ORDER BY acc.n
+"""  # noqa: S608
 
 
 class random_uuid(FunctionElement[uuid.UUID]):
@@ -365,144 +434,69 @@ class PostgresDriver(SharedDriver):
         moment: Moment,
         conn: AsyncConnection | None = None,
     ) -> list[EnqueueResult]:
-        """See `QueueDriver.job_insert_many`: one query checks every account, one multi-row
-        INSERT ... ON CONFLICT DO NOTHING creates every job it can, and only the accounts that
-        met an active job take the one-by-one duplicate path."""
+        """See `QueueDriver.job_insert_many`: `INSERT_SQL`, one statement for the whole call
+        (account checks, the INSERT, upgrades of duplicates, the NOTIFY) whatever the number of
+        requests. One enqueue runs in autocommit; a batch in a transaction, so that a second
+        statement after a race (below) keeps it all or nothing."""
         if not requests:
             return []
         merged = merge_by_account(requests)
-        async with self._within(conn) as tx:
-            owners = await self._check_accounts(tx, requests, caller)
+        if conn is not None:
+            inserted, active = await self._insert(conn, merged, caller, moment)
+            self._announce_after_commit(conn, _ready(inserted, moment))
+        elif len(merged) == 1:
+            async with self._autocommit() as own:
+                inserted, active = await self._insert(own, merged, caller, moment)
+            if ready := _ready(inserted, moment):
+                self._on_jobs_available(ready)
+        else:
+            async with self.transaction() as tx:
+                inserted, active = await self._insert(tx, merged, caller, moment)
+                self._announce_after_commit(tx, _ready(inserted, moment))
+        return enqueue_results(requests, inserted, active)
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        merged: dict[uuid.UUID, EnqueueRequest],
+        caller: Caller,
+        moment: Moment,
+    ) -> tuple[dict[uuid.UUID, Job], dict[uuid.UUID, Job]]:
+        """Runs `INSERT_SQL` for the merged requests: the jobs it created and the active jobs
+        it found, by account."""
+        inserted: dict[uuid.UUID, Job] = {}
+        active: dict[uuid.UUID, Job] = {}
+        todo = list(merged.values())
+        # An account whose INSERT met an active job this statement's snapshot cannot see (an
+        # enqueue that committed meanwhile) is left unanswered; the next statement sees the
+        # job. Three tries cover any realistic interleaving.
+        for _ in range(3):
             rows = (
-                (
-                    await tx.execute(
-                        self._insert_jobs,
-                        [job_values(r, owners[a], moment.now) for a, r in merged.items()],
-                    )
-                )
+                (await conn.exec_driver_sql(INSERT_SQL, _insert_params(todo, caller, moment)))
                 .mappings()
                 .all()
             )
-            inserted = {row["account_id"]: job_from_row(row) for row in rows}
-            active: dict[uuid.UUID, Job] = {}
-            for account, request in merged.items():
-                if account in inserted:
-                    continue
-                job, created = await self._enqueue_one(tx, request, owners[account], moment.now)
-                (inserted if created else active)[account] = job
-            ready = sum(is_ready(job, moment.now) for job in inserted.values())
-            if ready:
-                await self._announce(tx, ready)
-        return enqueue_results(requests, inserted, active)
-
-    async def _check_accounts(
-        self, conn: AsyncConnection, requests: Sequence[EnqueueRequest], caller: Caller
-    ) -> dict[uuid.UUID, uuid.UUID]:
-        """The owner of each requested account; NOT_FOUND or inactive stop the whole batch."""
-        wanted = {r.account_id for r in requests}
-        rows = await conn.execute(
-            sa.select(gmb_accounts.c.id, gmb_accounts.c.user_id, gmb_accounts.c.is_active).where(
-                gmb_accounts.c.id.in_(wanted)
-            )
-        )
-        found = {account_id: (owner, active) for account_id, owner, active in rows}
-        for request in requests:
-            owner, active = found.get(request.account_id, (None, False))
-            # Someone else's account is reported exactly like a missing one: no hint it exists.
-            if owner is None or not (caller.sees_everything or owner == caller.user_id):
-                raise AccountNotFound(f"account {request.account_id} not found")
-            if not active:
-                raise AccountInactive(
-                    f"account {request.account_id} is deactivated: reconnect it before syncing"
-                )
-        return {account_id: owner for account_id, (owner, _) in found.items()}
-
-    @functools.cached_property
-    def _insert_jobs(self) -> sa.Insert:
-        """INSERT of one or many jobs that skips accounts with an active job.
-
-        One statement object executed with a list of rows: SQLAlchemy batches it into
-        multi-row VALUES ("insertmanyvalues") and compiles it once.
-        """
-        return (
-            postgresql.insert(q)
-            .on_conflict_do_nothing(
-                index_elements=[q.c.account_id],
-                # Literal, not bound: PostgreSQL infers the partial index from the predicate
-                # text, and cannot once a prepared statement turns the values into parameters.
-                index_where=ACTIVE_JOB_PREDICATE,
-            )
-            .returning(*JOB_COLUMNS)
-        )
-
-    async def _enqueue_one(
-        self, conn: AsyncConnection, request: EnqueueRequest, owner: uuid.UUID, now: datetime
-    ) -> tuple[Job, bool]:
-        """Enqueue for an account that has (or just had) an active job: upgrade or return it;
-        True when a job was created after all."""
-        values = job_values(request, owner, now)
-        # The active job may finish between our look and our insert; then the insert can
-        # succeed on the next try. Three tries cover any realistic interleaving.
-        for _ in range(3):
-            existing = await self._upgrade_active(conn, request, now)
-            if existing is not None:
-                return existing, False
-            row = (await conn.execute(self._insert_jobs, [values])).mappings().first()
-            if row is not None:
-                return job_from_row(row), True
+            unanswered = []
+            for request, row in zip(todo, rows, strict=True):
+                # Someone else's account is reported exactly like a missing one.
+                if not row["visible"]:
+                    raise AccountNotFound(f"account {request.account_id} not found")
+                if not row["is_active"]:
+                    raise AccountInactive(
+                        f"account {request.account_id} is deactivated: reconnect it before syncing"
+                    )
+                if row["id"] is None:
+                    unanswered.append(request)
+                elif row["created"]:
+                    inserted[request.account_id] = job_from_row(row)
+                else:
+                    active[request.account_id] = job_from_row(row)
+            if not unanswered:
+                return inserted, active
+            todo = unanswered
         raise ActiveJobExists(
-            f"account {request.account_id} has a job changing state right now; retry"
+            f"account {todo[0].account_id} has a job changing state right now; retry"
         )
-
-    async def _upgrade_active(
-        self, conn: AsyncConnection, request: EnqueueRequest, now: datetime
-    ) -> Job | None:
-        """Upgrades a pending duplicate to a full sync or a higher priority; returns the job."""
-        upgraded_type = (
-            sa.literal(SyncType.FULL.value) if request.sync_type is SyncType.FULL else q.c.sync_type
-        )
-        upgraded_priority = sa.case(
-            (q.c.priority < request.priority, request.priority), else_=q.c.priority
-        )
-        needs_upgrade = sa.or_(
-            q.c.priority < request.priority,
-            sa.and_(
-                sa.literal(request.sync_type.value) == SyncType.FULL.value,
-                q.c.sync_type != SyncType.FULL.value,
-            ),
-        )
-        row = (
-            (
-                await conn.execute(
-                    sa.update(q)
-                    .where(
-                        q.c.account_id == request.account_id,
-                        q.c.status == status(JobStatus.PENDING),
-                        needs_upgrade,
-                    )
-                    .values(sync_type=upgraded_type, priority=upgraded_priority, updated_at=now)
-                    .returning(*JOB_COLUMNS)
-                )
-            )
-            .mappings()
-            .first()
-        )
-        if row is None:
-            row = (
-                (
-                    await conn.execute(
-                        sa.select(*JOB_COLUMNS).where(
-                            q.c.account_id == request.account_id,
-                            q.c.status.in_(
-                                [status(JobStatus.PENDING), status(JobStatus.PROCESSING)]
-                            ),
-                        )
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        return None if row is None else job_from_row(row)
 
     # -- pick ---------------------------------------------------------------------------------
 
@@ -831,3 +825,26 @@ def _counted(update: sa.Update, increments: dict[str, int]) -> sa.Executable:
         .cte("counted")
     )
     return sa.select(changed).add_cte(counted)
+
+
+def _insert_params(
+    requests: Sequence[EnqueueRequest], caller: Caller, moment: Moment
+) -> dict[str, Any]:
+    """The parameters of `INSERT_SQL`: one array per column, one element per request."""
+    return {
+        "ids": [uuid.uuid4() for _ in requests],
+        "account_ids": [r.account_id for r in requests],
+        "sync_types": [r.sync_type.value for r in requests],
+        "priorities": [r.priority for r in requests],
+        "scheduled_ats": [r.scheduled_at for r in requests],
+        "max_attempts": [r.max_attempts for r in requests],
+        "metadata": [json.dumps(r.metadata) for r in requests],
+        "trace_contexts": [json.dumps(r.trace_context) for r in requests],
+        "everyone": caller.sees_everything,
+        "caller": caller.user_id,
+        "now": moment.now,
+    }
+
+
+def _ready(inserted: dict[uuid.UUID, Job], moment: Moment) -> int:
+    return sum(is_ready(job, moment.now) for job in inserted.values())

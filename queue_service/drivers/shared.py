@@ -311,7 +311,8 @@ class SharedDriver:
     def _announce_after_commit(self, conn: AsyncConnection, count: int) -> None:
         """Calls `on_jobs_available(count)` when `conn`'s transaction (from `transaction()`)
         commits."""
-        self._announced[id(conn)] = self._announced.get(id(conn), 0) + count
+        if count:
+            self._announced[id(conn)] = self._announced.get(id(conn), 0) + count
 
     @contextlib.asynccontextmanager
     async def _within(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
