@@ -41,10 +41,8 @@ from queue_service.drivers.shared import (
     JOB_COLUMNS,
     LEASE_CLEARED,
     MAX_ERROR_LENGTH,
-    RunTally,
     SharedDriver,
     enqueue_results,
-    is_ready,
     job_from_row,
     merge_by_account,
     q,
@@ -199,6 +197,31 @@ per_run AS (
 REPORT_SQL = _report_sql(with_jobs=True)
 REPORT_ACK_SQL = _report_sql(with_jobs=False)
 
+RELEASE_SQL = f"""
+WITH changed AS (
+    UPDATE sync_queue q
+    SET status = 'pending',
+        attempts = greatest(q.attempts - 1, 0),
+        scheduled_at = %(scheduled_at)s::timestamptz,
+        updated_at = %(now)s::timestamptz,
+        last_error = CASE WHEN %(reason)s::text = '' THEN q.last_error ELSE %(reason)s::text END,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE {_lease_held_sql("q", "%(job_id)s::uuid", "%(lease_token)s::uuid")}
+    RETURNING {Q_JOB_FIELDS}
+),
+counted AS (
+    UPDATE sync_worker_runs r
+    SET jobs_released = r.jobs_released + 1
+    FROM changed c
+    WHERE r.id = c.worker_run_id
+)
+SELECT c.*, a.account_name,
+       (SELECT pg_notify('{NOTIFY_CHANNEL}', '1') FROM changed
+        WHERE scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz) AS notified
+FROM changed c LEFT JOIN gmb_accounts a ON a.id = c.account_id
+"""  # noqa: S608
+
 INSERT_SQL = f"""
 WITH request AS (
     SELECT *
@@ -312,7 +335,8 @@ def libpq_conninfo(database_url: str | sa.URL) -> str:
 
 
 class PostgresListener:
-    """Relays NOTIFY gmbsync_jobs to a signal; reconnects with backoff when the link drops."""
+    """Relays NOTIFY gmbsync_jobs to a signal, waking as many pickers as the payload counts;
+    reconnects with backoff when the link drops."""
 
     def __init__(self, database_url: str | sa.URL, signal: SignalTarget) -> None:
         self._conninfo = libpq_conninfo(database_url)
@@ -332,8 +356,8 @@ class PostgresListener:
                     backoff = 0.5
                     # Anything enqueued while we were not listening must be looked at now.
                     self._signal.notify()
-                    async for _ in conn.notifies():
-                        self._signal.notify()
+                    async for notification in conn.notifies():
+                        self._signal.notify(_count(notification.payload))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the link dropped; pickers fall back to polling meanwhile
@@ -343,6 +367,15 @@ class PostgresListener:
             self.connected.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
+
+
+def _count(payload: str) -> int | None:
+    """How many ready jobs a notification announces; None (wake everyone) if it does not say."""
+    try:
+        count = int(payload)
+    except ValueError:
+        return None
+    return count if count > 0 else None
 
 
 class _AdvisoryLeadership:
@@ -410,8 +443,10 @@ class PostgresDriver(SharedDriver):
             yield conn
 
     async def _announce(self, conn: AsyncConnection, count: int) -> None:
-        await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
-        self._announce_after_commit(conn, count)
+        """One NOTIFY with the count, sent when `conn`'s transaction commits. This process
+        hears it through its own listener like every other replica; nothing is told locally,
+        or its pickers would be woken twice."""
+        await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(count))))
 
     def listener(self, signal: SignalTarget) -> PostgresListener:
         """LISTEN on `gmbsync_jobs`: every replica's announcements reach this process."""
@@ -443,16 +478,12 @@ class PostgresDriver(SharedDriver):
         merged = merge_by_account(requests)
         if conn is not None:
             inserted, active = await self._insert(conn, merged, caller, moment)
-            self._announce_after_commit(conn, _ready(inserted, moment))
         elif len(merged) == 1:
             async with self._autocommit() as own:
                 inserted, active = await self._insert(own, merged, caller, moment)
-            if ready := _ready(inserted, moment):
-                self._on_jobs_available(ready)
         else:
             async with self.transaction() as tx:
                 inserted, active = await self._insert(tx, merged, caller, moment)
-                self._announce_after_commit(tx, _ready(inserted, moment))
         return enqueue_results(requests, inserted, active)
 
     async def _insert(
@@ -774,57 +805,21 @@ class PostgresDriver(SharedDriver):
         return acks
 
     async def job_release(self, release: Release, *, moment: Moment) -> Job:
-        """See `QueueDriver.job_release`: the update and its run count in one statement."""
-        now = moment.now
-        noted = {"last_error": release.reason[:MAX_ERROR_LENGTH]} if release.reason else {}
-        scheduled_at = (now + release.delay) if release.delay else None
-        statement = (
-            sa.update(q)
-            .where(*self._lease_held(release.job_id, release.lease_token))
-            .values(
-                status=status(JobStatus.PENDING),
-                attempts=sa.case((q.c.attempts > 0, q.c.attempts - 1), else_=0),
-                scheduled_at=scheduled_at,
-                updated_at=now,
-                **noted,
-                **LEASE_CLEARED,
-            )
-            .returning(*JOB_COLUMNS)
-        )
-        async with self.transaction() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        _counted(statement, RunTally.RELEASED), self._lease_params(moment)
-                    )
-                )
-                .mappings()
-                .first()
-            )
+        """See `QueueDriver.job_release`: `RELEASE_SQL`, the update, its run count and the
+        NOTIFY (when the job is due at once) in one statement."""
+        params = {
+            "job_id": release.job_id,
+            "lease_token": release.lease_token,
+            "scheduled_at": (moment.now + release.delay) if release.delay else None,
+            "reason": release.reason[:MAX_ERROR_LENGTH],
+            "now": moment.now,
+            "lease_now": moment.lease_now,
+        }
+        async with self._autocommit() as conn:
+            row = (await conn.exec_driver_sql(RELEASE_SQL, params)).mappings().first()
             if row is None:
                 raise await self._lease_problem(conn, release.job_id, release.lease_token, moment)
-            if scheduled_at is None or scheduled_at <= now:
-                await self._announce(conn, 1)
         return job_from_row(row)
-
-
-def _counted(update: sa.Update, increments: dict[str, int]) -> sa.Executable:
-    """`update` (a job UPDATE ... RETURNING) and the worker-run counts it owes as one
-    statement: the update is a data-modifying CTE and the runs are updated from its rows."""
-    changed = update.cte("changed")
-    per_run = (
-        sa.select(changed.c.worker_run_id, sa.func.count().label("jobs"))
-        .where(changed.c.worker_run_id.is_not(None))
-        .group_by(changed.c.worker_run_id)
-        .subquery("per_run")
-    )
-    counted = (
-        sa.update(runs)
-        .where(runs.c.id == per_run.c.worker_run_id)
-        .values({runs.c[name]: runs.c[name] + per_run.c.jobs * n for name, n in increments.items()})
-        .cte("counted")
-    )
-    return sa.select(changed).add_cte(counted)
 
 
 def _insert_params(
@@ -844,7 +839,3 @@ def _insert_params(
         "caller": caller.user_id,
         "now": moment.now,
     }
-
-
-def _ready(inserted: dict[uuid.UUID, Job], moment: Moment) -> int:
-    return sum(is_ready(job, moment.now) for job in inserted.values())

@@ -8,6 +8,8 @@ come due without sleeping.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -170,3 +172,55 @@ async def db(request: pytest.FixtureRequest) -> AsyncIterator[DriverUnderTest]:
     )
     yield under_test
     await engine.dispose()
+
+
+# A payload no real announcement carries: once it is heard, so is everything sent before it.
+_SENTINEL = 987_654_321
+
+
+@dataclass
+class Heard:
+    """What pickers are told of ready jobs, as counts, in order."""
+
+    db: DriverUnderTest
+    counts: list[int | None] = field(default_factory=list)
+
+    def notify(self, count: int | None = None) -> None:
+        self.counts.append(count)
+
+    async def settled(self) -> list[int | None]:
+        """Everything announced so far. A listener hears NOTIFYs in commit order, so a
+        sentinel sent now arrives after all of them."""
+        if self.db.driver.listener(self) is None:
+            heard = list(self.db.told)
+            self.db.told.clear()
+            return heard
+        async with self.db.engine.connect() as conn:
+            await conn.exec_driver_sql(f"SELECT pg_notify('gmbsync_jobs', '{_SENTINEL}')")
+            await conn.commit()
+        for _ in range(400):
+            if _SENTINEL in self.counts:
+                heard = self.counts[: self.counts.index(_SENTINEL)]
+                del self.counts[: self.counts.index(_SENTINEL) + 1]
+                return heard
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the sentinel notification never arrived (heard {self.counts})")
+
+
+@pytest.fixture
+async def heard(db: DriverUnderTest) -> AsyncIterator[Heard]:
+    """Announcements through the driver's listener if it has one, else `on_jobs_available`."""
+    recorder = Heard(db)
+    listener = db.driver.listener(recorder)
+    if listener is None:
+        yield recorder
+        return
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 10)  # type: ignore[attr-defined]
+        await recorder.settled()  # drops the "look now" a listener sends when it connects
+        yield recorder
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
