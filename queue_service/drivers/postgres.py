@@ -1,12 +1,20 @@
-"""The queue on PostgreSQL: each change on the hot path is one statement where it can be.
+"""The queue on PostgreSQL: each change on the hot path is one statement.
 
-- picking is one `WITH candidates AS (SELECT ... FOR UPDATE SKIP LOCKED) UPDATE ... RETURNING`
-  statement;
+The hot statements (`INSERT_SQL`, `PICK_SQL`, `EXTEND_SQL`, `REPORT_SQL`, `RELEASE_SQL`) are
+written out here as SQL and run through psycopg as they are:
+- every status is a literal in the text, never a parameter, so the generic plan psycopg's
+  prepared statements settle on still reads the partial indexes of pending and processing jobs
+  (`ix_sync_queue_pick`, `ix_sync_queue_lease_expiry`);
 - a change and the worker-run counts it owes are one statement: the job UPDATE is a
-  data-modifying CTE and the runs are updated from its RETURNING rows;
+  data-modifying CTE and the runs are updated from its RETURNING rows, after locking them in
+  id order (jobs are always locked before runs, so no two transactions wait in a cycle);
+- many rows travel as arrays (`unnest`), so a batch costs one statement, not one per row;
 - a one-statement change runs in autocommit: no BEGIN and COMMIT round trips;
-- a new ready job is announced with `pg_notify` inside the transaction that made it (so it is
-  sent only if the transaction commits), which reaches every replica's listener.
+- ready jobs are announced with `pg_notify('gmbsync_jobs', '<count>')` in the statement that
+  made them, so the NOTIFY is sent only if it commits, once, to every replica's listener (this
+  one's included: nothing is told in-process, or its pickers would be woken twice).
+What is not on the hot path (cancel, retry, the reaper, the pruner, worker runs) is the shared
+SQLAlchemy Core of `drivers.shared`.
 
 Leases are judged by the database's clock (`statement_timestamp()`, stable within a
 statement) unless a clock is injected (`Moment.lease_now`), so that every replica, the reaper
@@ -20,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import uuid
@@ -33,21 +40,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
 
 from queue_service.drivers.base import Moment, PickParams, SignalTarget
 from queue_service.drivers.shared import (
-    JOB_COLUMNS,
-    LEASE_CLEARED,
     MAX_ERROR_LENGTH,
     SharedDriver,
     enqueue_results,
     job_from_row,
     merge_by_account,
     q,
-    runs,
-    status,
 )
 from queue_service.errors import AccountInactive, AccountNotFound, ActiveJobExists
 from queue_service.lifecycle import MAX_RETRY_DELAY
@@ -103,6 +104,102 @@ counted AS (
     FROM per_run p
     WHERE r.id = p.run_id AND r.id IN (SELECT id FROM locked_runs)
 )"""
+
+# `shared.lost_worker_error`, built by PostgreSQL from the row being updated.
+_LOST_ERROR = (
+    "'worker lost: lease expired at '"
+    " || to_char(lease_expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+    " || ' (worker ' || coalesce(worker_id, 'None') || ')'"
+)
+# `shared.error_entry` of a lost attempt, as a one-element array to append to `errors`.
+_LOST_ENTRY = (
+    "jsonb_build_array(jsonb_build_object('attempt', attempts, 'error', "
+    + _LOST_ERROR
+    + ", 'failed_at', %(now_text)s::text, 'worker_id', worker_id, 'permanent', false))"
+)
+
+PICK_SQL = f"""
+WITH expired AS (
+    SELECT id, attempts, max_attempts, worker_run_id
+    FROM sync_queue
+    WHERE status = 'processing' AND lease_expires_at <= {LEASE_NOW}
+    ORDER BY lease_expires_at
+    LIMIT %(max_jobs)s::int
+    FOR UPDATE SKIP LOCKED
+),
+ready AS (
+    SELECT id
+    FROM sync_queue
+    WHERE status = 'pending'
+      AND (scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz)
+      AND attempts < max_attempts
+    ORDER BY priority DESC, created_at, id
+    LIMIT greatest(
+        %(max_jobs)s::int - (SELECT count(*) FROM expired WHERE attempts < max_attempts), 0
+    )
+    FOR UPDATE SKIP LOCKED
+),
+lost AS (
+    UPDATE sync_queue
+    SET status = 'failed',
+        completed_at = %(now)s::timestamptz,
+        updated_at = %(now)s::timestamptz,
+        last_error = {_LOST_ERROR},
+        errors = errors || {_LOST_ENTRY},
+        lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE id IN (SELECT id FROM expired WHERE attempts >= max_attempts)
+    RETURNING id
+),
+changed AS (
+    UPDATE sync_queue
+    SET status = 'processing',
+        attempts = attempts + 1,
+        -- The lease's own start: `lease_expires_at - started_at` is the lease granted.
+        started_at = {LEASE_NOW},
+        updated_at = %(now)s::timestamptz,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = {LEASE_NOW} + %(lease)s::interval,
+        worker_id = %(worker_id)s::text,
+        worker_run_id = %(worker_run_id)s::uuid,
+        -- In SET, columns are the row before the update: 'processing' marks a takeover,
+        -- which records its lost attempt as the reaper would.
+        last_error = CASE WHEN status = 'processing' THEN {_LOST_ERROR} ELSE last_error END,
+        errors = CASE WHEN status = 'processing' THEN errors || {_LOST_ENTRY} ELSE errors END
+    WHERE id IN (
+        SELECT id FROM expired WHERE attempts < max_attempts
+        UNION ALL
+        SELECT id FROM ready
+    )
+    RETURNING {JOB_FIELDS}
+),
+per_run AS (
+    SELECT run_id, sum(picked) AS picked, sum(lost) AS lost
+    FROM (
+        SELECT worker_run_id AS run_id, 1 AS picked, 0 AS lost FROM changed
+        UNION ALL
+        SELECT worker_run_id, 0, 1 FROM expired
+    ) owed
+    WHERE run_id IS NOT NULL
+    GROUP BY run_id
+),
+{
+    _COUNT_RUNS.format(
+        sets="jobs_picked = r.jobs_picked + p.picked,"
+        " jobs_processed = r.jobs_processed + p.lost,"
+        " jobs_failed = r.jobs_failed + p.lost"
+    )
+}
+SELECT c.*, a.account_name
+FROM changed c LEFT JOIN gmb_accounts a ON a.id = c.account_id
+"""  # noqa: S608
+
+EXTEND_SQL = f"""
+UPDATE sync_queue q
+SET lease_expires_at = {LEASE_NOW} + %(lease)s::interval, updated_at = %(now)s::timestamptz
+WHERE {_lease_held_sql("q", "%(job_id)s::uuid", "%(lease_token)s::uuid")}
+RETURNING q.lease_expires_at
+"""  # noqa: S608
 
 # A failure's retry, and its delay in seconds from the row's attempts: `decide_failure` and
 # `RetryPolicy.delay` of queue_service.lifecycle in SQL, with each failure's jitter factor
@@ -296,38 +393,6 @@ ORDER BY acc.n
 """  # noqa: S608
 
 
-class random_uuid(FunctionElement[uuid.UUID]):
-    """A new random UUID per row, computed by the database."""
-
-    type = sa.Uuid()
-    inherit_cache = True
-
-
-@compiles(random_uuid, "postgresql")
-def _random_uuid_postgresql(element: Any, compiler: Any, **kw: Any) -> str:
-    return "gen_random_uuid()"
-
-
-def _text(value: str) -> sa.ColumnElement[str]:
-    """A string constant in SQL, typed: variadic functions such as jsonb_build_object cannot
-    infer the type of an untyped parameter."""
-    return sa.cast(sa.literal(value), sa.Text())
-
-
-# `shared.lost_worker_error` computed by PostgreSQL from the row being updated.
-_LOST_WORKER_ERROR_SQL = (
-    _text("worker lost: lease expired at ")
-    + sa.func.to_char(
-        sa.func.timezone("UTC", q.c.lease_expires_at),
-        _text('YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-        type_=sa.Text(),
-    )
-    + _text(" (worker ")
-    + sa.func.coalesce(q.c.worker_id, _text("None"))
-    + _text(")")
-)
-
-
 def libpq_conninfo(database_url: str | sa.URL) -> str:
     """An SQLAlchemy PostgreSQL URL as a libpq URI that psycopg accepts."""
     url = make_url(database_url).set(drivername="postgresql")
@@ -408,20 +473,6 @@ class PostgresDriver(SharedDriver):
 
     def _lease_params(self, moment: Moment) -> dict[str, Any]:
         return {"p_lease_now": moment.lease_now}
-
-    @functools.cached_property
-    def _lease_end(self) -> sa.ColumnElement[datetime]:
-        """When a lease granted or extended now ends: the lease clock plus `p_lease`."""
-        return self._lease_clock() + sa.bindparam("p_lease", type_=sa.Interval())
-
-    def _lease_held(self, job_id: Any, lease_token: Any) -> tuple[sa.ColumnElement[bool], ...]:
-        """`lease_token` holds the job's lease right now, checked in the guarded statement."""
-        return (
-            q.c.id == job_id,
-            q.c.lease_token == lease_token,
-            q.c.status == status(JobStatus.PROCESSING),
-            q.c.lease_expires_at > self._lease_clock(),
-        )
 
     def insert(self, table: sa.Table) -> Any:
         """PostgreSQL's INSERT, with ON CONFLICT."""
@@ -531,172 +582,38 @@ class PostgresDriver(SharedDriver):
 
     # -- pick ---------------------------------------------------------------------------------
 
-    def _lease_grant(self) -> dict[str, Any]:
-        """The values that lease a job to the picking worker."""
-        now = sa.bindparam("p_now", type_=UtcDateTime())  # this process's clock
+    @staticmethod
+    def pick_params(params: PickParams, moment: Moment) -> dict[str, Any]:
+        """The parameters of `PICK_SQL`."""
         return {
-            "status": status(JobStatus.PROCESSING),
-            "attempts": q.c.attempts + 1,
-            # The lease's own start: `lease_expires_at - started_at` is the lease granted.
-            "started_at": self._lease_clock(),
-            "updated_at": now,
-            "lease_token": random_uuid(),
-            "lease_expires_at": self._lease_end,
-            "worker_id": sa.bindparam("p_worker_id", type_=sa.Text()),
-            "worker_run_id": sa.bindparam("p_worker_run_id", type_=sa.Uuid()),
+            "now": moment.now,
+            "now_text": moment.now.isoformat(),
+            "lease_now": moment.lease_now,
+            "max_jobs": params.max_jobs,
+            "lease": params.lease,
+            "worker_id": params.worker_id,
+            "worker_run_id": params.worker_run_id,
         }
 
-    @functools.cached_property
-    def pick_sql(self) -> sa.Executable:
-        """The pick, one statement, run with `pick_params`:
+    async def job_pick(self, params: PickParams, *, moment: Moment) -> list[Job]:
+        """See `QueueDriver.job_pick`: `PICK_SQL`, one statement in autocommit:
         - `expired`: up to `max_jobs` jobs whose lease ran out, locked (SKIP LOCKED);
         - `lost`: those of them whose attempts are used up fail, with the error the reaper
           writes ("worker lost: ...");
         - `ready`: due pending jobs in pick order, locked, as many as the expired jobs with
           attempts left leave room for;
-        - `changed`: the expired jobs with attempts left, then the ready ones, are leased to
-          this worker; a taken-over job records its lost attempt like the reaper does;
-        - `counted`: the runs' counts, in one update after locking the run rows in id order
-          (two picks touching the same two runs never wait on each other in a cycle): the
-          picking run's `jobs_picked`, and a processed and failed job on each run that lost one.
+        - `changed`: those expired jobs, then the ready ones, are leased to this worker; a
+          taken-over job records its lost attempt as the reaper would;
+        - `counted`: the picking run's `jobs_picked`, and a processed, failed job on each run
+          that lost one.
         A job is acted on by whoever locks its row first: a reaper pass or another pick that
         comes second skips the row, or re-reads it after the first commits and finds it no
         longer processing. Expired jobs go first: they were at the head of the queue when
         first picked.
-
-        Parameter names start with `p_`: executed with a dict, an UPDATE turns keys that are
-        column names of its table into extra SET clauses.
         """
-        now = sa.bindparam("p_now", type_=UtcDateTime())
-        max_jobs = sa.bindparam("p_max_jobs", type_=sa.Integer())
-        expired = (
-            sa.select(q.c.id, q.c.attempts, q.c.max_attempts, q.c.worker_run_id)
-            .where(
-                q.c.status == status(JobStatus.PROCESSING),
-                q.c.lease_expires_at <= self._lease_clock(),
-            )
-            .order_by(q.c.lease_expires_at)
-            .limit(max_jobs)
-            .with_for_update(skip_locked=True)
-            .cte("expired")
-        )
-        takeover = sa.select(expired.c.id).where(expired.c.attempts < expired.c.max_attempts)
-        taken_count = sa.select(sa.func.count()).select_from(takeover.subquery()).scalar_subquery()
-        ready = (
-            sa.select(q.c.id)
-            .where(
-                q.c.status == status(JobStatus.PENDING),
-                sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= now),
-                q.c.attempts < q.c.max_attempts,
-            )
-            .order_by(q.c.priority.desc(), q.c.created_at, q.c.id)
-            .limit(sa.func.greatest(max_jobs - taken_count, 0))
-            .with_for_update(skip_locked=True)
-            .cte("ready")
-        )
-        lost_entry = q.c.errors.op("||", return_type=postgresql.JSONB())(
-            sa.func.jsonb_build_array(
-                sa.func.jsonb_build_object(
-                    _text("attempt"),
-                    q.c.attempts,
-                    _text("error"),
-                    _LOST_WORKER_ERROR_SQL,
-                    _text("failed_at"),
-                    sa.cast(sa.bindparam("p_failed_at", type_=sa.Text()), sa.Text()),
-                    _text("worker_id"),
-                    q.c.worker_id,
-                    _text("permanent"),
-                    sa.false(),
-                )
-            )
-        )
-        lost = (
-            sa.update(q)
-            .where(
-                q.c.id.in_(
-                    sa.select(expired.c.id).where(expired.c.attempts >= expired.c.max_attempts)
-                )
-            )
-            .values(
-                status=status(JobStatus.FAILED),
-                completed_at=now,
-                updated_at=now,
-                last_error=_LOST_WORKER_ERROR_SQL,
-                errors=lost_entry,
-                **LEASE_CLEARED,
-            )
-            .returning(q.c.id)
-            .cte("lost")
-        )
-        # In SET, columns are the row before the update: `processing` marks a takeover.
-        taken_over = q.c.status == status(JobStatus.PROCESSING)
-        changed = (
-            sa.update(q)
-            .where(q.c.id.in_(sa.union_all(takeover, sa.select(ready.c.id))))
-            .values(
-                **self._lease_grant(),
-                last_error=sa.case((taken_over, _LOST_WORKER_ERROR_SQL), else_=q.c.last_error),
-                errors=sa.case((taken_over, lost_entry), else_=q.c.errors),
-            )
-            .returning(*JOB_COLUMNS)
-            .cte("changed")
-        )
-        one, zero = sa.literal_column("1"), sa.literal_column("0")
-        owed = sa.union_all(
-            sa.select(
-                changed.c.worker_run_id.label("run_id"), one.label("picked"), zero.label("lost")
-            ),
-            sa.select(expired.c.worker_run_id, zero, one),
-        ).subquery("owed")
-        per_run = (
-            sa.select(
-                owed.c.run_id,
-                sa.func.sum(owed.c.picked).label("picked"),
-                sa.func.sum(owed.c.lost).label("lost"),
-            )
-            .where(owed.c.run_id.is_not(None))
-            .group_by(owed.c.run_id)
-            .cte("per_run")
-        )
-        locked_runs = (
-            sa.select(runs.c.id)
-            .where(runs.c.id.in_(sa.select(per_run.c.run_id)))
-            .order_by(runs.c.id)
-            .with_for_update()
-            .cte("locked_runs")
-        )
-        counted = (
-            sa.update(runs)
-            .where(
-                runs.c.id == per_run.c.run_id,
-                runs.c.id.in_(sa.select(locked_runs.c.id)),
-            )
-            .values(
-                jobs_picked=runs.c.jobs_picked + per_run.c.picked,
-                jobs_processed=runs.c.jobs_processed + per_run.c.lost,
-                jobs_failed=runs.c.jobs_failed + per_run.c.lost,
-            )
-            .cte("counted")
-        )
-        return sa.select(changed).add_cte(lost).add_cte(counted)
-
-    def pick_params(self, params: PickParams, moment: Moment) -> dict[str, Any]:
-        """The parameters of `pick_sql`."""
-        return {
-            "p_now": moment.now,
-            "p_max_jobs": params.max_jobs,
-            "p_worker_id": params.worker_id,
-            "p_worker_run_id": params.worker_run_id,
-            "p_lease_now": moment.lease_now,
-            "p_lease": params.lease,
-            "p_failed_at": moment.now.isoformat(),
-        }
-
-    async def job_pick(self, params: PickParams, *, moment: Moment) -> list[Job]:
-        """See `QueueDriver.job_pick`: `pick_sql`, one statement."""
         async with self._autocommit() as conn:
             rows = (
-                (await conn.execute(self.pick_sql, self.pick_params(params, moment)))
+                (await conn.exec_driver_sql(PICK_SQL, self.pick_params(params, moment)))
                 .mappings()
                 .all()
             )
@@ -707,37 +624,20 @@ class PostgresDriver(SharedDriver):
 
     # -- leases and results -------------------------------------------------------------------
 
-    @functools.cached_property
-    def _extend_sql(self) -> sa.Update:
-        """ExtendLease: a lease that has run out cannot be revived, only a held one moved."""
-        return (
-            sa.update(q)
-            .where(
-                *self._lease_held(
-                    sa.bindparam("p_job_id", type_=sa.Uuid()),
-                    sa.bindparam("p_lease_token", type_=sa.Uuid()),
-                )
-            )
-            .values(
-                lease_expires_at=self._lease_end,
-                updated_at=sa.bindparam("p_now", type_=UtcDateTime()),
-            )
-            .returning(q.c.lease_expires_at)
-        )
-
     async def job_lease_extend(
         self, job_id: uuid.UUID, lease_token: uuid.UUID, lease: timedelta, *, moment: Moment
     ) -> datetime:
-        """See `QueueDriver.job_lease_extend`: one UPDATE; a refusal reads why."""
+        """See `QueueDriver.job_lease_extend`: `EXTEND_SQL`, one UPDATE; a refusal reads why.
+        A lease that has run out cannot be revived, only a held one moved."""
         params = {
-            "p_job_id": job_id,
-            "p_lease_token": lease_token,
-            "p_now": moment.now,
-            "p_lease": lease,
-            **self._lease_params(moment),
+            "job_id": job_id,
+            "lease_token": lease_token,
+            "lease": lease,
+            "now": moment.now,
+            "lease_now": moment.lease_now,
         }
         async with self._autocommit() as conn:
-            expires = (await conn.execute(self._extend_sql, params)).scalar_one_or_none()
+            expires = (await conn.exec_driver_sql(EXTEND_SQL, params)).scalar_one_or_none()
             if expires is None:
                 raise await self._lease_problem(conn, job_id, lease_token, moment)
         return expires
