@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from queue_service.drivers import Moment, PickParams
+from queue_service.errors import LeaseExpired
 from queue_service.models import JobStatus
 from tests.queue.driver.conftest import LEASE, T0, DriverUnderTest, moment
 
@@ -127,3 +131,29 @@ async def test_expired_jobs_go_before_ready_ones_within_max_jobs(db: DriverUnder
     picked = await db.pick(max_jobs=2, at=after)
 
     assert {j.id for j in picked} == {expired.id, ready[0].id}
+
+
+async def test_without_an_injected_clock_leases_follow_the_databases_clock(db: DriverUnderTest):
+    long_ago = datetime(2020, 1, 1, tzinfo=UTC)
+    await db.insert(await db.add_account(), at=long_ago)
+    await db.insert(await db.add_account(), at=long_ago + timedelta(seconds=1))
+    now = Moment(now=datetime.now(UTC))  # no lease_now: the database's clock judges leases
+    # One job leased now by the database's clock, then one long ago by an injected clock.
+    [new] = await db.driver.job_pick(
+        PickParams(max_jobs=1, lease=LEASE, worker_id="w1"), moment=now
+    )
+    [old] = await db.driver.job_pick(
+        PickParams(max_jobs=1, lease=LEASE, worker_id="w2"),
+        moment=Moment(now=long_ago + timedelta(seconds=5), lease_now=long_ago),
+    )
+    database_now = await db.driver.lease_clock_now()
+
+    assert new.started_at is not None and new.lease_expires_at == new.started_at + LEASE
+    assert abs(new.started_at - database_now) < timedelta(seconds=5)
+    await db.driver.job_lease_extend(new.id, new.lease_token, LEASE, moment=now)
+    with pytest.raises(LeaseExpired):
+        await db.driver.job_lease_extend(old.id, old.lease_token, LEASE, moment=now)
+    [taken] = await db.driver.job_pick(
+        PickParams(max_jobs=5, lease=LEASE, worker_id="w3"), moment=now
+    )
+    assert taken.id == old.id and taken.attempts == 2
