@@ -8,9 +8,10 @@ import logging
 from dataclasses import replace
 
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
+from queue_service.drivers.base import JobListener
 from queue_service.lifecycle import RetryPolicy
 from queue_service.maintenance import Maintenance
-from queue_service.notifier import JobSignal, PostgresListener
+from queue_service.notifier import JobSignal
 from queue_service.scheduler import ScheduleConfig, Scheduler
 from queue_service.servicer import POLICY, SERVICE_NAME, QueueServicer
 from queue_service.settings import QueueSettings
@@ -46,15 +47,13 @@ class QueueApp:
         )
         self.maintenance = Maintenance(
             self.store,
-            database_url=settings.database_url,
             interval=settings.reaper_interval,
             retention=settings.job_retention,
             scheduler=self.scheduler,
         )
         background = [self.maintenance.run]
-        self.listener: PostgresListener | None = None
-        if self.store.is_postgres:
-            self.listener = PostgresListener(settings.database_url, self.signal)
+        self.listener: JobListener | None = self.store.listener(self.signal)
+        if self.listener is not None:
             background.append(self.listener.run)
         servicer = QueueServicer(self.store, self.signal, settings)
         self.server = GrpcServer(

@@ -7,12 +7,13 @@ retry or backoff will ever make those syncs succeed.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from queue_service.models import Alert, AlertSeverity, ApiDisabled, Diagnostics, JobStatus
-from queue_service.store import percentile
 
 
 @dataclass(frozen=True)
@@ -130,3 +131,13 @@ def _api_disabled_alert(disabled: list[ApiDisabled], window: timedelta) -> Alert
         threshold=0.0,
         severity=AlertSeverity.CRITICAL,
     )
+
+
+def percentile(values: Iterable[float], fraction: float) -> float:
+    """The `fraction` percentile (0..1) by linear interpolation; 0 for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[round(fraction * 100) - 1]

@@ -23,11 +23,19 @@ class RetryPolicy:
     jitter: float = 0.1
     random: Callable[[], float] = random.random
 
+    def jitter_factor(self) -> float:
+        """A random factor in [1 - jitter, 1 + jitter] that one delay is multiplied by."""
+        return 1.0 + self.jitter * (2.0 * self.random() - 1.0)
+
     def delay(self, attempt: int, retry_after: timedelta | None = None) -> timedelta:
+        """The wait before retrying after failed attempt number `attempt`.
+
+        PostgreSQL's driver computes the same in SQL for many failures at once (from each
+        job's attempts, with a `jitter_factor` per failure); a change here is a change there.
+        """
         exponent = max(attempt, 1) - 1
         backoff = min(self.base * (2**exponent), MAX_RETRY_DELAY)
-        factor = 1.0 + self.jitter * (2.0 * self.random() - 1.0)
-        delay = backoff * factor
+        delay = backoff * self.jitter_factor()
         if retry_after is not None and retry_after > delay:
             delay = min(retry_after, MAX_RETRY_DELAY)
         return delay
@@ -50,7 +58,10 @@ def decide_failure(
     policy: RetryPolicy,
     retry_after: timedelta | None = None,
 ) -> FailureDecision:
-    """Permanent errors and exhausted attempts fail the job; anything else is retried later."""
+    """Permanent errors and exhausted attempts fail the job; anything else is retried later.
+
+    PostgreSQL's driver applies the same rule in SQL to many failures at once.
+    """
     if permanent or attempts >= max_attempts:
         return FailureDecision(retry=False, retry_at=None)
     return FailureDecision(retry=True, retry_at=now + policy.delay(attempts, retry_after))

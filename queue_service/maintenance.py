@@ -1,8 +1,8 @@
 """Background work of the queue: the lease reaper, the pruner and the scheduler, run by one leader.
 
-Among many replicas on one PostgreSQL, the leader is whoever holds a session-level advisory
-lock on a dedicated connection; if that connection drops, PostgreSQL releases the lock and
-another replica takes over at its next attempt. With SQLite there is one process: it leads.
+Leadership is the driver's (`QueueDriver.leader_session`): on PostgreSQL a session-level
+advisory lock on a dedicated connection, which another replica takes at its next attempt once
+that connection drops; with SQLite there is one process, and it leads.
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ import contextlib
 import logging
 from datetime import timedelta
 
-import psycopg
-
-from queue_service.notifier import libpq_conninfo
+from queue_service.drivers.base import LeaderSession
 from queue_service.scheduler import Scheduler
 from queue_service.store import JobStore
 
 log = logging.getLogger(__name__)
 
-# Any fixed 64-bit key shared by every replica: "gmbsync" in ASCII.
-LEADER_LOCK_KEY = 0x676D6273796E63
 PRUNE_EVERY = timedelta(hours=1)
 
 
@@ -33,13 +29,11 @@ class Maintenance:
         self,
         store: JobStore,
         *,
-        database_url: str,
         interval: timedelta,
         retention: timedelta | None,
         scheduler: Scheduler | None = None,
     ) -> None:
         self._store = store
-        self._database_url = database_url
         self._interval = interval.total_seconds()
         self._retention = retention
         self.scheduler = scheduler
@@ -47,26 +41,15 @@ class Maintenance:
         self._last_prune: float | None = None
 
     async def run(self) -> None:
-        if self._store.is_postgres:
-            await self._run_with_leadership()
-        else:
-            self.is_leader.set()
-            await self._lead(None)
-
-    async def _run_with_leadership(self) -> None:
-        conninfo = libpq_conninfo(self._database_url)
+        """Bids for leadership every interval; leads (passes, scheduler) while elected."""
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                async with self._store.leader_session() as session:
                     while True:
-                        cursor = await conn.execute(
-                            "SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)
-                        )
-                        row = await cursor.fetchone()
-                        if row and row[0]:
+                        if await session.attempt_elect():
                             log.info("elected leader: running the lease reaper")
                             self.is_leader.set()
-                            await self._lead(conn)
+                            await self._lead(session)
                         await asyncio.sleep(self._interval)
             except asyncio.CancelledError:
                 raise
@@ -77,8 +60,8 @@ class Maintenance:
             self.is_leader.clear()
             await asyncio.sleep(self._interval)
 
-    async def _lead(self, lock_conn: psycopg.AsyncConnection | None) -> None:
-        """Runs passes until cancelled; returns (or raises) when the lock connection dies.
+    async def _lead(self, session: LeaderSession) -> None:
+        """Runs passes until cancelled; raises when the leader session is lost.
 
         The scheduler runs beside the passes and stops with them, so it runs only while this
         replica holds the lock (give or take one reaper interval after losing it, which its
@@ -90,19 +73,17 @@ class Maintenance:
             else None
         )
         try:
-            await self._maintain(lock_conn)
+            await self._maintain(session)
         finally:
             if scheduling is not None:
                 scheduling.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await scheduling
 
-    async def _maintain(self, lock_conn: psycopg.AsyncConnection | None) -> None:
+    async def _maintain(self, session: LeaderSession) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if lock_conn is not None:
-                # The lock lives as long as this connection: check it is still there.
-                await lock_conn.execute("SELECT 1")
+            await session.confirm()
             try:
                 await self.run_pass()
                 if self._retention is not None and (
@@ -122,6 +103,7 @@ class Maintenance:
             await asyncio.sleep(self._interval)
 
     async def run_pass(self) -> None:
+        """One reaper pass."""
         recovered = await self._store.jobs_recover()
         if recovered.requeued or recovered.failed:
             log.warning(

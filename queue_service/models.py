@@ -162,11 +162,14 @@ class FailOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ResultAck:
-    """The answer to one result of a batch: the job after it, or the error that refused it."""
+    """The answer to one result of a batch: the job after it (unless only acks were asked for),
+    or the error that refused it."""
 
     job_id: uuid.UUID
     job: Job | None = None
     error: Exception | None = None
+    # An accepted failure: True when the job will be retried.
+    will_retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ Each tick (`SCHEDULER_TICK`) is one pass, in bounded batches of one transaction 
    point, one sync per account for all the missed rounds, spread like a round;
 5. enqueue every account with a slot before the next tick, with `scheduled_at` at the slot.
 
-The arithmetic is in `slots`, the SQL in `store`; this module only sequences them. A pass is
+The arithmetic is in `slots`, the SQL in `schedule_store`; this module only sequences them. A pass is
 safe to run twice at once (store batches lock the rows they change), so a brief overlap of two
 leaders during a failover duplicates nothing.
 """
@@ -143,7 +143,7 @@ class Scheduler:
         enqueued = duplicates = deferred = 0
         cursor: tuple[datetime, uuid.UUID] | None = None
         while True:
-            batch = await self._store.schedule_enqueue_due(
+            batch = await self._store.schedules.schedule_enqueue_due(
                 now=now,
                 horizon=now + self.config.tick,
                 priority=self.config.priority,
@@ -182,7 +182,7 @@ class Scheduler:
             ESTIMATE_LOOKBACK_INTERVALS * max(config.incremental_interval, config.full_interval),
             ESTIMATE_LOOKBACK_MAX,
         )
-        demands = await self._store.schedule_demand(config.defaults, since=now - lookback)
+        demands = await self._store.schedules.schedule_demand(config.defaults, since=now - lookback)
         needed = calls_per_minute(demands)
         plan = Plan(
             accounts=len(demands),
@@ -217,7 +217,7 @@ class Scheduler:
         changed = 0
         after: uuid.UUID | None = None
         while True:
-            read, moved, after = await self._store.schedule_regrid(
+            read, moved, after = await self._store.schedules.schedule_regrid(
                 now=now,
                 defaults=self.config.defaults,
                 stretch=stretch,
@@ -232,17 +232,17 @@ class Scheduler:
         return changed
 
     async def _place(self, now: datetime, stretch: float) -> int:
-        async with self._store.schedule_placement_turn() as ours:
+        async with self._store.schedules.schedule_placement_turn() as ours:
             if not ours:
                 return 0  # another scheduler is laying accounts out right now
             return await self._place_all(now, stretch)
 
     async def _place_all(self, now: datetime, stretch: float) -> int:
-        count = await self._store.schedule_unplaced_count()
+        count = await self._store.schedules.schedule_unplaced_count()
         position = 0
         after: uuid.UUID | None = None
         while position < count:
-            read, after = await self._store.schedule_place(
+            read, after = await self._store.schedules.schedule_place(
                 start=now,
                 count=count,
                 position=position,
@@ -267,7 +267,7 @@ class Scheduler:
         moved_total = 0
         cursor: tuple[datetime, uuid.UUID] | None = None
         while True:
-            moved, cursor = await self._store.schedule_catch_up(
+            moved, cursor = await self._store.schedules.schedule_catch_up(
                 now=now,
                 missed_before=now - self.config.grace,
                 cursor=cursor,

@@ -33,7 +33,6 @@ from queue_service.errors import (
 from queue_service.models import (
     Caller,
     Job,
-    JobFilter,
     PageCursor,
     Release,
     ResultAck,
@@ -192,7 +191,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
 
     @translated
     async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
-        job = await self._store.job_get(requests.job_id(request), _caller())
+        job = await self._store.reader.job_get(requests.job_id(request), _caller())
         return pb.GetJobResponse(job=convert.job_to_pb(job))
 
     @translated
@@ -210,7 +209,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
                 "user_id: only admins and workers may list another user's jobs",
             )
         # One extra row tells whether a next page exists without a count query.
-        jobs = await self._store.job_list(caller, job_filter, limit=size + 1, after=cursor)
+        jobs = await self._store.reader.job_list(caller, job_filter, limit=size + 1, after=cursor)
         next_token = ""
         if len(jobs) > size:
             jobs = jobs[:size]
@@ -226,8 +225,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     async def GetQueueStatus(self, request, context):  # type: ignore[no-untyped-def]
         limit = requests.recent_limit(request.recent_limit, default=20)
         caller = _caller()
-        stats = await self._store.job_stats(caller)
-        recent = await self._store.job_list(caller, JobFilter(), limit=limit)
+        stats, recent = await self._store.reader.queue_status(caller, limit=limit)
         return pb.GetQueueStatusResponse(
             stats=convert.stats_to_pb(stats), jobs=[convert.job_to_pb(j) for j in recent]
         )
@@ -377,7 +375,8 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     @translated
     async def GetDiagnostics(self, request, context):  # type: ignore[no-untyped-def]
         limit = requests.recent_limit(request.recent_limit, default=10)
-        snapshot = await self._store.diagnostics_snapshot(
+        snapshot = await self._store.reader.diagnostics_snapshot(
+            now=self._store.clock(),
             stale_after=self._thresholds.processing_age,
             recent_limit=limit,
             api_disabled_window=self._thresholds.api_disabled_window,
@@ -386,13 +385,15 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
 
     @translated
     async def GetSyncSchedule(self, request, context):  # type: ignore[no-untyped-def]
-        schedule = await self._store.schedule_get(requests.schedule_get_request(request))
+        schedule = await self._store.schedules.schedule_get(requests.schedule_get_request(request))
         return pb.GetSyncScheduleResponse(schedule=convert.schedule_to_pb(schedule))
 
     @translated
     async def SetSyncSchedule(self, request, context):  # type: ignore[no-untyped-def]
         account_id, change = requests.schedule_set_request(request)
-        schedule = await self._store.schedule_set(account_id, change, self._schedule_defaults)
+        schedule = await self._store.schedules.schedule_set(
+            account_id, change, self._schedule_defaults
+        )
         log.info("schedule of account %s changed: %s", account_id, change)
         return pb.SetSyncScheduleResponse(schedule=convert.schedule_to_pb(schedule))
 

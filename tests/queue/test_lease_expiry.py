@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import grpc
 import pytest
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from google.protobuf import duration_pb2
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
-from queue_service import store as store_module
+from queue_service.drivers import shared as driver_shared
 from queue_service.models import Job
 from queue_service.tables import sync_queue, sync_worker_runs
 from tests.conftest import WORKER_METADATA
@@ -29,10 +29,7 @@ SHORT_LEASE = timedelta(seconds=1)
 
 async def database_now(queue: RunningQueue) -> datetime:
     """The clock leases are judged by: PostgreSQL's own, or this process's on SQLite."""
-    if queue.app.store.is_postgres:
-        async with queue.app.engine.connect() as conn:
-            return (await conn.execute(sa.text("SELECT statement_timestamp()"))).scalar_one()
-    return datetime.now(UTC)
+    return await queue.app.store.driver.lease_clock_now()
 
 
 async def wait_until_expired(queue: RunningQueue, jobs: list[Job]) -> None:
@@ -258,7 +255,7 @@ async def test_pickers_racing_the_reaper_act_on_each_expired_job_exactly_once(
     """Many pickers and reaper passes at once over expired jobs: each job is taken over by one
     picker, requeued by the reaper, or failed, exactly once; every count is exact."""
     # Small reaper batches, so that the pickers have expired jobs left to race for.
-    monkeypatch.setattr(store_module, "RECOVER_BATCH", 5)
+    monkeypatch.setattr(driver_shared, "RECOVER_BATCH", 5)
     store = pg_queue.app.store
     lost_run = await store.worker_run_start("lost-worker", {})
     total = 60

@@ -104,3 +104,62 @@ async def test_shutdown_releases_waiting_pickers_at_once(any_db_url, auth_settin
     await running.channel.close()
 
     assert list(response.jobs) == []
+
+
+async def _until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_new_jobs_wake_as_many_waiting_pickers_as_there_are_jobs(any_db_url, auth_settings):
+    running = await start_queue(queue_settings(any_db_url, auth_settings, **NO_POLLING))
+    store = running.app.store
+    picks = 0
+    pick = store.job_pick
+
+    async def counted_pick(**kwargs):  # type: ignore[no-untyped-def]
+        nonlocal picks
+        picks += 1
+        return await pick(**kwargs)
+
+    store.job_pick = counted_pick  # type: ignore[method-assign]
+    try:
+        accounts = [await running.add_account() for _ in range(2)]
+        pickers = [
+            asyncio.ensure_future(
+                running.stub.PickJobs(
+                    pb.PickJobsRequest(worker_id=f"waiter-{i}", wait=wait(25)),
+                    metadata=WORKER_METADATA,
+                )
+            )
+            for i in range(3)
+        ]
+        await _until(lambda: running.app.signal.waiting == 3, "three pickers waiting")
+        picks = 0
+
+        await running.stub.EnqueueSyncBatch(
+            pb.EnqueueSyncBatchRequest(
+                items=[
+                    pb.EnqueueSyncRequest(account_id=str(a), sync_type=pb.SYNC_TYPE_FULL)
+                    for a in accounts
+                ]
+            ),
+            metadata=WORKER_METADATA,
+        )
+        done, pending = await asyncio.wait(pickers, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        while len(done) < 2 and pending:
+            more, pending = await asyncio.wait(
+                pending, timeout=10, return_when=asyncio.FIRST_COMPLETED
+            )
+            assert more, "a woken picker never answered"
+            done |= more
+
+        assert sorted(len(p.result().jobs) for p in done) == [1, 1]
+        assert running.app.signal.waiting == 1
+        # Two jobs: two pickers ran a pick, the third went on waiting without one.
+        assert picks == 2
+    finally:
+        await stop_queue(running)

@@ -285,10 +285,10 @@ async def test_a_reactivated_account_gets_one_sync_at_its_place_in_the_next_roun
 
 async def test_an_override_changes_one_accounts_interval_and_an_opt_out_stops_it(world):
     fast, opted_out, *others = await add_accounts(world.engine, 5)
-    await world.store.schedule_set(
+    await world.store.schedules.schedule_set(
         fast, ScheduleChange(incremental_interval=timedelta(minutes=15)), DEFAULTS
     )
-    await world.store.schedule_set(opted_out, ScheduleChange(enabled=False), DEFAULTS)
+    await world.store.schedules.schedule_set(opted_out, ScheduleChange(enabled=False), DEFAULTS)
     walk = world.walk(tick=TICK)
 
     await walk.until(T0 + HOUR)
@@ -299,7 +299,9 @@ async def test_an_override_changes_one_accounts_interval_and_an_opt_out_stops_it
     assert len(grouped[fast]) == 4
     assert all(len(grouped[a]) == 1 for a in others)
 
-    schedule = await world.store.schedule_set(opted_out, ScheduleChange(enabled=True), DEFAULTS)
+    schedule = await world.store.schedules.schedule_set(
+        opted_out, ScheduleChange(enabled=True), DEFAULTS
+    )
     assert schedule.enabled and schedule.next_incremental_at is None
     await walk.until(T0 + 2 * HOUR)
     assert len(by_account(await all_jobs(world.engine))[opted_out]) == 1
@@ -308,10 +310,10 @@ async def test_an_override_changes_one_accounts_interval_and_an_opt_out_stops_it
 async def test_changing_a_laid_out_interval_moves_the_next_slot_at_once(world):
     [account] = await add_accounts(world.engine, 1)
     await world.walk(tick=TICK).until(T0 + timedelta(seconds=1))
-    before = await world.store.schedule_get(account)
+    before = await world.store.schedules.schedule_get(account)
     assert before.next_incremental_at == T0 + timedelta(minutes=30)
 
-    after = await world.store.schedule_set(
+    after = await world.store.schedules.schedule_set(
         account, ScheduleChange(incremental_interval=2 * HOUR), DEFAULTS
     )
 
@@ -321,7 +323,7 @@ async def test_changing_a_laid_out_interval_moves_the_next_slot_at_once(world):
     assert after.next_incremental_at - now == 2 * (before.next_incremental_at - now)
     assert after.next_full_at == before.next_full_at
 
-    back = await world.store.schedule_set(
+    back = await world.store.schedules.schedule_set(
         account, ScheduleChange(incremental_interval=DEFAULT_INTERVAL), DEFAULTS
     )
     assert back.incremental_interval is None

@@ -123,7 +123,7 @@ async def test_a_running_queue_service_schedules_syncs_by_itself(any_db_url, aut
         accounts = await add_accounts(running.app.engine, 10)
 
         async def laid_out() -> bool:
-            schedules = [await running.app.store.schedule_get(a) for a in accounts]
+            schedules = [await running.app.store.schedules.schedule_get(a) for a in accounts]
             return all(s.next_incremental_at is not None for s in schedules)
 
         await eventually(laid_out)
@@ -345,6 +345,6 @@ async def test_grpcurl_sets_and_reads_a_schedule_with_json_durations(queue):
     schedule = json.loads(stdout)["schedule"]
     assert schedule["incremental_interval"] == "900s"
     assert "enabled" not in schedule  # false: left out of proto3 JSON
-    stored = await queue.app.store.schedule_get(account)
+    stored = await queue.app.store.schedules.schedule_get(account)
     assert stored.incremental_interval == 15 * MINUTE
     assert stored.enabled is False

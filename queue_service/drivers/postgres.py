@@ -1,0 +1,741 @@
+"""The queue on PostgreSQL: each change on the hot path is one statement.
+
+The hot statements (`INSERT_SQL`, `PICK_SQL`, `EXTEND_SQL`, `REPORT_SQL`, `RELEASE_SQL`) are
+written out here as SQL and run through psycopg as they are:
+- every status is a literal in the text, never a parameter, so the generic plan psycopg's
+  prepared statements settle on still reads the partial indexes of pending and processing jobs
+  (`ix_sync_queue_pick`, `ix_sync_queue_lease_expiry`);
+- a change and the worker-run counts it owes are one statement: the job UPDATE is a
+  data-modifying CTE and the runs are updated from its RETURNING rows, after locking them in
+  id order (jobs are always locked before runs, so no two transactions wait in a cycle);
+- many rows travel as arrays (`unnest`), so a batch costs one statement, not one per row;
+- a one-statement change runs in autocommit: no BEGIN and COMMIT round trips;
+- ready jobs are announced with `pg_notify('gmbsync_jobs', '<count>')` in the statement that
+  made them, so the NOTIFY is sent only if it commits, once, to every replica's listener (this
+  one's included: nothing is told in-process, or its pickers would be woken twice).
+What is not on the hot path (cancel, retry, the reaper, the pruner, worker runs) is the shared
+SQLAlchemy Core of `drivers.shared`.
+
+Leases are judged by the database's clock (`statement_timestamp()`, stable within a
+statement) unless a clock is injected (`Moment.lease_now`), so that every replica, the reaper
+and every pick agree on when a lease ends however far their hosts' clocks drift.
+
+Leadership is a session-level advisory lock on a dedicated connection: if that connection
+drops, PostgreSQL releases the lock and another replica takes it at its next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from queue_service.drivers.base import Moment, PickParams, SignalTarget
+from queue_service.drivers.shared import (
+    MAX_ERROR_LENGTH,
+    SharedDriver,
+    enqueue_results,
+    job_from_row,
+    merge_by_account,
+    q,
+)
+from queue_service.errors import AccountInactive, AccountNotFound, ActiveJobExists
+from queue_service.lifecycle import MAX_RETRY_DELAY
+from queue_service.models import (
+    Caller,
+    Completion,
+    EnqueueRequest,
+    EnqueueResult,
+    Failure,
+    Job,
+    JobStatus,
+    Release,
+    ResultAck,
+)
+from service_runtime.sqltypes import UtcDateTime
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "gmbsync_jobs"
+# Any fixed 64-bit key shared by every replica: "gmbsync" in ASCII.
+LEADER_LOCK_KEY = 0x676D6273796E63
+
+# The statements below are SQL text, run through psycopg as written (`%(name)s` parameters,
+# each cast to its type). Statuses are literals, never parameters (see the module docstring).
+_FIELDS = [c.name for c in q.c]
+JOB_FIELDS = ", ".join(_FIELDS)
+Q_JOB_FIELDS = ", ".join(f"q.{name}" for name in _FIELDS)
+
+# The lease clock: an injected instant, or the start of this statement by the database's clock.
+LEASE_NOW = "coalesce(%(lease_now)s::timestamptz, statement_timestamp())"
+
+
+def _lease_held_sql(alias: str, job_id: str, token: str) -> str:
+    """SQL: `token` holds the lease of job `job_id` (table alias `alias`) right now."""
+    return (
+        f"{alias}.id = {job_id} AND {alias}.lease_token = {token}"
+        f" AND {alias}.status = 'processing' AND {alias}.lease_expires_at > {LEASE_NOW}"
+    )
+
+
+# Locks the runs of `per_run` (run_id and counts) in id order, then adds each run's counts:
+# jobs are locked before runs in every statement, so no two wait on each other in a cycle.
+_COUNT_RUNS = """
+locked_runs AS (
+    SELECT id FROM sync_worker_runs
+    WHERE id IN (SELECT run_id FROM per_run)
+    ORDER BY id
+    FOR UPDATE
+),
+counted AS (
+    UPDATE sync_worker_runs r
+    SET {sets}
+    FROM per_run p
+    WHERE r.id = p.run_id AND r.id IN (SELECT id FROM locked_runs)
+)"""
+
+# `shared.lost_worker_error`, built by PostgreSQL from the row being updated.
+_LOST_ERROR = (
+    "'worker lost: lease expired at '"
+    " || to_char(lease_expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+    " || ' (worker ' || coalesce(worker_id, 'None') || ')'"
+)
+# `shared.error_entry` of a lost attempt, as a one-element array to append to `errors`.
+_LOST_ENTRY = (
+    "jsonb_build_array(jsonb_build_object('attempt', attempts, 'error', "
+    + _LOST_ERROR
+    + ", 'failed_at', %(now_text)s::text, 'worker_id', worker_id, 'permanent', false))"
+)
+
+PICK_SQL = f"""
+WITH expired AS (
+    SELECT id, attempts, max_attempts, worker_run_id
+    FROM sync_queue
+    WHERE status = 'processing' AND lease_expires_at <= {LEASE_NOW}
+    ORDER BY lease_expires_at
+    LIMIT %(max_jobs)s::int
+    FOR UPDATE SKIP LOCKED
+),
+ready AS (
+    SELECT id
+    FROM sync_queue
+    WHERE status = 'pending'
+      AND (scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz)
+      AND attempts < max_attempts
+    ORDER BY priority DESC, created_at, id
+    LIMIT greatest(
+        %(max_jobs)s::int - (SELECT count(*) FROM expired WHERE attempts < max_attempts), 0
+    )
+    FOR UPDATE SKIP LOCKED
+),
+lost AS (
+    UPDATE sync_queue
+    SET status = 'failed',
+        completed_at = %(now)s::timestamptz,
+        updated_at = %(now)s::timestamptz,
+        last_error = {_LOST_ERROR},
+        errors = errors || {_LOST_ENTRY},
+        lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE id IN (SELECT id FROM expired WHERE attempts >= max_attempts)
+    RETURNING id
+),
+changed AS (
+    UPDATE sync_queue
+    SET status = 'processing',
+        attempts = attempts + 1,
+        -- The lease's own start: `lease_expires_at - started_at` is the lease granted.
+        started_at = {LEASE_NOW},
+        updated_at = %(now)s::timestamptz,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = {LEASE_NOW} + %(lease)s::interval,
+        worker_id = %(worker_id)s::text,
+        worker_run_id = %(worker_run_id)s::uuid,
+        -- In SET, columns are the row before the update: 'processing' marks a takeover,
+        -- which records its lost attempt as the reaper would.
+        last_error = CASE WHEN status = 'processing' THEN {_LOST_ERROR} ELSE last_error END,
+        errors = CASE WHEN status = 'processing' THEN errors || {_LOST_ENTRY} ELSE errors END
+    WHERE id IN (
+        SELECT id FROM expired WHERE attempts < max_attempts
+        UNION ALL
+        SELECT id FROM ready
+    )
+    RETURNING {JOB_FIELDS}
+),
+per_run AS (
+    SELECT run_id, sum(picked) AS picked, sum(lost) AS lost
+    FROM (
+        SELECT worker_run_id AS run_id, 1 AS picked, 0 AS lost FROM changed
+        UNION ALL
+        SELECT worker_run_id, 0, 1 FROM expired
+    ) owed
+    WHERE run_id IS NOT NULL
+    GROUP BY run_id
+),
+{
+    _COUNT_RUNS.format(
+        sets="jobs_picked = r.jobs_picked + p.picked,"
+        " jobs_processed = r.jobs_processed + p.lost,"
+        " jobs_failed = r.jobs_failed + p.lost"
+    )
+}
+SELECT c.*, a.account_name
+FROM changed c LEFT JOIN gmb_accounts a ON a.id = c.account_id
+"""  # noqa: S608
+
+EXTEND_SQL = f"""
+UPDATE sync_queue q
+SET lease_expires_at = {LEASE_NOW} + %(lease)s::interval, updated_at = %(now)s::timestamptz
+WHERE {_lease_held_sql("q", "%(job_id)s::uuid", "%(lease_token)s::uuid")}
+RETURNING q.lease_expires_at
+"""  # noqa: S608
+
+# A failure's retry, and its delay in seconds from the row's attempts: `decide_failure` and
+# `RetryPolicy.delay` of queue_service.lifecycle in SQL, with each failure's jitter factor
+# drawn by the policy.
+_RETRY = "(NOT f.permanent AND q.attempts < q.max_attempts)"
+_BACKOFF = (
+    "(least(%(base)s::float8 * power(2::float8, greatest(q.attempts, 1) - 1),"
+    " %(max_delay)s::float8) * f.jitter)"
+)
+_DELAY = (
+    f"(CASE WHEN f.retry_after > {_BACKOFF} THEN least(f.retry_after, %(max_delay)s::float8)"
+    f" ELSE {_BACKOFF} END)"
+)
+
+
+def _report_sql(*, with_jobs: bool) -> str:
+    """Every completion and failure of a report in one statement, with the run counts."""
+    returning = Q_JOB_FIELDS if with_jobs else "q.id, q.status, q.scheduled_at, q.worker_run_id"
+    answer = (
+        "SELECT d.*, a.account_name FROM done d LEFT JOIN gmb_accounts a ON a.id = d.account_id"
+        if with_jobs
+        else "SELECT * FROM done"
+    )
+    count_runs = _COUNT_RUNS.format(
+        sets="jobs_processed = r.jobs_processed + p.succeeded + p.failed,"
+        " jobs_succeeded = r.jobs_succeeded + p.succeeded,"
+        " jobs_failed = r.jobs_failed + p.failed"
+    )
+    # Built once at import from this module's constants: no input ever reaches the text.
+    return f"""
+WITH completion AS (
+    SELECT *
+    FROM unnest(%(c_ids)s::uuid[], %(c_tokens)s::uuid[], %(c_results)s::text[]::jsonb[])
+        AS c(job_id, lease_token, result)
+),
+failure AS (
+    SELECT *
+    FROM unnest(
+        %(f_ids)s::uuid[], %(f_tokens)s::uuid[], %(f_errors)s::text[],
+        %(f_permanent)s::boolean[], %(f_retry_after)s::float8[], %(f_jitter)s::float8[]
+    ) AS f(job_id, lease_token, error, permanent, retry_after, jitter)
+),
+completed AS (
+    UPDATE sync_queue q
+    SET status = 'succeeded',
+        completed_at = %(now)s::timestamptz,
+        updated_at = %(now)s::timestamptz,
+        last_error = NULL,
+        result = c.result,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    FROM completion c
+    WHERE {_lease_held_sql("q", "c.job_id", "c.lease_token")}
+    RETURNING {returning}
+),
+failed AS (
+    UPDATE sync_queue q
+    SET status = CASE WHEN {_RETRY} THEN 'pending' ELSE 'failed' END,
+        scheduled_at = CASE
+            WHEN {_RETRY} THEN %(now)s::timestamptz + make_interval(secs => {_DELAY})
+            ELSE q.scheduled_at
+        END,
+        completed_at = CASE WHEN {_RETRY} THEN q.completed_at ELSE %(now)s::timestamptz END,
+        last_error = f.error,
+        errors = q.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', q.attempts, 'error', f.error, 'failed_at', %(now_text)s::text,
+            'worker_id', q.worker_id, 'permanent', f.permanent
+        )),
+        updated_at = %(now)s::timestamptz,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    FROM failure f
+    WHERE {_lease_held_sql("q", "f.job_id", "f.lease_token")}
+    RETURNING {returning}
+),
+done AS (
+    SELECT * FROM completed UNION ALL SELECT * FROM failed
+),
+per_run AS (
+    SELECT worker_run_id AS run_id,
+           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status <> 'succeeded') AS failed
+    FROM done
+    WHERE worker_run_id IS NOT NULL
+    GROUP BY worker_run_id
+),
+{count_runs}
+{answer}
+"""  # noqa: S608
+
+
+REPORT_SQL = _report_sql(with_jobs=True)
+REPORT_ACK_SQL = _report_sql(with_jobs=False)
+
+RELEASE_SQL = f"""
+WITH changed AS (
+    UPDATE sync_queue q
+    SET status = 'pending',
+        attempts = greatest(q.attempts - 1, 0),
+        scheduled_at = %(scheduled_at)s::timestamptz,
+        updated_at = %(now)s::timestamptz,
+        last_error = CASE WHEN %(reason)s::text = '' THEN q.last_error ELSE %(reason)s::text END,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE {_lease_held_sql("q", "%(job_id)s::uuid", "%(lease_token)s::uuid")}
+    RETURNING {Q_JOB_FIELDS}
+),
+counted AS (
+    UPDATE sync_worker_runs r
+    SET jobs_released = r.jobs_released + 1
+    FROM changed c
+    WHERE r.id = c.worker_run_id
+)
+SELECT c.*, a.account_name,
+       (SELECT pg_notify('{NOTIFY_CHANNEL}', '1') FROM changed
+        WHERE scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz) AS notified
+FROM changed c LEFT JOIN gmb_accounts a ON a.id = c.account_id
+"""  # noqa: S608
+
+INSERT_SQL = f"""
+WITH request AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::uuid[], %(account_ids)s::uuid[], %(sync_types)s::text[], %(priorities)s::int[],
+        %(scheduled_ats)s::timestamptz[], %(max_attempts)s::int[],
+        %(metadata)s::text[]::jsonb[], %(trace_contexts)s::text[]::jsonb[]
+    ) WITH ORDINALITY
+        AS r(id, account_id, sync_type, priority, scheduled_at, max_attempts, metadata,
+             trace_context, n)
+),
+account AS (
+    SELECT r.n, r.account_id, a.user_id, coalesce(a.is_active, false) AS is_active,
+           (a.id IS NOT NULL AND (%(everyone)s::boolean OR a.user_id = %(caller)s::uuid))
+               AS visible
+    FROM request r LEFT JOIN gmb_accounts a ON a.id = r.account_id
+),
+allowed AS (
+    -- All or nothing: one account missing, someone else's or inactive, and nothing is written.
+    SELECT r.*, a.user_id
+    FROM request r JOIN account a ON a.n = r.n
+    WHERE NOT EXISTS (SELECT 1 FROM account WHERE NOT visible OR NOT is_active)
+),
+inserted AS (
+    INSERT INTO sync_queue (
+        id, user_id, account_id, sync_type, status, priority, attempts, max_attempts,
+        scheduled_at, metadata, created_at, updated_at, trace_context, errors
+    )
+    SELECT id, user_id, account_id, sync_type, 'pending', priority, 0, max_attempts,
+           scheduled_at, metadata, %(now)s::timestamptz, %(now)s::timestamptz, trace_context,
+           '[]'::jsonb
+    FROM allowed
+    ORDER BY n
+    ON CONFLICT (account_id) WHERE status IN ('pending', 'processing') DO NOTHING
+    RETURNING {JOB_FIELDS}
+),
+upgraded AS (
+    UPDATE sync_queue q
+    SET sync_type = CASE WHEN a.sync_type = 'full' THEN 'full' ELSE q.sync_type END,
+        priority = greatest(q.priority, a.priority),
+        updated_at = %(now)s::timestamptz
+    FROM allowed a
+    WHERE q.account_id = a.account_id
+      AND q.status = 'pending'
+      AND (q.priority < a.priority OR (a.sync_type = 'full' AND q.sync_type <> 'full'))
+      AND a.account_id NOT IN (SELECT account_id FROM inserted)
+    RETURNING {Q_JOB_FIELDS}
+),
+existing AS (
+    -- This statement's snapshot: a row it cannot see (committed by another enqueue after the
+    -- snapshot was taken) makes the INSERT skip the account and leaves it unanswered here.
+    SELECT {Q_JOB_FIELDS}
+    FROM sync_queue q JOIN allowed a ON q.account_id = a.account_id
+    WHERE q.status IN ('pending', 'processing')
+      AND a.account_id NOT IN (SELECT account_id FROM inserted)
+      AND a.account_id NOT IN (SELECT account_id FROM upgraded)
+),
+job AS (
+    SELECT *, true AS created FROM inserted
+    UNION ALL SELECT *, false FROM upgraded
+    UNION ALL SELECT *, false FROM existing
+)
+SELECT acc.n, acc.account_id AS requested_account_id, acc.visible, acc.is_active,
+       job.*, g.account_name,
+       (SELECT pg_notify('{NOTIFY_CHANNEL}', count(*)::text) FROM inserted
+        WHERE scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz
+        HAVING count(*) > 0) AS notified
+FROM account acc
+LEFT JOIN job ON job.account_id = acc.account_id
+LEFT JOIN gmb_accounts g ON g.id = acc.account_id
+ORDER BY acc.n
+"""  # noqa: S608
+
+
+def libpq_conninfo(database_url: str | sa.URL) -> str:
+    """An SQLAlchemy PostgreSQL URL as a libpq URI that psycopg accepts."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class PostgresListener:
+    """Relays NOTIFY gmbsync_jobs to a signal, waking as many pickers as the payload counts;
+    reconnects with backoff when the link drops."""
+
+    def __init__(self, database_url: str | sa.URL, signal: SignalTarget) -> None:
+        self._conninfo = libpq_conninfo(database_url)
+        self._signal = signal
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listens until cancelled."""
+        backoff = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.connected.set()
+                    backoff = 0.5
+                    # Anything enqueued while we were not listening must be looked at now.
+                    self._signal.notify()
+                    async for notification in conn.notifies():
+                        self._signal.notify(_count(notification.payload))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the link dropped; pickers fall back to polling meanwhile
+                log.warning(
+                    "LISTEN %s lost (%s); reconnecting in %.1f s", NOTIFY_CHANNEL, exc, backoff
+                )
+            self.connected.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+def _count(payload: str) -> int | None:
+    """How many ready jobs a notification announces; None (wake everyone) if it does not say."""
+    try:
+        count = int(payload)
+    except ValueError:
+        return None
+    return count if count > 0 else None
+
+
+class _AdvisoryLeadership:
+    """A leader bid on its own connection: the lock lives exactly as long as the connection."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def attempt_elect(self) -> bool:
+        """Takes the lock unless another session holds it (re-entrant for this one)."""
+        cursor = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
+        row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def confirm(self) -> None:
+        """Raises if the connection, and with it the lock, is gone."""
+        await self._conn.execute("SELECT 1")
+
+
+class PostgresDriver(SharedDriver):
+    """`QueueDriver` on PostgreSQL (see the module docstring)."""
+
+    name = "postgresql"
+
+    # -- connections, clock, notifications, leadership -----------------------------------------
+
+    def _lease_clock(self) -> sa.ColumnElement[datetime]:
+        given = sa.bindparam("p_lease_now", type_=UtcDateTime())
+        return sa.func.coalesce(given, sa.func.statement_timestamp(), type_=UtcDateTime())
+
+    def _lease_params(self, moment: Moment) -> dict[str, Any]:
+        return {"p_lease_now": moment.lease_now}
+
+    def insert(self, table: sa.Table) -> Any:
+        """PostgreSQL's INSERT, with ON CONFLICT."""
+        return postgresql.insert(table)
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A REPEATABLE READ transaction: every read sees the snapshot of the first."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for a change that is one statement: one statement is atomic by itself,
+        and BEGIN and COMMIT would cost two round trips."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    async def _announce(self, conn: AsyncConnection, count: int) -> None:
+        """One NOTIFY with the count, sent when `conn`'s transaction commits. This process
+        hears it through its own listener like every other replica; nothing is told locally,
+        or its pickers would be woken twice."""
+        await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(count))))
+
+    def listener(self, signal: SignalTarget) -> PostgresListener:
+        """LISTEN on `gmbsync_jobs`: every replica's announcements reach this process."""
+        return PostgresListener(self.engine.url, signal)
+
+    @contextlib.asynccontextmanager
+    async def leader_session(self) -> AsyncIterator[_AdvisoryLeadership]:
+        """A dedicated connection that can hold the leader's advisory lock."""
+        conninfo = libpq_conninfo(self.engine.url)
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            yield _AdvisoryLeadership(conn)
+
+    # -- enqueue ------------------------------------------------------------------------------
+
+    async def job_insert_many(
+        self,
+        requests: Sequence[EnqueueRequest],
+        *,
+        caller: Caller,
+        moment: Moment,
+        conn: AsyncConnection | None = None,
+    ) -> list[EnqueueResult]:
+        """See `QueueDriver.job_insert_many`: `INSERT_SQL`, one statement for the whole call
+        (account checks, the INSERT, upgrades of duplicates, the NOTIFY) whatever the number of
+        requests. One enqueue runs in autocommit; a batch in a transaction, so that a second
+        statement after a race (below) keeps it all or nothing."""
+        if not requests:
+            return []
+        merged = merge_by_account(requests)
+        if conn is not None:
+            inserted, active = await self._insert(conn, merged, caller, moment)
+        elif len(merged) == 1:
+            async with self._autocommit() as own:
+                inserted, active = await self._insert(own, merged, caller, moment)
+        else:
+            async with self.transaction() as tx:
+                inserted, active = await self._insert(tx, merged, caller, moment)
+        return enqueue_results(requests, inserted, active)
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        merged: dict[uuid.UUID, EnqueueRequest],
+        caller: Caller,
+        moment: Moment,
+    ) -> tuple[dict[uuid.UUID, Job], dict[uuid.UUID, Job]]:
+        """Runs `INSERT_SQL` for the merged requests: the jobs it created and the active jobs
+        it found, by account."""
+        inserted: dict[uuid.UUID, Job] = {}
+        active: dict[uuid.UUID, Job] = {}
+        todo = list(merged.values())
+        # An account whose INSERT met an active job this statement's snapshot cannot see (an
+        # enqueue that committed meanwhile) is left unanswered; the next statement sees the
+        # job. Three tries cover any realistic interleaving.
+        for _ in range(3):
+            rows = (
+                (await conn.exec_driver_sql(INSERT_SQL, _insert_params(todo, caller, moment)))
+                .mappings()
+                .all()
+            )
+            unanswered = []
+            for request, row in zip(todo, rows, strict=True):
+                # Someone else's account is reported exactly like a missing one.
+                if not row["visible"]:
+                    raise AccountNotFound(f"account {request.account_id} not found")
+                if not row["is_active"]:
+                    raise AccountInactive(
+                        f"account {request.account_id} is deactivated: reconnect it before syncing"
+                    )
+                if row["id"] is None:
+                    unanswered.append(request)
+                elif row["created"]:
+                    inserted[request.account_id] = job_from_row(row)
+                else:
+                    active[request.account_id] = job_from_row(row)
+            if not unanswered:
+                return inserted, active
+            todo = unanswered
+        raise ActiveJobExists(
+            f"account {todo[0].account_id} has a job changing state right now; retry"
+        )
+
+    # -- pick ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def pick_params(params: PickParams, moment: Moment) -> dict[str, Any]:
+        """The parameters of `PICK_SQL`."""
+        return {
+            "now": moment.now,
+            "now_text": moment.now.isoformat(),
+            "lease_now": moment.lease_now,
+            "max_jobs": params.max_jobs,
+            "lease": params.lease,
+            "worker_id": params.worker_id,
+            "worker_run_id": params.worker_run_id,
+        }
+
+    async def job_pick(self, params: PickParams, *, moment: Moment) -> list[Job]:
+        """See `QueueDriver.job_pick`: `PICK_SQL`, one statement in autocommit:
+        - `expired`: up to `max_jobs` jobs whose lease ran out, locked (SKIP LOCKED);
+        - `lost`: those of them whose attempts are used up fail, with the error the reaper
+          writes ("worker lost: ...");
+        - `ready`: due pending jobs in pick order, locked, as many as the expired jobs with
+          attempts left leave room for;
+        - `changed`: those expired jobs, then the ready ones, are leased to this worker; a
+          taken-over job records its lost attempt as the reaper would;
+        - `counted`: the picking run's `jobs_picked`, and a processed, failed job on each run
+          that lost one.
+        A job is acted on by whoever locks its row first: a reaper pass or another pick that
+        comes second skips the row, or re-reads it after the first commits and finds it no
+        longer processing. Expired jobs go first: they were at the head of the queue when
+        first picked.
+        """
+        async with self._autocommit() as conn:
+            rows = (
+                (await conn.exec_driver_sql(PICK_SQL, self.pick_params(params, moment)))
+                .mappings()
+                .all()
+            )
+        jobs = [job_from_row(r) for r in rows]
+        # RETURNING gives no order; hand the jobs out in pick order.
+        jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
+        return jobs
+
+    # -- leases and results -------------------------------------------------------------------
+
+    async def job_lease_extend(
+        self, job_id: uuid.UUID, lease_token: uuid.UUID, lease: timedelta, *, moment: Moment
+    ) -> datetime:
+        """See `QueueDriver.job_lease_extend`: `EXTEND_SQL`, one UPDATE; a refusal reads why.
+        A lease that has run out cannot be revived, only a held one moved."""
+        params = {
+            "job_id": job_id,
+            "lease_token": lease_token,
+            "lease": lease,
+            "now": moment.now,
+            "lease_now": moment.lease_now,
+        }
+        async with self._autocommit() as conn:
+            expires = (await conn.exec_driver_sql(EXTEND_SQL, params)).scalar_one_or_none()
+            if expires is None:
+                raise await self._lease_problem(conn, job_id, lease_token, moment)
+        return expires
+
+    async def job_report_many(
+        self,
+        results: Sequence[Completion | Failure],
+        *,
+        moment: Moment,
+        with_jobs: bool = True,
+    ) -> list[ResultAck]:
+        """See `QueueDriver.job_report_many`: `REPORT_SQL`, one statement in autocommit for
+        every result of the report, whatever the mix: completions and failures each in one
+        UPDATE ... FROM unnest(...), the backoff of each retried job computed from its attempts,
+        and the run counts. A refused result is explained by one more query for all of them."""
+        completions = [r for r in results if isinstance(r, Completion)]
+        failures = [r for r in results if isinstance(r, Failure)]
+        policy = self.retry_policy
+        params = {
+            "now": moment.now,
+            "now_text": moment.now.isoformat(),
+            "lease_now": moment.lease_now,
+            "c_ids": [c.job_id for c in completions],
+            "c_tokens": [c.lease_token for c in completions],
+            "c_results": [json.dumps(c.result) for c in completions],
+            "f_ids": [f.job_id for f in failures],
+            "f_tokens": [f.lease_token for f in failures],
+            "f_errors": [f.error[:MAX_ERROR_LENGTH] for f in failures],
+            "f_permanent": [f.permanent for f in failures],
+            "f_retry_after": [
+                None if f.retry_after is None else f.retry_after.total_seconds() for f in failures
+            ],
+            "f_jitter": [policy.jitter_factor() for _ in failures],
+            "base": policy.base.total_seconds(),
+            "max_delay": MAX_RETRY_DELAY.total_seconds(),
+        }
+        statement = REPORT_SQL if with_jobs else REPORT_ACK_SQL
+        async with self._autocommit() as conn:
+            rows = (await conn.exec_driver_sql(statement, params)).mappings().all()
+            done = {row["id"]: row for row in rows}
+            problems = await self._lease_problems(
+                conn, [(r.job_id, r.lease_token) for r in results if r.job_id not in done], moment
+            )
+            ready = sum(
+                row["status"] == JobStatus.PENDING.value and row["scheduled_at"] <= moment.now
+                for row in rows
+            )
+            if ready:
+                # Only with no backoff at all: a retried job is otherwise due later, and found
+                # by the pickers' own polling then.
+                await self._announce(conn, ready)
+        acks = []
+        for result in results:
+            row = done.get(result.job_id)
+            if row is None:
+                acks.append(ResultAck(job_id=result.job_id, error=problems[result.job_id]))
+                continue
+            acks.append(
+                ResultAck(
+                    job_id=result.job_id,
+                    job=job_from_row(row) if with_jobs else None,
+                    will_retry=row["status"] == JobStatus.PENDING.value,
+                )
+            )
+        return acks
+
+    async def job_release(self, release: Release, *, moment: Moment) -> Job:
+        """See `QueueDriver.job_release`: `RELEASE_SQL`, the update, its run count and the
+        NOTIFY (when the job is due at once) in one statement."""
+        params = {
+            "job_id": release.job_id,
+            "lease_token": release.lease_token,
+            "scheduled_at": (moment.now + release.delay) if release.delay else None,
+            "reason": release.reason[:MAX_ERROR_LENGTH],
+            "now": moment.now,
+            "lease_now": moment.lease_now,
+        }
+        async with self._autocommit() as conn:
+            row = (await conn.exec_driver_sql(RELEASE_SQL, params)).mappings().first()
+            if row is None:
+                raise await self._lease_problem(conn, release.job_id, release.lease_token, moment)
+        return job_from_row(row)
+
+
+def _insert_params(
+    requests: Sequence[EnqueueRequest], caller: Caller, moment: Moment
+) -> dict[str, Any]:
+    """The parameters of `INSERT_SQL`: one array per column, one element per request."""
+    return {
+        "ids": [uuid.uuid4() for _ in requests],
+        "account_ids": [r.account_id for r in requests],
+        "sync_types": [r.sync_type.value for r in requests],
+        "priorities": [r.priority for r in requests],
+        "scheduled_ats": [r.scheduled_at for r in requests],
+        "max_attempts": [r.max_attempts for r in requests],
+        "metadata": [json.dumps(r.metadata) for r in requests],
+        "trace_contexts": [json.dumps(r.trace_context) for r in requests],
+        "everyone": caller.sees_everything,
+        "caller": caller.user_id,
+        "now": moment.now,
+    }

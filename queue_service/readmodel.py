@@ -1,0 +1,286 @@
+"""What the queue shows, apart from how it changes: jobs one by one and by page, counts by status,
+recent worker runs, and the raw figures of GetDiagnostics.
+
+Reads only, and the same SQL on PostgreSQL and SQLite; the driver is asked only for a
+connection whose reads share one snapshot (`QueueDriver.snapshot`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from queue_service.drivers.base import QueueDriver
+from queue_service.drivers.shared import (
+    JOB_COLUMNS,
+    job_from_row,
+    job_get_visible,
+    visible_to,
+    worker_run_from_row,
+)
+from queue_service.models import (
+    ApiDisabled,
+    Caller,
+    Job,
+    JobFilter,
+    JobStatus,
+    PageCursor,
+    QueueStats,
+    WorkerRun,
+    WorkerRunStatus,
+)
+from queue_service.reconnect import retried_on_disconnect
+from queue_service.tables import sync_queue, sync_worker_runs
+from sync_service.tables import error_logs
+
+# Durations for the average and p95 come from at most this many recent jobs.
+DURATION_SAMPLE = 10_000
+
+q = sync_queue
+runs = sync_worker_runs
+
+
+class QueueReader:
+    """The queue's read model over one driver's database."""
+
+    def __init__(self, driver: QueueDriver) -> None:
+        self._driver = driver
+        self._engine = driver.engine
+
+    @retried_on_disconnect
+    async def job_get(self, job_id: uuid.UUID, caller: Caller) -> Job:
+        """One job; JobNotFound when missing or not the caller's."""
+        async with self._engine.connect() as conn:
+            return await job_get_visible(conn, job_id, caller)
+
+    @retried_on_disconnect
+    async def job_list(
+        self,
+        caller: Caller,
+        job_filter: JobFilter,
+        *,
+        limit: int,
+        after: PageCursor | None = None,
+    ) -> list[Job]:
+        """Jobs newest first; `after` continues from the last job of the previous page."""
+        async with self._engine.connect() as conn:
+            return await _job_list(conn, caller, job_filter, limit=limit, after=after)
+
+    @retried_on_disconnect
+    async def job_stats(self, caller: Caller) -> QueueStats:
+        """The caller's jobs counted by status."""
+        async with self._engine.connect() as conn:
+            return await _stats(conn, caller)
+
+    @retried_on_disconnect
+    async def queue_status(self, caller: Caller, *, limit: int) -> tuple[QueueStats, list[Job]]:
+        """GetQueueStatus: the counts and the `limit` newest jobs, from one snapshot."""
+        async with self._driver.snapshot() as conn:
+            stats = await _stats(conn, caller)
+            recent = await _job_list(conn, caller, JobFilter(), limit=limit)
+        return stats, recent
+
+    @retried_on_disconnect
+    async def worker_run_list(self, *, limit: int) -> list[WorkerRun]:
+        """The `limit` most recently started worker runs."""
+        async with self._engine.connect() as conn:
+            return await _recent_runs(conn, limit)
+
+    @retried_on_disconnect
+    async def diagnostics_snapshot(
+        self,
+        *,
+        now: datetime,
+        stale_after: timedelta,
+        recent_limit: int,
+        api_disabled_window: timedelta = timedelta(minutes=15),
+    ) -> dict[str, Any]:
+        """The raw figures of GetDiagnostics, read in one snapshot of the database."""
+        hour_ago, week_ago, day_ago = (
+            now - timedelta(hours=1),
+            now - timedelta(days=7),
+            now - timedelta(days=1),
+        )
+        finished_in = sa.and_(
+            q.c.status.in_((JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)),
+            q.c.completed_at.is_not(None),
+        )
+        async with self._driver.snapshot() as conn:
+            stats = await _stats(conn, Caller.everyone())
+            oldest_ready = (
+                await conn.execute(
+                    sa.select(
+                        sa.func.min(sa.func.coalesce(q.c.scheduled_at, q.c.created_at))
+                    ).where(
+                        q.c.status == JobStatus.PENDING.value,
+                        sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= now),
+                    )
+                )
+            ).scalar_one_or_none()
+            outcome_counts = await conn.execute(
+                sa.select(
+                    q.c.status,
+                    sa.func.count().filter(q.c.completed_at >= hour_ago),
+                    sa.func.count(),
+                )
+                .where(finished_in, q.c.completed_at >= week_ago)
+                .group_by(q.c.status)
+            )
+            last_hour: dict[str, int] = {}
+            last_week: dict[str, int] = {}
+            for status, in_hour, in_week in outcome_counts:
+                last_hour[status], last_week[status] = in_hour, in_week
+            durations = [
+                (completed - started).total_seconds()
+                for started, completed in await conn.execute(
+                    sa.select(q.c.started_at, q.c.completed_at)
+                    .where(
+                        q.c.status == JobStatus.SUCCEEDED.value,
+                        q.c.completed_at >= week_ago,
+                        q.c.started_at.is_not(None),
+                    )
+                    .order_by(q.c.completed_at.desc())
+                    .limit(DURATION_SAMPLE)
+                )
+            ]
+            stale_rows = (
+                (
+                    await conn.execute(
+                        sa.select(*JOB_COLUMNS)
+                        .where(
+                            q.c.status == JobStatus.PROCESSING.value,
+                            q.c.started_at < now - stale_after,
+                        )
+                        .order_by(q.c.started_at)
+                        .limit(max(recent_limit, 1) * 10)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            failure_rows = (
+                (
+                    await conn.execute(
+                        sa.select(*JOB_COLUMNS)
+                        .where(q.c.status == JobStatus.FAILED.value)
+                        .order_by(q.c.completed_at.desc())
+                        .limit(recent_limit)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            recent_runs = await _recent_runs(conn, recent_limit)
+            failed_runs = (
+                await conn.execute(
+                    sa.select(sa.func.count()).where(
+                        runs.c.status == WorkerRunStatus.FAILED.value, runs.c.started_at >= day_ago
+                    )
+                )
+            ).scalar_one()
+            api_disabled = await _api_disabled(conn, since=now - api_disabled_window)
+        return {
+            "now": now,
+            "stats": stats,
+            "oldest_ready_at": oldest_ready,
+            "last_hour": last_hour,
+            "last_week": last_week,
+            "durations": durations,
+            "stale_jobs": [job_from_row(r) for r in stale_rows],
+            "recent_failures": [job_from_row(r) for r in failure_rows],
+            "recent_worker_runs": recent_runs,
+            "failed_worker_runs_24h": failed_runs,
+            "api_disabled": api_disabled,
+        }
+
+
+async def _job_list(
+    conn: AsyncConnection,
+    caller: Caller,
+    job_filter: JobFilter,
+    *,
+    limit: int,
+    after: PageCursor | None = None,
+) -> list[Job]:
+    conditions: list[sa.ColumnElement[bool]] = [visible_to(caller)]
+    if job_filter.status is not None:
+        conditions.append(q.c.status == job_filter.status.value)
+    if job_filter.account_id is not None:
+        conditions.append(q.c.account_id == job_filter.account_id)
+    if job_filter.user_id is not None:
+        conditions.append(q.c.user_id == job_filter.user_id)
+    if after is not None:
+        conditions.append(
+            sa.or_(
+                q.c.created_at < after.created_at,
+                sa.and_(q.c.created_at == after.created_at, q.c.id < after.job_id),
+            )
+        )
+    statement = (
+        sa.select(*JOB_COLUMNS)
+        .where(*conditions)
+        .order_by(q.c.created_at.desc(), q.c.id.desc())
+        .limit(limit)
+    )
+    rows = (await conn.execute(statement)).mappings().all()
+    return [job_from_row(r) for r in rows]
+
+
+async def _stats(conn: AsyncConnection, caller: Caller) -> QueueStats:
+    rows = await conn.execute(
+        sa.select(q.c.status, sa.func.count()).where(visible_to(caller)).group_by(q.c.status)
+    )
+    counts = {status: count for status, count in rows}
+    return QueueStats(**{s.value: counts.get(s.value, 0) for s in JobStatus})
+
+
+async def _recent_runs(conn: AsyncConnection, limit: int) -> list[WorkerRun]:
+    rows = (
+        (await conn.execute(sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit)))
+        .mappings()
+        .all()
+    )
+    return [worker_run_from_row(r) for r in rows]
+
+
+async def _api_disabled(conn: AsyncConnection, *, since: datetime) -> list[ApiDisabled]:
+    """Google APIs SyncService found disabled since `since` (its `api_disabled` rows in
+    error_logs), one entry per service, most accounts first."""
+    # Grouped in an outer query: with server-side parameters, the JSON key repeated in
+    # GROUP BY would be a second parameter, and PostgreSQL a different expression.
+    recent = (
+        sa.select(
+            sa.func.coalesce(error_logs.c.details["service"].as_string(), "").label("service"),
+            error_logs.c.details["activation_url"].as_string().label("activation_url"),
+            error_logs.c.account_id,
+            error_logs.c.created_at,
+        )
+        .where(error_logs.c.error_type == "api_disabled", error_logs.c.created_at >= since)
+        .subquery("recent")
+    )
+    accounts = sa.func.count(sa.distinct(recent.c.account_id)).label("accounts")
+    rows = await conn.execute(
+        sa.select(
+            recent.c.service,
+            accounts,
+            sa.func.count(),
+            sa.func.max(recent.c.activation_url),
+            sa.func.max(recent.c.created_at),
+        )
+        .group_by(recent.c.service)
+        .order_by(accounts.desc(), recent.c.service)
+    )
+    return [
+        ApiDisabled(
+            service=name,
+            accounts=n_accounts,
+            errors=n_errors,
+            activation_url=activation_url or "",
+            last_seen=last_seen,
+        )
+        for name, n_accounts, n_errors, activation_url, last_seen in rows
+    ]
