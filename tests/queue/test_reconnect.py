@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from queue_service.drivers.postgres import libpq_conninfo
 from queue_service.models import Caller
-from queue_service.notifier import libpq_conninfo
 from queue_service.store import JobStore
 from service_runtime.database import async_url
 
@@ -48,7 +48,7 @@ async def test_a_read_and_a_pick_survive_a_dead_pooled_connection(bare_engine, p
     store = JobStore(bare_engine)
 
     await kill_pooled_connection(bare_engine, pg_url)
-    stats = await store.job_stats(Caller.everyone())
+    stats = await store.reader.job_stats(Caller.everyone())
 
     assert stats.pending == 0
     await kill_pooled_connection(bare_engine, pg_url)
