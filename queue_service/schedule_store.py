@@ -115,6 +115,7 @@ class ScheduleStore:
         return self._clock()
 
     async def schedule_get(self, account_id: uuid.UUID) -> SyncSchedule:
+        """An account's schedule; AccountNotFound when there is no such account."""
         async with self.engine.connect() as conn:
             return await self._schedule_get(conn, account_id)
 
@@ -278,6 +279,7 @@ class ScheduleStore:
         )
 
     async def schedule_unplaced_count(self) -> int:
+        """How many active accounts the scheduler has yet to lay out."""
         unplaced = self._unplaced().subquery()
         async with self.engine.connect() as conn:
             return (
