@@ -122,6 +122,7 @@ class ScheduleStore:
         return self._clock()
 
     async def schedule_get(self, account_id: uuid.UUID) -> SyncSchedule:
+        """An account's schedule; AccountNotFound when there is no such account."""
         async with self.engine.connect() as conn:
             return await self._schedule_get(conn, account_id)
 
@@ -308,6 +309,7 @@ class ScheduleStore:
                     await conn.commit()
 
     async def schedule_unplaced_count(self) -> int:
+        """How many active accounts the scheduler has yet to lay out."""
         unplaced = self._unplaced().subquery()
         async with self.engine.connect() as conn:
             return (
