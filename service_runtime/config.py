@@ -16,15 +16,15 @@ class ConfigError(ValueError):
     """A setting has a value the process cannot run with."""
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(name: str, raw: str) -> timedelta:
-    """Parses `250ms`, `45s`, `10m`, `1h` or a bare number of seconds."""
+    """Parses `250ms`, `45s`, `10m`, `1h`, `30d` or a bare number of seconds."""
     match = _DURATION.match(raw)
     if not match:
-        raise ConfigError(f"{name}={raw!r} is not a duration (examples: 500ms, 45s, 10m, 1h)")
+        raise ConfigError(f"{name}={raw!r} is not a duration (examples: 500ms, 45s, 10m, 1h, 30d)")
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
