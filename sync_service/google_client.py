@@ -206,19 +206,11 @@ def _parse_duration(raw: Any) -> float | None:
     return None
 
 
-def _error_body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def classify_api_error(response: httpx.Response) -> GoogleError:
     """One place that turns an API error response (AIP-193 body) into an exception."""
     status = response.status_code
     url = str(response.request.url.copy_with(query=None)) if response.request else None
-    body = _error_body(response)
+    body = _json_object(response) or {}
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     google_message = str(error.get("message") or response.reason_phrase or "no message")[:500]
     reason: str | None = error.get("status")
@@ -321,7 +313,7 @@ def classify_api_error(response: httpx.Response) -> GoogleError:
 def classify_token_error(response: httpx.Response) -> GoogleError:
     """The OAuth endpoint's errors: `{"error": "invalid_grant", "error_description": ...}`."""
     status = response.status_code
-    body = _error_body(response)
+    body = _json_object(response) or {}
     code = body.get("error")
     code = code if isinstance(code, str) else None
     description = str(body.get("error_description") or "")[:300]

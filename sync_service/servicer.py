@@ -151,10 +151,7 @@ def _text_violations(
 
 def _connect_violations(request: pb.ConnectAccountRequest) -> list[FieldViolation]:
     violations: list[FieldViolation] = []
-    try:
-        require_uuid("user_id", request.user_id)
-    except InvalidArgument as exc:
-        violations.extend(exc.violations)
+    _collect(violations, lambda: require_uuid("user_id", request.user_id))
     violations += _text_violations(
         "account_name", request.account_name, maximum=MAX_ACCOUNT_NAME, required=True
     )
@@ -324,10 +321,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         self, request: pb.DiscoverAccountsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DiscoverAccountsResponse:
         violations: list[FieldViolation] = []
-        try:
-            require_uuid("user_id", request.user_id)
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
+        _collect(violations, lambda: require_uuid("user_id", request.user_id))
         violations += _text_violations(
             "refresh_token", request.refresh_token, maximum=MAX_REFRESH_TOKEN, required=True
         )

@@ -349,15 +349,6 @@ class SyncStore:
 
     # --- Sync ----------------------------------------------------------------------------------
 
-    async def now(self) -> datetime:
-        """The database's clock: every replica stamps snapshots with the same clock. (SQLite
-        serves one process, whose clock is the only one.)"""
-        if not self._postgres:
-            return datetime.now(UTC)
-        async with self.engine.connect() as conn:
-            value = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
-        return value.astimezone(UTC)
-
     async def sync_context(self, account_id: uuid.UUID) -> SyncContext | None:
         """The account, its decrypted tokens, its status and the locations whose reviews are
         synced: None if the account does not exist. Raises TokenDecryptError if the tokens
@@ -504,6 +495,8 @@ class SyncStore:
             return SyncPass(now, now, resumed=False, checkpointed=True)
 
     async def _now(self, conn: AsyncConnection) -> datetime:
+        """The database's clock: every replica stamps snapshots with the same clock. (SQLite
+        serves one process, whose clock is the only one.)"""
         if not self._postgres:
             return datetime.now(UTC)
         value = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()

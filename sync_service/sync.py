@@ -498,7 +498,7 @@ class _PassRun:
         location_id = location.location_id
         read_began = datetime.now(UTC) - CLOCK_SKEW
         rows, first = await self._reviews(location_id)
-        total = _int(first.get("totalReviewCount"), default=len(rows) if not rows else None)
+        total = _total_reviews(first)
         missing = await self._store.review_ids(self._account_id, location_id) - rows.keys()
         verified = True
         if missing:
@@ -508,10 +508,7 @@ class _PassRun:
             for review_id, review in head.items():
                 rows[review_id] = review
             missing -= head.keys()
-            head_total = _int(
-                head_first.get("totalReviewCount"),
-                default=0 if not head_first.get("reviews") else None,
-            )
+            head_total = _total_reviews(head_first)
             stable = head_total == total and not new_meanwhile
             complete = head_total is None or len(rows) >= head_total
             verified = not missing or (stable and complete)
@@ -541,9 +538,7 @@ class _PassRun:
             location_id=location.location_id,
             reviews=list(rows.values()),
             average_rating=_float(first.get("averageRating")),
-            total_review_count=_int(
-                first.get("totalReviewCount"), default=len(rows) if not rows else None
-            ),
+            total_review_count=_total_reviews(first),
         )
 
     async def batch(self, locations: Sequence[LocationRow], cutoff: datetime) -> None:
@@ -685,8 +680,13 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _int(value: Any, *, default: int | None) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+def _total_reviews(first_page: dict[str, Any]) -> int | None:
+    """Google's `totalReviewCount` of a listing's first page: left out (as false and empty
+    fields are) when the location has no review, unknown if left out of a page with reviews."""
+    value = first_page.get("totalReviewCount")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None if first_page.get("reviews") else 0
 
 
 def _float(value: Any) -> float | None:
