@@ -21,8 +21,8 @@ class ExitCode(enum.IntEnum):
     JOB_UNSUCCESSFUL = 5
     #: `diagnostics --check`: the queue has active alerts.
     ALERTS = 6
-    #: The service failed unexpectedly (INTERNAL, UNKNOWN, DATA_LOSS).
-    SERVER_ERROR = 7
+    #: Something failed unexpectedly: the service (INTERNAL, UNKNOWN, DATA_LOSS) or the CLI.
+    INTERNAL = 7
     #: Interrupted by Ctrl-C (128 + SIGINT, as shells report it).
     INTERRUPTED = 130
 
@@ -46,4 +46,4 @@ def exit_code_of(error: errors.ClientError) -> ExitCode:
     for kind, code in _BY_ERROR:
         if isinstance(error, kind):
             return code
-    return ExitCode.SERVER_ERROR
+    return ExitCode.INTERNAL

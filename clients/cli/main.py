@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Mapping, Sequence
 from typing import IO
@@ -20,7 +21,7 @@ accounts and schedules, mint development tokens. Tables by default, JSON with --
 exit codes: 0 ok, 1 the server refused (not found, bad input, wrong state), 2 usage,
 3 unavailable or timed out (try again), 4 not authenticated or not allowed,
 5 a waited-for job failed or was cancelled, 6 diagnostics --check found alerts,
-7 the server failed unexpectedly, 130 interrupted.
+7 an unexpected failure (the server's or the CLI's), 130 interrupted.
 """
 
 
@@ -44,9 +45,17 @@ def main(
     stderr: IO[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Runs one command; returns its exit code (never raises but SystemExit from --help)."""
+    """Runs one command and returns its exit code; never raises."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        # argparse prints help and usage errors itself, to sys.stdout / sys.stderr.
+        with (
+            contextlib.redirect_stdout(stdout or sys.stdout),
+            contextlib.redirect_stderr(stderr or sys.stderr),
+        ):
+            args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2)
+        return exit_.code if isinstance(exit_.code, int) else ExitCode.USAGE
     out = Output(json_mode=bool(getattr(args, "json", False)), stdout=stdout, stderr=stderr)
     context = Context(args, out) if environ is None else Context(args, out, dict(environ))
     try:
@@ -60,6 +69,12 @@ def main(
     except KeyboardInterrupt:
         out.error("interrupted")
         return ExitCode.INTERRUPTED
+    except Exception as exc:
+        # A defect of the CLI itself: still one line, the traceback only when asked for.
+        if context.environ.get("GMBSYNC_DEBUG"):
+            raise
+        out.error(f"unexpected {type(exc).__name__}: {exc} (GMBSYNC_DEBUG=1 shows where)")
+        return ExitCode.INTERNAL
     finally:
         context.close()
 

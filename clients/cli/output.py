@@ -46,7 +46,7 @@ def _int64_as_numbers(message: Message, data: dict[str, Any]) -> None:
     for field in message.DESCRIPTOR.fields:
         if field.name not in data:
             continue
-        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        repeated = field.is_repeated
         if field.type in _INT64_TYPES:
             value = data[field.name]
             data[field.name] = [int(v) for v in value] if repeated else int(value)

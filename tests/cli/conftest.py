@@ -16,7 +16,7 @@ import pytest
 from clients.cli.main import main
 from service_runtime.auth import Role, issue_token
 from tests.conftest import ADMIN_USER, TEST_JWT_SECRET
-from tests.e2e.conftest import spans, system  # noqa: F401  (fixtures used by tests here)
+from tests.e2e.conftest import free_port, spans, system  # noqa: F401  (fixtures used here)
 from tests.queue.conftest import RunningQueue, pg_queue, queue  # noqa: F401
 
 
@@ -50,3 +50,9 @@ CliRunner = Callable[..., Any]
 @pytest.fixture
 def admin_env(queue: RunningQueue) -> dict[str, str]:  # noqa: F811
     return {"QUEUE_ADDR": queue.address, "GMBSYNC_TOKEN": token_for(ADMIN_USER, Role.ADMIN)}
+
+
+@pytest.fixture
+def dead_address() -> str:
+    """An address nothing listens on."""
+    return f"127.0.0.1:{free_port()}"

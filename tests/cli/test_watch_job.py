@@ -14,7 +14,7 @@ from gmbsync.queue.v1 import queue_service_pb2 as pb
 from service_runtime.auth import Role
 from tests.cli.conftest import token_for
 from tests.conftest import WORKER_METADATA, bearer
-from tests.queue.conftest import RunningQueue, queue_settings, start_queue
+from tests.queue.conftest import RunningQueue, queue_settings, start_queue, stop_queue
 
 WORKER_RESULT = {
     "locations_synced": 3,
@@ -180,3 +180,40 @@ async def test_wait_for_job_raises_not_found_at_once(pg_queue: RunningQueue):
             await client.wait_for_job(str(uuid.uuid4()), timeout=30)
     finally:
         await client.close()
+
+
+async def test_wait_for_job_watches_again_after_the_server_restarts(pg_url, auth_settings):
+    first = await start_queue(queue_settings(pg_url, auth_settings))
+    port = first.address.rsplit(":", 1)[1]
+    account = await first.add_account()
+    job = await first.enqueue(account)
+    client = QueueClient.connect(
+        first.address, Credentials.bearer(token_for(uuid.uuid4(), Role.ADMIN))
+    )
+    watching = asyncio.Event()
+    watch_job = client.watch_job
+
+    async def observed_watch(job_id, **kwargs):  # type: ignore[no-untyped-def]
+        async for seen in watch_job(job_id, **kwargs):
+            watching.set()
+            yield seen
+
+    client.watch_job = observed_watch  # type: ignore[method-assign]
+    second = None
+    try:
+        waiting = asyncio.create_task(client.wait_for_job(job.id, timeout=60))
+        # Stop the server only once the watch is open, so that it is the stream that breaks.
+        await asyncio.wait_for(watching.wait(), 30)
+        await first.app.stop(grace=5)
+        await first.channel.close()
+        second = await start_queue(
+            queue_settings(pg_url, auth_settings, listen_addr=f"127.0.0.1:{port}")
+        )
+        [leased] = await second.pick()
+        await second.complete(leased)
+        finished = await asyncio.wait_for(waiting, 60)
+        assert finished.status == pb.JOB_STATUS_SUCCEEDED
+    finally:
+        await client.close()
+        if second is not None:
+            await stop_queue(second)
