@@ -93,8 +93,9 @@ def human_duration(value: timedelta) -> str:
 
 
 def enum_label(name: str, prefix: str) -> str:
-    """`JOB_STATUS_PENDING` -> `pending`."""
-    return name.removeprefix(prefix).lower() or "-"
+    """`JOB_STATUS_PENDING` -> `pending`; an unset enum (`..._UNSPECIFIED`) -> `-`."""
+    label = name.removeprefix(prefix).lower()
+    return "-" if label in ("", "unspecified") else label
 
 
 STATUS_STYLES = {

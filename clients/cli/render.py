@@ -40,7 +40,11 @@ def job_row(job: Job) -> Sequence[Any]:
 
 
 def jobs_table(out: Output, jobs: Iterable[Job], *, title: str | None = None) -> None:
-    out.table(JOB_COLUMNS, (job_row(j) for j in jobs), title=title)
+    rows = [job_row(j) for j in jobs]
+    if rows:
+        out.table(JOB_COLUMNS, rows, title=title)
+    else:
+        out.line(f"{title}: none" if title else "no jobs")
 
 
 def job_detail(out: Output, job: Job) -> None:
