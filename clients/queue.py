@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clients.calls import ServiceClient, sync_type_value, to_duration, to_struct, to_timestamp
-from clients.errors import ClientError, DeadlineExceeded, JobWaitTimeout
+from clients.errors import ClientError, DeadlineExceeded, JobWaitTimeout, Unavailable
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 
@@ -164,7 +164,8 @@ class QueueClient(ServiceClient):
         Raises JobWaitTimeout (a DeadlineExceeded, with the last state seen as `job`) when it
         is not finished within `timeout` seconds (None: no limit), and the call's ClientError
         when the job cannot be watched (NotFound, InvalidArgument, PermissionDenied...). A stream
-        broken by a retryable error is watched again, after a backoff, until the timeout.
+        broken by a retryable error is watched again after a backoff, up to the retry policy's
+        `attempts` breaks in a row without the job changing.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -176,20 +177,26 @@ class QueueClient(ServiceClient):
                 raise self._wait_timeout(job_id, timeout, last)
             try:
                 async for job in self.watch_job(job_id, timeout=remaining):
-                    last, broken = job, 0
+                    if job != last:  # progress: breaks before it do not count against this one
+                        last, broken = job, 0
                     if job.status in FINISHED_STATUSES:
                         return job
+                # A stream that ends before the job is finished (a proxy's idle cut): again.
+                error: ClientError = Unavailable(
+                    "the watch ended before the job finished", method="QueueService.WatchJob"
+                )
             except DeadlineExceeded:
                 raise self._wait_timeout(job_id, timeout, last) from None
-            except ClientError as error:
-                broken += 1
-                if not error.retryable or broken >= self._retry.attempts:
-                    raise
-                delay = self._retry.backoff(broken, error)
-                if deadline is not None:
-                    delay = min(delay, max(0.0, deadline - loop.time()))
-                log.debug("WatchJob %s broke (%s); watching again in %.2f s", job_id, error, delay)
-                await asyncio.sleep(delay)
+            except ClientError as exc:
+                error = exc
+            broken += 1
+            if not error.retryable or broken >= self._retry.attempts:
+                raise error
+            delay = self._retry.backoff(broken, error)
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - loop.time()))
+            log.debug("WatchJob %s broke (%s); watching again in %.2f s", job_id, error, delay)
+            await asyncio.sleep(delay)
 
     def _wait_timeout(
         self, job_id: str, timeout: float | None, last: pb.Job | None

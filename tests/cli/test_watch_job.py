@@ -8,7 +8,7 @@ import uuid
 import grpc
 import pytest
 
-from clients import Credentials, QueueClient
+from clients import Credentials, QueueClient, RetryPolicy
 from clients import errors as client_errors
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from service_runtime.auth import Role
@@ -217,3 +217,28 @@ async def test_wait_for_job_watches_again_after_the_server_restarts(pg_url, auth
         await client.close()
         if second is not None:
             await stop_queue(second)
+
+
+async def test_wait_for_job_watches_again_when_a_stream_ends_early():
+    # No server: what the watch streams is made up, as a proxy cutting an idle stream would.
+    client = QueueClient.connect(
+        "127.0.0.1:1",
+        Credentials.none(),
+        retry=RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.001),
+    )
+    pending = pb.Job(id="j", status=pb.JOB_STATUS_PENDING)
+    done = pb.Job(id="j", status=pb.JOB_STATUS_SUCCEEDED)
+    streams = [[pending], [pending, done]]
+
+    async def watch(job_id, **_kwargs):  # type: ignore[no-untyped-def]
+        for job in streams.pop(0):
+            yield job
+
+    client.watch_job = watch  # type: ignore[method-assign]
+    try:
+        assert (await client.wait_for_job("j", timeout=30)).status == pb.JOB_STATUS_SUCCEEDED
+        streams.extend([[pending]] * 3)
+        with pytest.raises(client_errors.Unavailable, match="watch ended before the job finished"):
+            await client.wait_for_job("j", timeout=30)
+    finally:
+        await client.close()
