@@ -24,9 +24,10 @@ def wait(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
-async def _wait_until_waiting(running) -> None:
-    """Gives the picker's RPC time to reach its wait (a notification before it is harmless)."""
-    await asyncio.sleep(0.3)
+async def _wait_until_waiting(running, count: int = 1) -> None:
+    """Returns once `count` pickers wait on the replica's signal: an enqueue made earlier would
+    be found by the picker's first look, and the test would not prove the wake-up."""
+    await _until(lambda: running.app.signal.waiting >= count, f"{count} picker(s) waiting")
 
 
 async def test_a_waiting_picker_is_woken_by_an_enqueue(any_db_url, auth_settings):
@@ -95,7 +96,7 @@ async def test_shutdown_releases_waiting_pickers_at_once(any_db_url, auth_settin
             pb.PickJobsRequest(worker_id="waiter", wait=wait(25)), metadata=WORKER_METADATA
         )
     )
-    await asyncio.sleep(0.3)
+    await _wait_until_waiting(running)
 
     # A 20 s grace period: the picker must be answered long before it, not cut off after.
     stopping = asyncio.ensure_future(running.app.stop(grace=20))
@@ -106,12 +107,14 @@ async def test_shutdown_releases_waiting_pickers_at_once(any_db_url, auth_settin
     assert list(response.jobs) == []
 
 
-async def _until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"never: {what}")
+async def _until(condition, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Polls `condition` until it holds; fails after `timeout` seconds (a deadline, not a wait)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"never: {what}")
+        await asyncio.sleep(0.01)
 
 
 async def test_new_jobs_wake_as_many_waiting_pickers_as_there_are_jobs(any_db_url, auth_settings):
