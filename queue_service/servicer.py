@@ -139,6 +139,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             processing_age=settings.alert_processing_age,
             pending_backlog=settings.alert_pending_backlog,
             api_disabled_window=settings.alert_api_disabled_window,
+            transaction_age=settings.alert_transaction_age,
         )
         self._schedule_defaults = ScheduleDefaults(
             incremental_interval=settings.schedule_incremental_interval,

@@ -46,6 +46,8 @@ class QueueSettings:
     alert_pending_backlog: int = 50
     # `api_disabled` rows of error_logs this recent raise the critical google_api_disabled alert.
     alert_api_disabled_window: timedelta = timedelta(minutes=15)
+    # An open transaction older than this raises long_transaction (it holds back vacuum).
+    alert_transaction_age: timedelta = timedelta(minutes=5)
     grace_period: timedelta = timedelta(seconds=10)
     # Finished jobs older than this are deleted by the leader; None keeps them forever.
     job_retention: timedelta | None = timedelta(days=30)
@@ -129,6 +131,12 @@ class QueueSettings:
                 "ALERT_API_DISABLED_WINDOW",
                 cls.alert_api_disabled_window,
                 minimum=timedelta(minutes=1),
+                maximum=timedelta(days=7),
+            ),
+            alert_transaction_age=env.duration(
+                "ALERT_TRANSACTION_AGE",
+                cls.alert_transaction_age,
+                minimum=timedelta(0),
                 maximum=timedelta(days=7),
             ),
             grace_period=env.duration(

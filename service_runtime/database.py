@@ -150,6 +150,10 @@ class PoolSettings:
     # as `size`.
     max_overflow: int | None = None
     timeout: timedelta = timedelta(seconds=5)
+    # PostgreSQL ends a session of ours left idle inside a transaction this long (its
+    # `idle_in_transaction_session_timeout`): a forgotten transaction would hold a snapshot
+    # and keep vacuum from cleaning the queue. None leaves the server's setting.
+    idle_in_transaction_timeout: timedelta | None = timedelta(seconds=60)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> PoolSettings:
@@ -163,6 +167,12 @@ class PoolSettings:
                 cls.timeout,
                 minimum=timedelta(milliseconds=10),
                 maximum=timedelta(minutes=5),
+            ),
+            idle_in_transaction_timeout=env.duration(
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT",
+                cls.idle_in_transaction_timeout,
+                minimum=timedelta(milliseconds=100),
+                maximum=timedelta(days=1),
             ),
         )
 
@@ -181,9 +191,14 @@ def create_engine_async(url: str | URL, *, pool: PoolSettings | None = None) -> 
         engine = create_async_engine(target, **sizing)
         configure_sqlite(engine.sync_engine)
         return engine
+    connect_args = {}
+    if pool.idle_in_transaction_timeout is not None:
+        timeout_ms = max(1, int(pool.idle_in_transaction_timeout.total_seconds() * 1000))
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
     engine = create_async_engine(
         target,
         **sizing,
+        connect_args=connect_args,
         pool_recycle=POOL_RECYCLE_SECONDS,
         pool_use_lifo=True,
     )
