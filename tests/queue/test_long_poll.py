@@ -12,6 +12,7 @@ from datetime import timedelta
 from google.protobuf import duration_pb2
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
+from queue_service import servicer
 from tests.conftest import WORKER_METADATA
 from tests.queue.conftest import queue_settings, start_queue, stop_queue
 
@@ -78,13 +79,16 @@ async def test_a_wait_with_nothing_to_do_returns_empty(queue):
     assert list(response.jobs) == []
 
 
-async def test_a_picker_never_waits_past_its_deadline(queue):
-    # wait=30s but a 1 s deadline: the server answers (empty) before the deadline, rather than
-    # leasing a job to a caller that is gone.
+async def test_a_picker_never_waits_past_its_deadline(queue, monkeypatch):
+    # wait=30s but a 3 s deadline: the server answers (empty) before the deadline, rather than
+    # leasing a job to a caller that is gone. A 2.5 s margin (the server waits 0.5 s) so that a
+    # loaded machine cannot make the answer itself late; a server that ignored the deadline
+    # would still wait 30 s and the call would end DEADLINE_EXCEEDED.
+    monkeypatch.setattr(servicer, "PICK_DEADLINE_MARGIN", timedelta(seconds=2.5))
     response = await queue.stub.PickJobs(
         pb.PickJobsRequest(worker_id="hurried", wait=wait(30)),
         metadata=WORKER_METADATA,
-        timeout=1.5,
+        timeout=3.0,
     )
     assert list(response.jobs) == []
 
