@@ -10,19 +10,23 @@ with no attempt left. A job **ran twice** if one attempt (one lease) synced more
 sync succeeded under a later attempt than the one whose completion was accepted (the job ran
 again after it had succeeded). A **stale completion was accepted** if a job succeeded under an
 attempt that no sync succeeded in: its completion came from a holder whose lease had moved on.
-Syncs of an attempt that was then lost (the worker died or froze after Google answered) are
-counted as `resynced`: the price of at-least-once delivery under leases, not a defect.
+Syncs of an attempt that was then lost (the worker died or froze after Google answered), and a
+second sync under an attempt number a release gave back (the worker could not reach SyncService
+and released the job, which does not spend an attempt), are counted as `resynced`: the price of
+at-least-once delivery under leases, one after the other, never beside each other.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 SYNCED = re.compile(r"synced account \S+ \(\w+, job ([0-9a-f-]{36}) attempt (\d+)")
+HANDED_BACK = re.compile(r"job ([0-9a-f-]{36}): .*handing it back")
 REFUSED = re.compile(
     r"job ([0-9a-f-]{36}): (?:lease lost|\w+ refused: FAILED_PRECONDITION)", re.IGNORECASE
 )
@@ -84,6 +88,12 @@ def successful_syncs(sync_log: str, jobs: set[str]) -> Counter[tuple[str, int]]:
     return found
 
 
+def handed_back(worker_logs: list[str], jobs: set[str]) -> set[str]:
+    """Jobs a worker released (SyncService unreachable): the release gives the attempt back, so
+    the next pick syncs under the same attempt number, after the release, not beside it."""
+    return {job for text in worker_logs for job in HANDED_BACK.findall(text) if job in jobs}
+
+
 def refused_holders(worker_logs: list[str], jobs: set[str]) -> int:
     """Late holders told their lease was gone (by a refused completion or heartbeat)."""
     refused = {job for text in worker_logs for job in REFUSED.findall(text) if job in jobs}
@@ -96,6 +106,7 @@ def judge(
     rows: list[JobRow],
     syncs: Counter[tuple[str, int]],
     refused: int,
+    released: AbstractSet[str] = frozenset(),
 ) -> FaultReport:
     """Fills `report` from the rows, the successful syncs and the refusals."""
     by_id = {row.id: row for row in rows}
@@ -111,7 +122,10 @@ def judge(
         elif row.status not in ENDED:
             lost += 1
         attempts = {a: n for (j, a), n in syncs.items() if j == row.id}
-        run_twice += any(n > 1 for n in attempts.values())
+        if row.id in released:
+            resynced += sum(n - 1 for n in attempts.values())
+        else:
+            run_twice += any(n > 1 for n in attempts.values())
         if row.status == "succeeded":
             if row.attempts not in attempts:
                 stale_accepted += 1

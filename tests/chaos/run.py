@@ -27,6 +27,7 @@ from tests.chaos.oracle import (
     FaultReport,
     JobRow,
     LogCursor,
+    handed_back,
     judge,
     refused_holders,
     successful_syncs,
@@ -186,8 +187,10 @@ async def run_fault(
         report.drain_s = end - struck
         rows = await batch.rows()
         syncs = successful_syncs(sync_log.read(), batch.job_ids)
-        refused = refused_holders([c.read() for c in worker_logs], batch.job_ids)
-        judge(report, batch.job_ids, rows, syncs, refused)
+        worker_text = [c.read() for c in worker_logs]
+        refused = refused_holders(worker_text, batch.job_ids)
+        released = handed_back(worker_text, batch.job_ids)
+        judge(report, batch.job_ids, rows, syncs, refused, released)
         if not drained:
             report.note += f" (not drained after {DRAIN_TIMEOUT:.0f} s)"
         return report
