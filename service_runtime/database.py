@@ -136,6 +136,10 @@ def recover_from_disconnects(engine: Engine) -> None:
             context.is_disconnect = True
 
 
+# Longer than any transaction of the services lasts; a session idle inside one this long is lost.
+IDLE_IN_TRANSACTION_TIMEOUT = timedelta(seconds=60)
+
+
 @dataclass(frozen=True)
 class PoolSettings:
     """The connection pool of a service's database engine.
@@ -153,7 +157,7 @@ class PoolSettings:
     # PostgreSQL ends a session of ours left idle inside a transaction this long (its
     # `idle_in_transaction_session_timeout`): a forgotten transaction would hold a snapshot
     # and keep vacuum from cleaning the queue. None leaves the server's setting.
-    idle_in_transaction_timeout: timedelta | None = timedelta(seconds=60)
+    idle_in_transaction_timeout: timedelta | None = IDLE_IN_TRANSACTION_TIMEOUT
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> PoolSettings:
@@ -170,7 +174,7 @@ class PoolSettings:
             ),
             idle_in_transaction_timeout=env.duration(
                 "DB_IDLE_IN_TRANSACTION_TIMEOUT",
-                cls.idle_in_transaction_timeout,
+                IDLE_IN_TRANSACTION_TIMEOUT,
                 minimum=timedelta(milliseconds=100),
                 maximum=timedelta(days=1),
             ),
