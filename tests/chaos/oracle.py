@@ -9,7 +9,9 @@ A job is **lost** if it is missing, still processing once the system has drained
 with no attempt left. A job **ran twice** if one attempt (one lease) synced more than once, or a
 sync succeeded under a later attempt than the one whose completion was accepted (the job ran
 again after it had succeeded). A **stale completion was accepted** if a job succeeded under an
-attempt that no sync succeeded in: its completion came from a holder whose lease had moved on.
+attempt (its `attempts` at the end) that no sync had succeeded in by the time the completion was
+accepted (`completed_at`, the same host's clock as the log): the completion came from a holder
+whose lease had moved on to that attempt.
 Syncs of an attempt that was then lost (the worker died or froze after Google answered), and a
 second sync under an attempt number a release gave back (the worker could not reach SyncService
 and released the job, which does not spend an attempt), are counted as `resynced`: the price of
@@ -19,13 +21,20 @@ at-least-once delivery under leases, one after the other, never beside each othe
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-SYNCED = re.compile(r"synced account \S+ \(\w+, job ([0-9a-f-]{36}) attempt (\d+)")
+# The log line's time (logging's asctime: local time, milliseconds cut off, so never later than
+# the moment the line was written), the job and the attempt.
+SYNCED = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?"
+    r"synced account \S+ \(\w+, job ([0-9a-f-]{36}) attempt (\d+)",
+    re.MULTILINE,
+)
 HANDED_BACK = re.compile(r"job ([0-9a-f-]{36}): .*handing it back")
 REFUSED = re.compile(
     r"job ([0-9a-f-]{36}): (?:lease lost|\w+ refused: FAILED_PRECONDITION)", re.IGNORECASE
@@ -40,6 +49,7 @@ class JobRow:
     status: str
     attempts: int
     max_attempts: int
+    completed_at: datetime | None = None
 
 
 @dataclass
@@ -79,13 +89,17 @@ class LogCursor:
             return log.read().decode(errors="replace")
 
 
-def successful_syncs(sync_log: str, jobs: set[str]) -> Counter[tuple[str, int]]:
-    """(job, attempt) -> how many syncs of it succeeded, for the batch's jobs."""
-    found: Counter[tuple[str, int]] = Counter()
-    for job_id, attempt in SYNCED.findall(sync_log):
+Syncs = dict[tuple[str, int], list[datetime]]
+
+
+def successful_syncs(sync_log: str, jobs: set[str]) -> Syncs:
+    """(job, attempt) -> when each sync of it succeeded, for the batch's jobs."""
+    found: Syncs = defaultdict(list)
+    for logged, job_id, attempt in SYNCED.findall(sync_log):
         if job_id in jobs:
-            found[(job_id, int(attempt))] += 1
-    return found
+            when = datetime.strptime(logged, "%Y-%m-%d %H:%M:%S,%f").astimezone()
+            found[(job_id, int(attempt))].append(when)
+    return dict(found)
 
 
 def handed_back(worker_logs: list[str], jobs: set[str]) -> set[str]:
@@ -104,7 +118,7 @@ def judge(
     report: FaultReport,
     enqueued: set[str],
     rows: list[JobRow],
-    syncs: Counter[tuple[str, int]],
+    syncs: Syncs,
     refused: int,
     released: AbstractSet[str] = frozenset(),
 ) -> FaultReport:
@@ -121,13 +135,15 @@ def judge(
             report.pending_with_attempts_left += 1
         elif row.status not in ENDED:
             lost += 1
-        attempts = {a: n for (j, a), n in syncs.items() if j == row.id}
+        attempts = {a: len(times) for (j, a), times in syncs.items() if j == row.id}
         if row.id in released:
             resynced += sum(n - 1 for n in attempts.values())
         else:
             run_twice += any(n > 1 for n in attempts.values())
         if row.status == "succeeded":
-            if row.attempts not in attempts:
+            # The accepted attempt must have synced before its completion was accepted.
+            synced_at = syncs.get((row.id, row.attempts), [])
+            if not synced_at or (row.completed_at and min(synced_at) > row.completed_at):
                 stale_accepted += 1
             run_twice += any(a > row.attempts for a in attempts)
             resynced += sum(1 for a in attempts if a < row.attempts)

@@ -112,9 +112,10 @@ class Batch:
                     sync_queue.c.status,
                     sync_queue.c.attempts,
                     sync_queue.c.max_attempts,
+                    sync_queue.c.completed_at,
                 ).where(sync_queue.c.id.in_(self.job_ids))
             )
-            return [JobRow(str(i), s, a, m) for i, s, a, m in result]
+            return [JobRow(str(i), s, a, m, c) for i, s, a, m, c in result]
 
     def longest_gap_since(self, moment: float, end: float) -> float:
         times = [moment] + [t for t, _n in self.timeline if t >= moment] + [end]

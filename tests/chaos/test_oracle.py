@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from tests.chaos.oracle import (
     FaultReport,
@@ -17,9 +18,9 @@ from tests.chaos.oracle import (
 A, B = str(uuid.uuid4()), str(uuid.uuid4())
 
 
-def synced(job: str, attempt: int) -> str:
+def synced(job: str, attempt: int, at: str = "00:00:00") -> str:
     return (
-        f"2026-01-01 00:00:00,000 INFO sync_service.sync: synced account {uuid.uuid4()} "
+        f"2026-01-01 {at},000 INFO sync_service.sync: synced account {uuid.uuid4()} "
         f"(full, job {job} attempt {attempt}): 1 locations (-0, 0 skipped), reviews +3 ~0 -0"
     )
 
@@ -68,6 +69,17 @@ def test_a_released_attempt_synced_again_is_a_resync_not_a_double_run():
 
 def test_success_under_an_attempt_no_sync_completed_is_a_stale_completion():
     assert verdict([JobRow(A, "succeeded", 2, 3)], [synced(A, 1)]).stale_accepted == 1
+
+
+def test_success_accepted_before_its_attempt_synced_is_a_stale_completion():
+    # Attempt 1's holder completed (accepted at 00:00:05) while attempt 2 held the lease; attempt
+    # 2's sync ended later, at 00:00:09.
+    accepted = datetime(2026, 1, 1, 0, 0, 5).astimezone()
+    rows = [JobRow(A, "succeeded", 2, 3, accepted)]
+    late = verdict(rows, [synced(A, 1, "00:00:01"), synced(A, 2, "00:00:09")])
+    assert late.stale_accepted == 1
+    in_time = verdict(rows, [synced(A, 1, "00:00:01"), synced(A, 2, "00:00:04")])
+    assert in_time.stale_accepted == 0
 
 
 def test_refused_late_holders_are_counted_once_per_job():
