@@ -1,5 +1,8 @@
 """Background work of the queue: the lease reaper, the pruner and the scheduler, run by one leader.
 
+The pruner runs a round (`queue_service.retention`) every `prune_every`; a round that fails
+(the database blipped) is tried again at the next reaper pass, not an interval later.
+
 Leadership is the driver's (`QueueDriver.leader_session`): on PostgreSQL a session-level
 advisory lock on a dedicated connection, which another replica takes at its next attempt once
 that connection drops; with SQLite there is one process, and it leads.
@@ -13,29 +16,30 @@ import logging
 from datetime import timedelta
 
 from queue_service.drivers.base import LeaderSession
+from queue_service.retention import RetentionPolicy
 from queue_service.scheduler import Scheduler
 from queue_service.store import JobStore
 
 log = logging.getLogger(__name__)
 
-PRUNE_EVERY = timedelta(hours=1)
-
 
 class Maintenance:
-    """Recovers expired leases every `interval` and prunes old finished jobs hourly; while
-    leading, also runs the scheduler of periodic syncs, if there is one."""
+    """Recovers expired leases every `interval` and prunes old finished jobs and worker runs
+    every `prune_every`; while leading, also runs the scheduler of periodic syncs, if any."""
 
     def __init__(
         self,
         store: JobStore,
         *,
         interval: timedelta,
-        retention: timedelta | None,
+        retention: RetentionPolicy | None,
+        prune_every: timedelta = timedelta(hours=1),
         scheduler: Scheduler | None = None,
     ) -> None:
         self._store = store
         self._interval = interval.total_seconds()
-        self._retention = retention
+        self._retention = retention if retention is not None and retention.enabled else None
+        self._prune_every = prune_every.total_seconds()
         self.scheduler = scheduler
         self.is_leader = asyncio.Event()
         self._last_prune: float | None = None
@@ -87,15 +91,11 @@ class Maintenance:
             try:
                 await self.run_pass()
                 if self._retention is not None and (
-                    self._last_prune is None
-                    or loop.time() - self._last_prune >= PRUNE_EVERY.total_seconds()
+                    self._last_prune is None or loop.time() - self._last_prune >= self._prune_every
                 ):
-                    self._last_prune = loop.time()
-                    pruned = await self._store.jobs_prune(
-                        finished_before=self._store.clock() - self._retention
-                    )
-                    if pruned:
-                        log.info("pruned %d finished jobs older than %s", pruned, self._retention)
+                    started = loop.time()
+                    await self.prune()
+                    self._last_prune = started
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database blipped; the next pass tries again
@@ -110,4 +110,18 @@ class Maintenance:
                 "recovered jobs of lost workers: %d requeued, %d failed",
                 len(recovered.requeued),
                 len(recovered.failed),
+            )
+
+    async def prune(self) -> None:
+        """One retention round (nothing when retention is off)."""
+        if self._retention is None:
+            return
+        pruned = await self._store.prune(self._retention)
+        if pruned.jobs or pruned.worker_runs:
+            log.info(
+                "pruned %d finished jobs (older than %s) and %d worker runs (older than %s)",
+                pruned.jobs,
+                self._retention.jobs,
+                pruned.worker_runs,
+                self._retention.worker_runs,
             )

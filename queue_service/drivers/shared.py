@@ -514,6 +514,24 @@ class SharedDriver:
             result = await conn.execute(sa.delete(q).where(q.c.id.in_(victims)))
         return result.rowcount or 0
 
+    async def worker_run_delete_finished(self, *, finished_before: datetime, limit: int) -> int:
+        """See `QueueDriver.worker_run_delete_finished`."""
+        victims = (
+            sa.select(runs.c.id)
+            .where(
+                runs.c.status != WorkerRunStatus.RUNNING.value,
+                runs.c.finished_at < finished_before,
+                # Implied by the line above (a run finishes after it starts); it lets the
+                # database walk the started_at index instead of the whole table.
+                runs.c.started_at < finished_before,
+            )
+            .limit(limit)
+            .scalar_subquery()
+        )
+        async with self.transaction() as conn:
+            result = await conn.execute(sa.delete(runs).where(runs.c.id.in_(victims)))
+        return result.rowcount or 0
+
     async def worker_run_insert(
         self, worker_id: str, metadata: dict[str, Any], *, moment: Moment
     ) -> WorkerRun:
