@@ -165,7 +165,8 @@ async def job_get_visible(conn: AsyncConnection, job_id: uuid.UUID, caller: Call
 
 def merge_by_account(requests: Sequence[EnqueueRequest]) -> dict[uuid.UUID, EnqueueRequest]:
     """Each account's requests as one, in order of first appearance: the first request, upgraded
-    as its successors would upgrade a pending job (to a full sync, to the highest priority)."""
+    as its successors would upgrade a pending job (to a full sync, to the highest priority, to
+    the earliest `scheduled_at`, where unset means now and so wins)."""
     merged: dict[uuid.UUID, EnqueueRequest] = {}
     for request in requests:
         first = merged.get(request.account_id)
@@ -178,6 +179,9 @@ def merge_by_account(requests: Sequence[EnqueueRequest]) -> dict[uuid.UUID, Enqu
             if SyncType.FULL in (first.sync_type, request.sync_type)
             else first.sync_type,
             priority=max(first.priority, request.priority),
+            scheduled_at=None
+            if first.scheduled_at is None or request.scheduled_at is None
+            else min(first.scheduled_at, request.scheduled_at),
         )
     return merged
 
