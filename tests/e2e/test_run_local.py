@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,3 +197,50 @@ async def test_sigint_with_a_dead_stdout_pipe_stops_every_child_and_exits_0(
         for pid in children:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("script") and shutil.which("make")), reason="needs make and script"
+)
+async def test_ctrl_c_in_a_terminal_under_make_exits_0(tmp_path: Path) -> None:
+    """Ctrl-C typed in a terminal interrupts the whole foreground process group; make, when it
+    gets it, reports "Interrupt" and exits 130 however cleanly the script stops. `script`
+    gives `make run` a real terminal; the Ctrl-C is typed into it."""
+    (tmp_path / "Makefile").write_text(f"run:\n\t{sys.executable} -m scripts.run_local\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'run.db'}",
+        "QUEUE_PORT": str(free_port()),
+        "SYNC_PORT": str(free_port()),
+        "EMULATOR_PORT": str(free_port()),
+        "OTEL_TRACES_EXPORTER": "none",
+        "DEMO_ACCOUNTS": "1",
+    }
+    log_path = tmp_path / "terminal.log"
+    with log_path.open("wb") as log_file:
+        # script -e: exit with make's status; -c: the command, run on a new terminal.
+        process = subprocess.Popen(  # noqa: ASYNC220
+            ["script", "-qefc", "make run", "/dev/null"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        await _wait_for_text(log_path, BANNER, process)
+        assert process.stdin is not None
+        process.stdin.write(b"\x03")  # Ctrl-C, typed
+        process.stdin.flush()
+
+        assert await wait_process(process, timeout=90) == 0, _read(log_path)
+        final = _read(log_path)
+        assert "Interrupt" not in final
+        for name in ("worker", "sync", "queue", "emulator"):
+            assert f"[run] {name} stopped" in final
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await wait_process(process)
