@@ -26,6 +26,7 @@ MODULES = [
     "scripts.run_local",
     "scripts.dev_token",
     "scripts.runtime_load",
+    "scripts.compose_env",
     "benchmarks",
 ]
 
