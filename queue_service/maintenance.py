@@ -1,7 +1,7 @@
 """Background work of the queue: the lease reaper, the pruner and the scheduler, run by one leader.
 
-The pruner runs a round (`queue_service.retention`) every `prune_every`; a round that fails
-(the database blipped) is tried again at the next reaper pass, not an interval later.
+The pruner runs a round (`queue_service.retention`) every `prune_every`, beside the reaper; a
+round that fails (the database blipped) is tried again one reaper interval later.
 
 Leadership is the driver's (`QueueDriver.leader_session`): on PostgreSQL a session-level
 advisory lock on a dedicated connection, which another replica takes at its next attempt once
@@ -42,7 +42,6 @@ class Maintenance:
         self._prune_every = prune_every.total_seconds()
         self.scheduler = scheduler
         self.is_leader = asyncio.Event()
-        self._last_prune: float | None = None
 
     async def run(self) -> None:
         """Bids for leadership every interval; leads (passes, scheduler) while elected."""
@@ -67,40 +66,49 @@ class Maintenance:
     async def _lead(self, session: LeaderSession) -> None:
         """Runs passes until cancelled; raises when the leader session is lost.
 
-        The scheduler runs beside the passes and stops with them, so it runs only while this
-        replica holds the lock (give or take one reaper interval after losing it, which its
-        row locks make harmless).
+        The scheduler and the pruner run beside the passes and stop with them, so they run
+        only while this replica holds the lock (give or take one reaper interval after losing
+        it, which their row locks and fixed cuts make harmless). A long pruning round never
+        delays the reaper.
         """
-        scheduling = (
-            asyncio.create_task(self.scheduler.run(), name="scheduler")
-            if self.scheduler is not None
-            else None
-        )
+        companions = []
+        if self.scheduler is not None:
+            companions.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        if self._retention is not None:
+            companions.append(asyncio.create_task(self._prune_rounds(), name="pruner"))
         try:
             await self._maintain(session)
         finally:
-            if scheduling is not None:
-                scheduling.cancel()
+            for task in companions:
+                task.cancel()
+            for task in companions:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await scheduling
+                    await task
 
     async def _maintain(self, session: LeaderSession) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await session.confirm()
             try:
                 await self.run_pass()
-                if self._retention is not None and (
-                    self._last_prune is None or loop.time() - self._last_prune >= self._prune_every
-                ):
-                    started = loop.time()
-                    await self.prune()
-                    self._last_prune = started
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database blipped; the next pass tries again
                 log.warning("maintenance pass failed: %s", exc)
             await asyncio.sleep(self._interval)
+
+    async def _prune_rounds(self) -> None:
+        """A pruning round at once, then every `prune_every`; a failed one is tried again
+        after one reaper interval."""
+        while True:
+            try:
+                await self.prune()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database blipped: try again soon
+                log.warning("pruning round failed: %s", exc)
+                await asyncio.sleep(self._interval)
+                continue
+            await asyncio.sleep(self._prune_every)
 
     async def run_pass(self) -> None:
         """One reaper pass."""
