@@ -75,9 +75,9 @@ class QueueSettings:
     @classmethod
     def _from_env(cls, env: Env) -> QueueSettings:
         return cls(
-            listen_addr=env.str("QUEUE_LISTEN_ADDR", cls.listen_addr),
+            listen_addr=env.address("QUEUE_LISTEN_ADDR", cls.listen_addr),
             processes=env.int("QUEUE_PROCESSES", cls.processes, minimum=1, maximum=64),
-            database_url=database_url_from_env(),
+            database_url=database_url_from_env(env),
             db_pool=PoolSettings.from_env(env),
             auth=AuthSettings.from_env(env),
             retry_delay_base=env.duration(
@@ -144,7 +144,7 @@ class QueueSettings:
                 maximum=timedelta(days=3650),
             )
             or None,
-            log_level=env.str("LOG_LEVEL", cls.log_level),
+            log_level=env.log_level("LOG_LEVEL", cls.log_level),
             scheduler_enabled=env.bool("SCHEDULER_ENABLED", cls.scheduler_enabled),
             schedule_incremental_interval=env.duration(
                 "SCHEDULE_INCREMENTAL_INTERVAL",
