@@ -47,6 +47,8 @@ from service_runtime.protoconv import (
 )
 
 MAX_METADATA_BYTES = 16 * 1024
+# Nesting of objects and lists in a metadata or result Struct.
+MAX_METADATA_DEPTH = 16
 MAX_BATCH = 1000
 MAX_PICK = 100
 MAX_PAGE_SIZE = 500
@@ -126,6 +128,15 @@ def _duration(
     )
 
 
+def _depth(value: Any) -> int:
+    """How deep objects and lists nest in a JSON value (a scalar: 0)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
 def _has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
@@ -143,6 +154,9 @@ def _struct(
         data = from_struct(value)
     except ValueError:
         violations.add(field, "holds NaN or Infinity, which JSON cannot represent")
+        return {}
+    if _depth(data) > MAX_METADATA_DEPTH:
+        violations.add(field, f"nests deeper than {MAX_METADATA_DEPTH} levels")
         return {}
     if _has_nul(data):
         # PostgreSQL cannot store U+0000 in JSONB text.

@@ -60,6 +60,9 @@ class QueueSettings:
     # The Google quota SyncService works within: GBP_QUOTA_PER_MINUTE per GBP_QUOTA_WINDOW.
     gbp_quota_per_window: int = 300
     gbp_quota_window: timedelta = timedelta(minutes=1)
+    # The per-user enqueue rate limit (queue_service/rate_limit.py): syncs a second, 0 for none.
+    enqueue_rate_per_user: float = 5.0
+    enqueue_burst_per_user: int = 100
 
     @property
     def gbp_quota_per_minute(self) -> float:
@@ -178,6 +181,12 @@ class QueueSettings:
                 cls.gbp_quota_window,
                 minimum=timedelta(milliseconds=100),
                 maximum=timedelta(hours=1),
+            ),
+            enqueue_rate_per_user=env.float(
+                "ENQUEUE_RATE_PER_USER", cls.enqueue_rate_per_user, minimum=0.0, maximum=1e6
+            ),
+            enqueue_burst_per_user=env.int(
+                "ENQUEUE_BURST_PER_USER", cls.enqueue_burst_per_user, minimum=1, maximum=1_000_000
             ),
         )
 

@@ -20,6 +20,7 @@ from gmbsync.queue.v1 import queue_service_pb2 as queue_pb
 from gmbsync.sync.v1 import sync_service_pb2 as sync_pb
 from service_runtime.auth import Role
 from tests.conftest import ADMIN_USER, WORKER_METADATA, bearer
+from tests.queue import conftest as queue_fixtures
 from tests.queue.conftest import RunningQueue, queue_settings, start_queue, stop_queue
 from tests.sync import conftest as sync_fixtures
 from tests.sync.conftest import Harness, MakeHarness
@@ -60,6 +61,8 @@ class Services:
 
 # SyncService's own fixture, offered to these tests too (it stops what it starts).
 make_harness = sync_fixtures.make_harness
+# QueueService alone on PostgreSQL.
+pg_queue = queue_fixtures.pg_queue
 
 
 @pytest.fixture
