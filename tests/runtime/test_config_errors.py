@@ -166,6 +166,7 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
         ("queue_service", "DATABASE_URL", f"mysql://app:{SECRET}@db.example.com/app"),
         ("clients.worker", "QUEUE_ADDR", "not-an-address"),
         ("sync_service.emulator", "EMULATOR_PORT", "eighty"),
+        ("migrations", "DATABASE_URL", f"mysql://app:{SECRET}@db.example.com/app"),
     ],
 )
 def test_a_process_with_a_bad_setting_exits_2_with_one_line(
