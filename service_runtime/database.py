@@ -59,9 +59,14 @@ READS_ONLY_OPTION = "gmbsync_reads_only"
 def database_url_from_env(env: Env | None = None) -> str:
     """DATABASE_URL, checked: a URL of PostgreSQL or SQLite, or ConfigError (which never repeats
     the URL: it may hold a password)."""
-    return (env or Env()).parsed(
+    # The process's own DATABASE_URL stands behind a mapping that does not set one, as it
+    # always has: settings read from a partial mapping still find the database.
+    process = Env().parsed(
         "DATABASE_URL", DEFAULT_DATABASE_URL, kind="database_url", parse=_checked_database_url
     )
+    if env is None:
+        return process
+    return env.parsed("DATABASE_URL", process, kind="database_url", parse=_checked_database_url)
 
 
 def _checked_database_url(raw: str) -> str:
