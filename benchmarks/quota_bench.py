@@ -277,7 +277,13 @@ async def _run(database_url: str, workload: Workload) -> dict[str, Any]:
                 "queue",
                 [python, "-m", "queue_service"],
                 # Only the benchmark's own jobs: no periodic syncs of the connected accounts.
-                {**env, "QUEUE_LISTEN_ADDR": queue_addr, "SCHEDULER_ENABLED": "false"},
+                # Its user enqueues every account in batches of 1000: no per-user rate limit.
+                {
+                    **env,
+                    "QUEUE_LISTEN_ADDR": queue_addr,
+                    "SCHEDULER_ENABLED": "false",
+                    "ENQUEUE_RATE_PER_USER": "0",
+                },
             ),
             lambda c: _wait_for_health(queue_addr, c),
         )

@@ -9,6 +9,7 @@ from alembic import command
 
 from migrations import alembic_config, downgrade, upgrade
 from service_runtime.cli import DATABASE_VARIABLE, parser_with_environment
+from service_runtime.config import ConfigError
 from service_runtime.database import database_url_from_env, sync_url
 
 
@@ -25,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("history", help="list the revisions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    url = database_url_from_env()
+    try:
+        url = database_url_from_env()
+    except ConfigError as exc:
+        print(f"migrations: configuration error: {exc}", file=sys.stderr)
+        return 2
     target = sync_url(url).render_as_string(hide_password=True)
     action = args.action or "upgrade"
     if action == "upgrade":

@@ -7,9 +7,6 @@ together rather than one per round trip.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -39,10 +36,19 @@ from queue_service.tables import (
     SCHEDULE_INTERVAL_MAX,
     SCHEDULE_INTERVAL_MIN,
 )
+from service_runtime import page_tokens
 from service_runtime.errors import FieldViolation, InvalidArgument
-from service_runtime.protoconv import from_struct, from_timestamp, parse_uuid, struct_json_size
+from service_runtime.protoconv import (
+    from_struct,
+    parse_uuid,
+    read_duration,
+    read_timestamp,
+    struct_json_size,
+)
 
 MAX_METADATA_BYTES = 16 * 1024
+# Nesting of objects and lists in a metadata or result Struct.
+MAX_METADATA_DEPTH = 16
 MAX_BATCH = 1000
 MAX_PICK = 100
 MAX_PAGE_SIZE = 500
@@ -117,14 +123,18 @@ def _duration(
     minimum: timedelta,
     maximum: timedelta,
 ) -> timedelta | None:
-    if value.nanos < 0 or value.seconds < 0:
-        violations.add(field, "must not be negative")
-        return None
-    duration = value.ToTimedelta()
-    if not minimum <= duration <= maximum:
-        violations.add(field, f"must be between {minimum} and {maximum}, got {duration}")
-        return None
-    return duration
+    return violations.attempt(
+        field, lambda: read_duration(field, value, minimum=minimum, maximum=maximum)
+    )
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and lists nest in a JSON value (a scalar: 0)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
 
 
 def _has_nul(value: Any) -> bool:
@@ -144,6 +154,9 @@ def _struct(
         data = from_struct(value)
     except ValueError:
         violations.add(field, "holds NaN or Infinity, which JSON cannot represent")
+        return {}
+    if _depth(data) > MAX_METADATA_DEPTH:
+        violations.add(field, f"nests deeper than {MAX_METADATA_DEPTH} levels")
         return {}
     if _has_nul(data):
         # PostgreSQL cannot store U+0000 in JSONB text.
@@ -234,11 +247,7 @@ def enqueue_request(
 def _timestamp(
     violations: Violations, field: str, value: timestamp_pb2.Timestamp
 ) -> datetime | None:
-    try:
-        return from_timestamp(value)
-    except (ValueError, OverflowError):
-        violations.add(field, "is not a valid time")
-        return None
+    return violations.attempt(field, lambda: read_timestamp(field, value))
 
 
 def enqueue_batch(
@@ -467,34 +476,35 @@ def _filter_fingerprint(job_filter: JobFilter) -> str:
 
 
 def encode_page_token(cursor: PageCursor, job_filter: JobFilter) -> str:
-    payload = {
-        "c": cursor.created_at.isoformat(),
-        "i": str(cursor.job_id),
-        "f": _filter_fingerprint(job_filter),
-    }
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    return page_tokens.encode_page_token(
+        {
+            "c": cursor.created_at.isoformat(),
+            "i": str(cursor.job_id),
+            "f": _filter_fingerprint(job_filter),
+        }
+    )
+
+
+_NOT_OUR_TOKEN = "is not a token from a previous ListJobs response"
 
 
 def decode_page_token(token: str, job_filter: JobFilter) -> PageCursor:
-    not_ours = InvalidArgument.field(
-        "page_token", "is not a token from a previous ListJobs response"
-    )
+    payload = page_tokens.decode_page_token(token, _NOT_OUR_TOKEN)
+    if not isinstance(payload, dict):
+        raise InvalidArgument.field("page_token", _NOT_OUR_TOKEN)
+    job, fingerprint = payload.get("i"), payload.get("f")
+    if not isinstance(job, str) or not isinstance(fingerprint, str):
+        raise InvalidArgument.field("page_token", _NOT_OUR_TOKEN)
+    created_at = page_tokens.cursor_time(payload.get("c"), _NOT_OUR_TOKEN)
     try:
-        padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        created, job, fingerprint = payload["c"], payload["i"], payload["f"]
-        if not all(isinstance(x, str) for x in (created, job, fingerprint)):
-            raise not_ours
-        cursor = PageCursor(created_at=datetime.fromisoformat(created), job_id=uuid.UUID(job))
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise not_ours from None
-    if cursor.created_at.tzinfo is None:
-        raise not_ours
+        job_id = uuid.UUID(job)
+    except ValueError:
+        raise InvalidArgument.field("page_token", _NOT_OUR_TOKEN) from None
     if fingerprint != _filter_fingerprint(job_filter):
         raise InvalidArgument.field(
             "page_token", "belongs to a listing with other filters; keep the filters of page one"
         )
-    return cursor
+    return PageCursor(created_at=created_at, job_id=job_id)
 
 
 def stale_threshold(message: pb.MarkStaleJobsRequest, default: timedelta) -> timedelta:

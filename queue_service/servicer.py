@@ -43,6 +43,7 @@ from queue_service.models import (
 )
 from queue_service.notifier import JobSignal
 from queue_service.picking import pick_with_wait
+from queue_service.rate_limit import UserRateLimiter
 from queue_service.settings import QueueSettings
 from queue_service.store import JobStore
 from service_runtime import errors
@@ -52,6 +53,11 @@ from service_runtime.telemetry import current_trace_context
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QueueService"].full_name
+#: The ErrorInfo domain of QueueService's own reasons.
+QUEUE_ERROR_DOMAIN = "gmbsync.queue.v1"
+#: RESOURCE_EXHAUSTED: the caller enqueued faster than ENQUEUE_RATE_PER_USER allows; RetryInfo
+#: says when enough of their budget is back. Metadata: `rate_per_second`, `burst`.
+ENQUEUE_RATE_LIMITED = "ENQUEUE_RATE_LIMITED"
 
 _RPC_ROLES = {
     "EnqueueSync": USER,
@@ -151,6 +157,9 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         self._store = store
         self._signal = signal
         self._settings = settings
+        self.enqueue_limiter = UserRateLimiter(
+            settings.enqueue_rate_per_user, settings.enqueue_burst_per_user
+        )
         self._thresholds = AlertThresholds(
             failure_rate=settings.alert_failure_rate,
             processing_age=settings.alert_processing_age,
@@ -171,6 +180,33 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
 
     # -- users --------------------------------------------------------------------------------
 
+    async def _admit_enqueues(
+        self, context: grpc.aio.ServicerContext, count: int, rpc: str
+    ) -> None:
+        """Applies the per-user enqueue rate limit: RESOURCE_EXHAUSTED with a RetryInfo delay
+        (and ErrorInfo ENQUEUE_RATE_LIMITED) when the caller's bucket is short."""
+        principal = current_principal()
+        if principal.sees_everything or not self.enqueue_limiter.enabled:
+            return
+        assert principal.user_id is not None
+        burst = self.enqueue_limiter.burst
+        if count > burst:
+            raise errors.InvalidArgument.field(
+                "items", f"holds {count} requests; a user may enqueue at most {burst} at once"
+            )
+        wait = self.enqueue_limiter.take(principal.user_id, count)
+        if wait > 0:
+            await errors.abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{rpc}: enqueue rate limit of {self.enqueue_limiter.rate:g} syncs a second per "
+                f"user reached; retry in {wait:.1f} s",
+                retry_delay_seconds=wait,
+                reason=ENQUEUE_RATE_LIMITED,
+                domain=QUEUE_ERROR_DOMAIN,
+                error_metadata={"rate_per_second": self.enqueue_limiter.rate, "burst": burst},
+            )
+
     @translated
     async def EnqueueSync(self, request, context):  # type: ignore[no-untyped-def]
         parsed = requests.enqueue_request(
@@ -180,6 +216,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             trace_context=current_trace_context(),
         )
         assert parsed is not None
+        await self._admit_enqueues(context, 1, "EnqueueSync")
         result = await self._store.job_enqueue(parsed, _caller())
         return pb.EnqueueSyncResponse(
             job=convert.job_to_pb(result.job),
@@ -195,6 +232,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             default_max_attempts=self._settings.default_max_attempts,
             trace_context=current_trace_context(),
         )
+        await self._admit_enqueues(context, len(parsed), "EnqueueSyncBatch")
         try:
             results = await self._store.job_enqueue_many(parsed, _caller())
         except (AccountNotFound, AccountInactive) as exc:

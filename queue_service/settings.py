@@ -69,6 +69,9 @@ class QueueSettings:
     gbp_quota_window: timedelta = timedelta(minutes=1)
     # How often a WatchJob stream reads its job again to see whether it changed.
     watch_poll_interval: timedelta = timedelta(seconds=1)
+    # The per-user enqueue rate limit (queue_service/rate_limit.py): syncs a second, 0 for none.
+    enqueue_rate_per_user: float = 5.0
+    enqueue_burst_per_user: int = 100
 
     @property
     def gbp_quota_per_minute(self) -> float:
@@ -84,9 +87,9 @@ class QueueSettings:
     @classmethod
     def _from_env(cls, env: Env) -> QueueSettings:
         return cls(
-            listen_addr=env.str("QUEUE_LISTEN_ADDR", cls.listen_addr),
+            listen_addr=env.address("QUEUE_LISTEN_ADDR", cls.listen_addr),
             processes=env.int("QUEUE_PROCESSES", cls.processes, minimum=1, maximum=64),
-            database_url=database_url_from_env(),
+            database_url=database_url_from_env(env),
             db_pool=PoolSettings.from_env(env),
             auth=AuthSettings.from_env(env),
             retry_delay_base=env.duration(
@@ -175,7 +178,7 @@ class QueueSettings:
             prune_batch_size=env.int(
                 "PRUNE_BATCH_SIZE", cls.prune_batch_size, minimum=1, maximum=100_000
             ),
-            log_level=env.str("LOG_LEVEL", cls.log_level),
+            log_level=env.log_level("LOG_LEVEL", cls.log_level),
             scheduler_enabled=env.bool("SCHEDULER_ENABLED", cls.scheduler_enabled),
             schedule_incremental_interval=env.duration(
                 "SCHEDULE_INCREMENTAL_INTERVAL",
@@ -215,6 +218,12 @@ class QueueSettings:
                 cls.watch_poll_interval,
                 minimum=timedelta(milliseconds=50),
                 maximum=timedelta(minutes=1),
+            ),
+            enqueue_rate_per_user=env.float(
+                "ENQUEUE_RATE_PER_USER", cls.enqueue_rate_per_user, minimum=0.0, maximum=1e6
+            ),
+            enqueue_burst_per_user=env.int(
+                "ENQUEUE_BURST_PER_USER", cls.enqueue_burst_per_user, minimum=1, maximum=1_000_000
             ),
         )
 

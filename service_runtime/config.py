@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -28,18 +31,81 @@ def parse_duration(name: str, raw: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_address(name: str, raw: str) -> str:
+    """A gRPC listen or dial address: `host:port`, `[v6]:port`, or `unix:/path`."""
+    value = raw.strip()
+    if value.startswith("unix:") and len(value) > len("unix:"):
+        return value
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or int(port) > 65535
+        or (":" in host and not bracketed)
+        or any(c.isspace() for c in host)
+    ):
+        raise ConfigError(
+            f"{name}={raw!r} is not host:port (for example 127.0.0.1:50051 or [::]:50051)"
+        )
+    return value
+
+
 class Env:
-    """Typed access to a mapping of environment variables (os.environ by default)."""
+    """Typed access to a mapping of environment variables (os.environ by default).
+
+    `read` records every setting asked for and its kind (text, int, float, duration, bool,
+    address, log_level, url, or a kind named by `parsed`), so that tests can walk every
+    setting a process has without a list kept by hand.
+    """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
+        self.read: dict[str, str] = {}
+
+    def _raw(self, name: str, kind: str) -> str:
+        self.read.setdefault(name, kind)
+        return self._environ.get(name, "")
 
     def str(self, name: str, default: str) -> str:
-        value = self._environ.get(name, "")
+        """Free text (a secret, a client id, a path): any value is accepted."""
+        value = self._raw(name, "text")
         return value if value.strip() else default
 
+    def parsed(self, name: str, default: T, *, kind: str, parse: Callable[[str], T]) -> T:
+        """A value checked by `parse`, which raises ConfigError naming `name` (never echoing a
+        secret); `default` when unset."""
+        raw = self._raw(name, kind).strip()
+        return parse(raw) if raw else default
+
+    def address(self, name: str, default: str) -> str:
+        return self.parsed(name, default, kind="address", parse=lambda r: parse_address(name, r))
+
+    def log_level(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            if raw.upper() not in LOG_LEVELS:
+                raise ConfigError(f"{name}={raw!r}: use one of {', '.join(LOG_LEVELS)}")
+            return raw.upper()
+
+        return self.parsed(name, default, kind="log_level", parse=parse)
+
+    def url(self, name: str, default: str) -> str:
+        """An http:// or https:// URL, without a trailing slash."""
+
+        def parse(raw: str) -> str:
+            scheme, sep, rest = raw.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+                raise ConfigError(f"{name}={raw!r} must be an http:// or https:// URL")
+            return raw.rstrip("/")
+
+        return self.parsed(name, default, kind="url", parse=parse)
+
     def int(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
-        raw = self._environ.get(name, "").strip()
+        raw = self._raw(name, "int").strip()
         if not raw:
             return default
         try:
@@ -51,7 +117,7 @@ class Env:
         return value
 
     def float(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
-        raw = self._environ.get(name, "").strip()
+        raw = self._raw(name, "float").strip()
         if not raw:
             return default
         try:
@@ -65,7 +131,7 @@ class Env:
     def duration(
         self, name: str, default: timedelta, *, minimum: timedelta, maximum: timedelta
     ) -> timedelta:
-        raw = self._environ.get(name, "").strip()
+        raw = self._raw(name, "duration").strip()
         if not raw:
             return default
         value = parse_duration(name, raw)
@@ -74,7 +140,7 @@ class Env:
         return value
 
     def bool(self, name: str, default: bool) -> bool:
-        raw = self._environ.get(name, "").strip().lower()
+        raw = self._raw(name, "bool").strip().lower()
         if not raw:
             return default
         if raw in {"1", "true", "yes", "on"}:

@@ -22,7 +22,6 @@ recent connections so that a quiet service holds few of them.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,7 +33,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from service_runtime.config import Env
+from service_runtime.config import ConfigError, Env
 from service_runtime.errors import ServiceReason
 
 DEFAULT_SQLITE_PATH = Path("var") / "gmbsync.db"
@@ -57,8 +56,32 @@ _DISCONNECT_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 READS_ONLY_OPTION = "gmbsync_reads_only"
 
 
-def database_url_from_env() -> str:
-    return os.environ.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+def database_url_from_env(env: Env | None = None) -> str:
+    """DATABASE_URL, checked: a URL of PostgreSQL or SQLite, or ConfigError (which never repeats
+    the URL: it may hold a password)."""
+    # The process's own DATABASE_URL stands behind a mapping that does not set one, as it
+    # always has: settings read from a partial mapping still find the database.
+    process = Env().parsed(
+        "DATABASE_URL", DEFAULT_DATABASE_URL, kind="database_url", parse=_checked_database_url
+    )
+    if env is None:
+        return process
+    return env.parsed("DATABASE_URL", process, kind="database_url", parse=_checked_database_url)
+
+
+def _checked_database_url(raw: str) -> str:
+    try:
+        backend = make_url(raw).get_backend_name()
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise ConfigError(
+            "DATABASE_URL is not a database URL (postgresql+psycopg://user:password@host/db "
+            "or sqlite:///path)"
+        ) from None
+    if backend not in ("postgresql", "sqlite"):
+        raise ConfigError(
+            f"DATABASE_URL: unsupported database {backend!r} (use postgresql or sqlite)"
+        )
+    return raw
 
 
 def async_url(url: str | URL) -> URL:

@@ -24,6 +24,59 @@ def from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
 
 
+# The range google/protobuf/timestamp.proto allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+TIMESTAMP_SECONDS_MIN, TIMESTAMP_SECONDS_MAX = -62_135_596_800, 253_402_300_799
+_NANOS_PER_SECOND = 1_000_000_000
+
+
+def read_timestamp(field: str, stamp: timestamp_pb2.Timestamp) -> datetime:
+    """A request's Timestamp as an aware UTC datetime, or INVALID_ARGUMENT naming the field.
+
+    Every Timestamp a client sends comes through here: protobuf's own conversion overflows
+    (an INTERNAL, had it been called directly) on seconds out of the documented range, and
+    silently shifts negative or oversized nanos.
+    """
+    if not TIMESTAMP_SECONDS_MIN <= stamp.seconds <= TIMESTAMP_SECONDS_MAX:
+        raise InvalidArgument.field(
+            field, "is not a valid time (seconds must be within years 0001 to 9999)"
+        )
+    if not 0 <= stamp.nanos < _NANOS_PER_SECOND:
+        raise InvalidArgument.field(field, "is not a valid time (nanos must be 0..999999999)")
+    return from_timestamp(stamp)
+
+
+def read_duration(
+    field: str, value: duration_pb2.Duration, *, minimum: timedelta, maximum: timedelta
+) -> timedelta:
+    """A request's Duration as a timedelta within [minimum, maximum], or INVALID_ARGUMENT
+    naming the field.
+
+    Every Duration a client sends comes through here. The bounds are checked on the raw
+    seconds before any conversion, so 2^62 seconds is a field error rather than an overflow;
+    nanos must lie in -999999999..999999999 with the sign of the seconds, as duration.proto
+    says.
+    """
+    seconds, nanos = value.seconds, value.nanos
+    if not -_NANOS_PER_SECOND < nanos < _NANOS_PER_SECOND or (
+        seconds and nanos and (seconds < 0) != (nanos < 0)
+    ):
+        raise InvalidArgument.field(
+            field,
+            "is not a valid duration (nanos must be -999999999..999999999, signed as seconds)",
+        )
+    if seconds < 0 or nanos < 0:
+        raise InvalidArgument.field(field, "must not be negative")
+    # Whole seconds first: they alone decide whether the value is in range, without overflow.
+    if seconds > maximum.total_seconds() + 1:
+        raise InvalidArgument.field(field, f"must be between {minimum} and {maximum}")
+    duration = timedelta(seconds=seconds, microseconds=nanos // 1000)
+    if not minimum <= duration <= maximum:
+        raise InvalidArgument.field(
+            field, f"must be between {minimum} and {maximum}, got {duration}"
+        )
+    return duration
+
+
 def to_duration(value: timedelta) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromTimedelta(value)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
@@ -138,6 +139,8 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         behavior = handler.unary_unary
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, UndecodableRequest):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             try:
                 return await behavior(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -171,9 +174,41 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """Stands in for a request whose bytes are not the message the RPC takes.
+
+    gRPC decodes a request before any handler code runs, and a decoding error there becomes
+    UNKNOWN with the Python exception's class in the text. Decoding through `_tolerant` hands
+    the handler this instead, and the guarded handler answers INVALID_ARGUMENT.
+    """
+
+    message: str
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    """`deserializer`, answering UndecodableRequest instead of raising DecodeError."""
+    if deserializer is None:
+        return None
+    message_type = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor is not None else "request"
+    refusal = f"the request is not a valid {name} message (its bytes do not decode)"
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            return UndecodableRequest(refusal)
+
+    return deserialize
 
 
 @dataclass

@@ -42,6 +42,20 @@ DEFAULT_SAMPLER_RATIO = 0.1
 _SPEC_RATIO = 1.0
 
 
+_EXPORTER_NAMES = ("otlp", "console", "none")
+
+
+def check_tracing_settings(environ: Mapping[str, str] | None = None) -> None:
+    """Raises ConfigError for a bad OTEL_* variable, whether or not tracing ends up on: a typo
+    must stop the process at start, not wait for the day an exporter is configured."""
+    environ = os.environ if environ is None else environ
+    for name in environ.get("OTEL_TRACES_EXPORTER", "").lower().split(","):
+        if name.strip() and name.strip() not in _EXPORTER_NAMES:
+            raise ConfigError(f"OTEL_TRACES_EXPORTER={name.strip()!r}: use otlp, console or none")
+    sampler_from_env(environ)
+    _ratio(environ, DEFAULT_SAMPLER_RATIO)  # checked even for a sampler that takes no ratio
+
+
 def _exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
     names = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if not names:
@@ -120,6 +134,7 @@ def configure_tracing(default_service_name: str) -> TracerProvider | None:
     With no exporter configured nothing is installed: tracing stays off. A bad variable raises
     ConfigError.
     """
+    check_tracing_settings()
     if tracing_enabled():
         return None
     provider = tracer_provider_from_env(default_service_name)

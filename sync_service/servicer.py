@@ -21,9 +21,8 @@ from gmbsync.sync.v1 import sync_service_pb2_grpc as pb_grpc
 from service_runtime.auth import OPERATOR, USER, Principal, Role, current_principal
 from service_runtime.errors import ErrorReason, FieldViolation, InvalidArgument, abort
 from service_runtime.protoconv import (
-    as_utc,
-    from_timestamp,
     parse_uuid,
+    read_timestamp,
     require_uuid,
     to_duration,
     to_timestamp,
@@ -178,6 +177,11 @@ def _connect_violations(request: pb.ConnectAccountRequest) -> list[FieldViolatio
         violations.append(
             FieldViolation("access_token_expires_at", "is only meaningful with access_token")
         )
+    if has_expiry:
+        _collect(
+            violations,
+            lambda: read_timestamp("access_token_expires_at", request.access_token_expires_at),
+        )
     return violations
 
 
@@ -260,7 +264,7 @@ class SyncServicer(pb_grpc.SyncServiceServicer):
         if violations:
             await _invalid(context, InvalidArgument(violations))
         expires_at = (
-            as_utc(from_timestamp(request.access_token_expires_at))
+            read_timestamp("access_token_expires_at", request.access_token_expires_at)
             if request.access_token
             else None
         )

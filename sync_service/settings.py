@@ -14,6 +14,7 @@ from pathlib import Path
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
+from sync_service.crypto import TokenCipher
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 GOOGLE_ACCOUNT_MANAGEMENT_URL = "https://mybusinessaccountmanagement.googleapis.com"
@@ -115,19 +116,17 @@ class SyncSettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> SyncSettings:
         env = env or Env()
-        root = env.str("GBP_API_ROOT", "").rstrip("/")
+        root = env.url("GBP_API_ROOT", "")
         base = GoogleEndpoints.rooted(root) if root else GoogleEndpoints()
-        if root and not root.startswith(("http://", "https://")):
-            raise ConfigError(f"GBP_API_ROOT={root!r} must start with http:// or https://")
         endpoints = GoogleEndpoints(
-            token_url=env.str("GOOGLE_OAUTH_TOKEN_URL", base.token_url),
-            account_management_url=env.str(
+            token_url=env.url("GOOGLE_OAUTH_TOKEN_URL", base.token_url),
+            account_management_url=env.url(
                 "GBP_ACCOUNT_MANAGEMENT_URL", base.account_management_url
-            ).rstrip("/"),
-            business_information_url=env.str(
+            ),
+            business_information_url=env.url(
                 "GBP_BUSINESS_INFORMATION_URL", base.business_information_url
-            ).rstrip("/"),
-            v4_url=env.str("GBP_V4_URL", base.v4_url).rstrip("/"),
+            ),
+            v4_url=env.url("GBP_V4_URL", base.v4_url),
         )
         defaults = GoogleSettings()
         quota = env.int(
@@ -185,10 +184,10 @@ class SyncSettings:
                 maximum=timedelta(minutes=30),
             ),
         )
-        keys = tuple(k.strip() for k in env.str("TOKEN_ENCRYPTION_KEY", "").split(",") if k.strip())
+        keys = env.parsed("TOKEN_ENCRYPTION_KEY", (), kind="fernet_keys", parse=_fernet_keys)
         return cls(
-            listen_addr=env.str("SYNC_LISTEN_ADDR", cls.listen_addr),
-            database_url=database_url_from_env(),
+            listen_addr=env.address("SYNC_LISTEN_ADDR", cls.listen_addr),
+            database_url=database_url_from_env(env),
             db_pool=PoolSettings.from_env(env),
             auth=AuthSettings.from_env(env),
             google=google,
@@ -221,5 +220,16 @@ class SyncSettings:
                 minimum=timedelta(0),
                 maximum=timedelta(minutes=10),
             ),
-            log_level=env.str("LOG_LEVEL", cls.log_level),
+            log_level=env.log_level("LOG_LEVEL", cls.log_level),
         )
+
+
+def _fernet_keys(raw: str) -> tuple[str, ...]:
+    """TOKEN_ENCRYPTION_KEY's comma-separated Fernet keys, each checked now rather than at the
+    first token written. Errors name a key by position only: the value is a secret."""
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    try:
+        TokenCipher(keys)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return keys

@@ -12,10 +12,7 @@ the later writer of two overlapping syncs never reverts or deletes what the newe
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service_runtime import page_tokens
+from service_runtime.errors import InvalidArgument
 from sync_service.crypto import TokenCipher
 from sync_service.google_client import AccessToken, StoredCredentials
 from sync_service.models import (
@@ -201,21 +200,25 @@ class AccountTokens:
 
 
 def encode_page_token(created_at: datetime, account_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(account_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return page_tokens.encode_page_token([created_at.isoformat(), str(account_id)])
+
+
+_NOT_OUR_TOKEN = "is not a page token returned by ListAccounts"
 
 
 def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
     """The position a page token names, or BadPageToken."""
     try:
-        padded = token + "=" * (-len(token) % 4)
-        created, account = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        position = datetime.fromisoformat(created), uuid.UUID(account)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise BadPageToken("is not a page token returned by ListAccounts") from None
-    if position[0].tzinfo is None:
-        raise BadPageToken("is not a page token returned by ListAccounts")
-    return position
+        payload = page_tokens.decode_page_token(token, _NOT_OUR_TOKEN)
+        if not isinstance(payload, list) or len(payload) != 2:
+            raise BadPageToken(_NOT_OUR_TOKEN)
+        created_at = page_tokens.cursor_time(payload[0], _NOT_OUR_TOKEN)
+        account_id = uuid.UUID(payload[1]) if isinstance(payload[1], str) else None
+    except (InvalidArgument, ValueError):
+        raise BadPageToken(_NOT_OUR_TOKEN) from None
+    if account_id is None:
+        raise BadPageToken(_NOT_OUR_TOKEN)
+    return created_at, account_id
 
 
 class SyncStore:

@@ -128,6 +128,21 @@ _SETTINGS: dict[str, _Setting] = {
 }  # fmt: skip
 
 _LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}
+# What the text settings hold, where a kind says more than "str".
+_TEXT_KINDS = {"QUEUE_ADDR": "address", "SYNC_ADDR": "address", "LOG_LEVEL": "log_level"}
+
+
+def env_settings() -> dict[str, str]:
+    """Every environment variable the worker reads, and its kind (the kinds of
+    service_runtime.config.Env.read): for tests and tooling that walk all settings."""
+    found: dict[str, str] = {"WORKER_ONCE": "bool", "TRIGGER_SECRET": "text"}
+    for setting in _SETTINGS.values():
+        kind = setting.kind if setting.kind != "str" else "text"
+        found[setting.env] = _TEXT_KINDS.get(setting.env, kind)
+        if setting.legacy_ms_env:
+            found[setting.legacy_ms_env] = "milliseconds"
+    found["WORKER_ID"] = "worker_id"
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 
@@ -44,7 +45,9 @@ def _parser(env: Env) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default=env.str("EMULATOR_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--host", default=env.parsed("EMULATOR_HOST", "127.0.0.1", kind="host", parse=_host)
+    )
     parser.add_argument(
         "--port", type=int, default=env.int("EMULATOR_PORT", 8085, minimum=0, maximum=65535)
     )
@@ -92,21 +95,34 @@ def _parser(env: Env) -> argparse.ArgumentParser:
     return parser
 
 
-def _api_quotas(entries: list[str]) -> dict[str, int]:
+_HOST = re.compile(r"^[A-Za-z0-9.:\-\[\]]+$")
+
+
+def _host(raw: str) -> str:
+    if not _HOST.match(raw):
+        raise ConfigError(f"EMULATOR_HOST={raw!r} is not a host name or IP address")
+    return raw
+
+
+def _api_quotas(entries: list[str], source: str = "--api-quota") -> dict[str, int]:
     """`["reviews=100", "business_information=50"]` -> {"reviews": 100, ...}."""
     quotas: dict[str, int] = {}
     for entry in entries:
         api, _, limit = entry.partition("=")
         api = api.strip()
         if api not in {a.value for a in Api}:
-            raise ConfigError(f"unknown API {api!r} in quota {entry!r}")
+            raise ConfigError(f"{source}: unknown API {api!r} in quota {entry!r}")
         try:
             quotas[api] = int(limit)
         except ValueError:
-            raise ConfigError(f"quota {entry!r} is not API=N") from None
+            raise ConfigError(f"{source}: quota {entry!r} is not API=N") from None
         if quotas[api] < 0:
-            raise ConfigError(f"quota {entry!r} is negative")
+            raise ConfigError(f"{source}: quota {entry!r} is negative")
     return quotas
+
+
+def _env_api_quotas(raw: str) -> dict[str, int]:
+    return _api_quotas([e for e in raw.split(",") if e.strip()], "EMULATOR_API_QUOTAS")
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -145,10 +161,12 @@ async def _serve(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None, env: Env) -> argparse.Namespace:
     """The options, from the command line over the environment; raises ConfigError."""
     args = _parser(env).parse_args(argv)
-    raw = args.api_quota
-    if raw is None:
-        raw = [e for e in env.str("EMULATOR_API_QUOTAS", "").split(",") if e.strip()]
-    args.api_quotas = _api_quotas(raw)
+    if args.api_quota is not None:
+        args.api_quotas = _api_quotas(args.api_quota)
+    else:
+        args.api_quotas = env.parsed(
+            "EMULATOR_API_QUOTAS", {}, kind="api_quotas", parse=_env_api_quotas
+        )
     return args
 
 
@@ -161,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(args))
+    try:
+        asyncio.run(_serve(args))
+    except OSError as exc:  # the address is taken, or not one of this machine's
+        print(
+            f"emulator: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+        )
+        return 2
     return 0
 
 

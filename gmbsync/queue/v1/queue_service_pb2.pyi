@@ -388,7 +388,7 @@ class EnqueueSyncRequest(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """Free-form context kept with the job (at most 16 KiB as JSON)."""
+        """Free-form context kept with the job (at most 16 KiB as JSON, nested at most 16 deep)."""
 
     def __init__(
         self,

@@ -33,6 +33,13 @@ class QueueServiceStub:
     (role `service_role`, or the `x-trigger-secret` header) pick jobs under a lease and report
     results. Operators (role `admin` or `service_role`) read diagnostics, mark stale jobs and
     manage the schedule of periodic syncs, which the leading replica enqueues by itself.
+
+    Limits: a request message is at most 8 MiB (RESOURCE_EXHAUSTED past it); request bytes that
+    do not decode as the RPC's message are INVALID_ARGUMENT; every other limit is stated on its
+    field and answered INVALID_ARGUMENT naming the field. A user (role `authenticated`) enqueues
+    at most ENQUEUE_BURST_PER_USER syncs at once and then ENQUEUE_RATE_PER_USER a second (a batch
+    costs one per item): past it, RESOURCE_EXHAUSTED with a google.rpc.RetryInfo delay and a
+    google.rpc.ErrorInfo reason ENQUEUE_RATE_LIMITED in domain `gmbsync.queue.v1`.
     """
 
     @_typing.overload
@@ -116,6 +123,13 @@ class QueueServiceAsyncStub(QueueServiceStub):
     (role `service_role`, or the `x-trigger-secret` header) pick jobs under a lease and report
     results. Operators (role `admin` or `service_role`) read diagnostics, mark stale jobs and
     manage the schedule of periodic syncs, which the leading replica enqueues by itself.
+
+    Limits: a request message is at most 8 MiB (RESOURCE_EXHAUSTED past it); request bytes that
+    do not decode as the RPC's message are INVALID_ARGUMENT; every other limit is stated on its
+    field and answered INVALID_ARGUMENT naming the field. A user (role `authenticated`) enqueues
+    at most ENQUEUE_BURST_PER_USER syncs at once and then ENQUEUE_RATE_PER_USER a second (a batch
+    costs one per item): past it, RESOURCE_EXHAUSTED with a google.rpc.RetryInfo delay and a
+    google.rpc.ErrorInfo reason ENQUEUE_RATE_LIMITED in domain `gmbsync.queue.v1`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -195,6 +209,13 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     (role `service_role`, or the `x-trigger-secret` header) pick jobs under a lease and report
     results. Operators (role `admin` or `service_role`) read diagnostics, mark stale jobs and
     manage the schedule of periodic syncs, which the leading replica enqueues by itself.
+
+    Limits: a request message is at most 8 MiB (RESOURCE_EXHAUSTED past it); request bytes that
+    do not decode as the RPC's message are INVALID_ARGUMENT; every other limit is stated on its
+    field and answered INVALID_ARGUMENT naming the field. A user (role `authenticated`) enqueues
+    at most ENQUEUE_BURST_PER_USER syncs at once and then ENQUEUE_RATE_PER_USER a second (a batch
+    costs one per item): past it, RESOURCE_EXHAUSTED with a google.rpc.RetryInfo delay and a
+    google.rpc.ErrorInfo reason ENQUEUE_RATE_LIMITED in domain `gmbsync.queue.v1`.
     """
 
     @_abc_1.abstractmethod

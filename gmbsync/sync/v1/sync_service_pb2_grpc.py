@@ -38,6 +38,10 @@ class SyncServiceStub:
     `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
     resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
     Google Cloud project: every account would fail the same way until an operator enables it).
+
+    Limits: a request message is at most 8 MiB (RESOURCE_EXHAUSTED past it); request bytes that
+    do not decode as the RPC's message are INVALID_ARGUMENT; every other limit is stated on its
+    field and answered INVALID_ARGUMENT naming the field.
     """
 
     def __init__(self, channel):
@@ -86,6 +90,10 @@ class SyncServiceServicer:
     `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
     resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
     Google Cloud project: every account would fail the same way until an operator enables it).
+
+    Limits: a request message is at most 8 MiB (RESOURCE_EXHAUSTED past it); request bytes that
+    do not decode as the RPC's message are INVALID_ARGUMENT; every other limit is stated on its
+    field and answered INVALID_ARGUMENT naming the field.
     """
 
     def SyncAccount(self, request, context):
@@ -175,6 +183,10 @@ class SyncService:
     `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
     resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
     Google Cloud project: every account would fail the same way until an operator enables it).
+
+    Limits: a request message is at most 8 MiB (RESOURCE_EXHAUSTED past it); request bytes that
+    do not decode as the RPC's message are INVALID_ARGUMENT; every other limit is stated on its
+    field and answered INVALID_ARGUMENT naming the field.
     """
 
     @staticmethod

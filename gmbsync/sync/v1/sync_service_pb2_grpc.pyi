@@ -39,6 +39,10 @@ class SyncServiceStub:
     `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
     resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
     Google Cloud project: every account would fail the same way until an operator enables it).
+
+    Limits: a request message is at most 8 MiB (RESOURCE_EXHAUSTED past it); request bytes that
+    do not decode as the RPC's message are INVALID_ARGUMENT; every other limit is stated on its
+    field and answered INVALID_ARGUMENT naming the field.
     """
 
     @_typing.overload
@@ -75,6 +79,10 @@ class SyncServiceAsyncStub(SyncServiceStub):
     `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
     resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
     Google Cloud project: every account would fail the same way until an operator enables it).
+
+    Limits: a request message is at most 8 MiB (RESOURCE_EXHAUSTED past it); request bytes that
+    do not decode as the RPC's message are INVALID_ARGUMENT; every other limit is stated on its
+    field and answered INVALID_ARGUMENT naming the field.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -107,6 +115,10 @@ class SyncServiceServicer(metaclass=_abc_1.ABCMeta):
     `SYNC_INCOMPLETE` (the sync made progress and stored a checkpoint that the next attempt
     resumes), and UNAVAILABLE with reason `GOOGLE_API_DISABLED` (the API is disabled for the whole
     Google Cloud project: every account would fail the same way until an operator enables it).
+
+    Limits: a request message is at most 8 MiB (RESOURCE_EXHAUSTED past it); request bytes that
+    do not decode as the RPC's message are INVALID_ARGUMENT; every other limit is stated on its
+    field and answered INVALID_ARGUMENT naming the field.
     """
 
     @_abc_1.abstractmethod
