@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
     return parser_with_environment(
         "python -m queue_service",
         __doc__ or "",
-        [DATABASE_VARIABLE, *variables_read(QueueSettings.from_env), *TRACING_VARIABLES],
+        lambda: [DATABASE_VARIABLE, *variables_read(QueueSettings.from_env), *TRACING_VARIABLES],
     )
 
 

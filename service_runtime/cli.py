@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from service_runtime.config import Env
 
@@ -97,13 +98,37 @@ def environment_epilog(variables: Iterable[Variable | tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+class _EnvironmentHelpParser(argparse.ArgumentParser):
+    """Builds its epilog only when help is printed: listing a settings class's variables runs
+    its `from_env`, which must not run (and fail on a bad setting) on every start."""
+
+    def __init__(
+        self,
+        variables: Callable[[], Iterable[Variable | tuple[str, str]]] | None = None,
+        **kw: Any,
+    ) -> None:
+        # Sub-command parsers are made with the parent's class and no variables of their own.
+        super().__init__(**kw)
+        self._variables = variables
+
+    def format_help(self) -> str:
+        if self.epilog is None and self._variables is not None:
+            self.epilog = environment_epilog(self._variables())
+        return super().format_help()
+
+
 def parser_with_environment(
-    prog: str, description: str, variables: Iterable[Variable | tuple[str, str]]
+    prog: str,
+    description: str,
+    variables: Iterable[Variable | tuple[str, str]]
+    | Callable[[], Iterable[Variable | tuple[str, str]]],
 ) -> argparse.ArgumentParser:
-    """An argparse parser whose help ends with the environment variables and defaults."""
-    return argparse.ArgumentParser(
+    """An argparse parser whose help ends with the environment variables and defaults (given,
+    or a callable that lists them when help is asked for)."""
+    listed = variables if callable(variables) else (lambda: variables)
+    return _EnvironmentHelpParser(
+        variables=listed,
         prog=prog,
         description=description,
-        epilog=environment_epilog(variables),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     return parser_with_environment(
         "python -m sync_service",
         __doc__ or "",
-        [DATABASE_VARIABLE, *variables_read(SyncSettings.from_env), *TRACING_VARIABLES],
+        lambda: [DATABASE_VARIABLE, *variables_read(SyncSettings.from_env), *TRACING_VARIABLES],
     )
 
 
