@@ -15,6 +15,7 @@ from queue_service.models import (
     SyncSchedule,
     SyncType,
     WorkerRun,
+    WorkerRunFigures,
     WorkerRunStatus,
 )
 from service_runtime.protoconv import to_duration, to_struct, to_timestamp
@@ -159,6 +160,17 @@ def diagnostics_to_pb(diag: Diagnostics) -> pb.GetDiagnosticsResponse:
         recent_worker_runs=[worker_run_to_pb(r) for r in diag.recent_worker_runs],
         alerts=[alert_to_pb(a) for a in diag.alerts],
         generated_at=to_timestamp(diag.generated_at),
+        worker_run_figures_24h=[worker_run_figures_to_pb(f) for f in diag.worker_run_figures_24h],
+    )
+
+
+def worker_run_figures_to_pb(figures: WorkerRunFigures) -> pb.WorkerRunFigures:
+    return pb.WorkerRunFigures(
+        status=RUN_STATUS_TO_PB[figures.status],
+        runs=figures.runs,
+        avg_jobs_processed=figures.avg_jobs_processed,
+        avg_jobs_succeeded=figures.avg_jobs_succeeded,
+        avg_duration=to_duration(figures.avg_duration),
     )
 
 

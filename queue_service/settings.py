@@ -12,6 +12,7 @@ from queue_service.tables import SCHEDULE_INTERVAL_MIN as _INTERVAL_MIN_SECONDS
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
+from service_runtime.metrics import parse_metrics_addr
 
 SCHEDULE_INTERVAL_MIN = timedelta(seconds=_INTERVAL_MIN_SECONDS)
 SCHEDULE_INTERVAL_MAX = timedelta(seconds=_INTERVAL_MAX_SECONDS)
@@ -60,6 +61,10 @@ class QueueSettings:
     # The Google quota SyncService works within: GBP_QUOTA_PER_MINUTE per GBP_QUOTA_WINDOW.
     gbp_quota_per_window: int = 300
     gbp_quota_window: timedelta = timedelta(minutes=1)
+    # Prometheus metrics endpoint (host, port); None: none (see docs/observability.md).
+    metrics_addr: tuple[str, int] | None = None
+    # How often the leader reads the queue's state gauges from the database.
+    metrics_refresh: timedelta = timedelta(seconds=15)
 
     @property
     def gbp_quota_per_minute(self) -> float:
@@ -178,6 +183,15 @@ class QueueSettings:
                 cls.gbp_quota_window,
                 minimum=timedelta(milliseconds=100),
                 maximum=timedelta(hours=1),
+            ),
+            metrics_addr=parse_metrics_addr(
+                "QUEUE_METRICS_ADDR", env.str("QUEUE_METRICS_ADDR", "")
+            ),
+            metrics_refresh=env.duration(
+                "QUEUE_METRICS_REFRESH",
+                cls.metrics_refresh,
+                minimum=timedelta(milliseconds=100),
+                maximum=timedelta(minutes=10),
             ),
         )
 

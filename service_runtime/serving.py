@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 import time
@@ -27,7 +26,9 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from service_runtime.config import ConfigError
 from service_runtime.database import database_trouble
 from service_runtime.errors import SERVICE_ERROR_DOMAIN, rich_status
-from service_runtime.processes import PROCESS_INDEX_VAR, is_supervised, supervise
+from service_runtime.logs import configure_logging
+from service_runtime.metrics import RpcMetricsInterceptor
+from service_runtime.processes import is_supervised, supervise
 from service_runtime.reflection import enable_reflection
 from service_runtime.telemetry import configure_tracing, shutdown_tracing, tracing_enabled
 
@@ -191,6 +192,8 @@ class GrpcServer:
     # A server span per call (continuing the caller's trace)? None: when this process records
     # spans at start() (`tracing_enabled()`); off, no tracing code runs per call at all.
     tracing: bool | None = None
+    # Count and time every RPC (service_runtime.metrics), and log rejected input.
+    rpc_metrics: bool = True
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
@@ -202,6 +205,8 @@ class GrpcServer:
     async def start(self) -> int:
         """Binds, starts serving and returns the bound port."""
         interceptors = [*self.interceptors, self._error_boundary]
+        if self.rpc_metrics:
+            interceptors.insert(0, RpcMetricsInterceptor())
         if tracing_enabled() if self.tracing is None else self.tracing:
             interceptors.insert(0, aio_server_interceptor(filter_=TRACED_RPCS))
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
@@ -276,16 +281,6 @@ class GrpcServer:
         log.info("shutting down: draining in-flight RPCs for up to %.0f s", grace)
         await self.stop(grace)
         log.info("stopped")
-
-
-def configure_logging(level: str = "INFO") -> None:
-    # Copies of one service under a supervisor say which copy wrote a line.
-    index = os.environ.get(PROCESS_INDEX_VAR)
-    where = f" [process {index}]" if index is not None else ""
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s",
-    )
 
 
 class _Settings(Protocol):

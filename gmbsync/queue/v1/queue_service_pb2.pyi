@@ -1434,6 +1434,7 @@ class GetDiagnosticsResponse(_message.Message):
     ALERTS_FIELD_NUMBER: _builtins.int
     FINISHED_LAST_HOUR_FIELD_NUMBER: _builtins.int
     GENERATED_AT_FIELD_NUMBER: _builtins.int
+    WORKER_RUN_FIGURES_24H_FIELD_NUMBER: _builtins.int
     failure_rate_last_hour: _builtins.float
     """Failed jobs / finished (succeeded or failed) jobs over the last hour, 0..1."""
     success_rate_7d: _builtins.float
@@ -1476,6 +1477,10 @@ class GetDiagnosticsResponse(_message.Message):
     def generated_at(self) -> _timestamp_pb2.Timestamp:
         """When these figures were computed."""
 
+    @_builtins.property
+    def worker_run_figures_24h(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerRunFigures]:
+        """Worker runs started in the last 24 hours, one entry per run status that has any."""
+
     def __init__(
         self,
         *,
@@ -1491,14 +1496,57 @@ class GetDiagnosticsResponse(_message.Message):
         alerts: _abc.Iterable[Global___Alert] | None = ...,
         finished_last_hour: _builtins.int = ...,
         generated_at: _timestamp_pb2.Timestamp | None = ...,
+        worker_run_figures_24h: _abc.Iterable[Global___WorkerRunFigures] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["avg_duration", b"avg_duration", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "p95_duration", b"p95_duration", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "avg_duration", b"avg_duration", "failure_rate_last_hour", b"failure_rate_last_hour", "finished_last_hour", b"finished_last_hour", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "p95_duration", b"p95_duration", "recent_failures", b"recent_failures", "recent_worker_runs", b"recent_worker_runs", "stale_jobs", b"stale_jobs", "stats", b"stats", "success_rate_7d", b"success_rate_7d"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "avg_duration", b"avg_duration", "failure_rate_last_hour", b"failure_rate_last_hour", "finished_last_hour", b"finished_last_hour", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "p95_duration", b"p95_duration", "recent_failures", b"recent_failures", "recent_worker_runs", b"recent_worker_runs", "stale_jobs", b"stale_jobs", "stats", b"stats", "success_rate_7d", b"success_rate_7d", "worker_run_figures_24h", b"worker_run_figures_24h"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDiagnosticsResponse: _TypeAlias = GetDiagnosticsResponse  # noqa: Y015
+
+@_typing.final
+class WorkerRunFigures(_message.Message):
+    """WorkerRunFigures sums up the worker runs of one status over a period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    AVG_JOBS_PROCESSED_FIELD_NUMBER: _builtins.int
+    AVG_JOBS_SUCCEEDED_FIELD_NUMBER: _builtins.int
+    AVG_DURATION_FIELD_NUMBER: _builtins.int
+    status: Global___WorkerRunStatus.ValueType
+    """The runs' status."""
+    runs: _builtins.int
+    """How many runs."""
+    avg_jobs_processed: _builtins.float
+    """Average jobs processed (succeeded plus failed attempts) per run."""
+    avg_jobs_succeeded: _builtins.float
+    """Average jobs succeeded per run."""
+    @_builtins.property
+    def avg_duration(self) -> _duration_pb2.Duration:
+        """Average time from a run's start to its finish, over the runs that have finished; zero
+        for runs still running.
+        """
+
+    def __init__(
+        self,
+        *,
+        status: Global___WorkerRunStatus.ValueType = ...,
+        runs: _builtins.int = ...,
+        avg_jobs_processed: _builtins.float = ...,
+        avg_jobs_succeeded: _builtins.float = ...,
+        avg_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["avg_duration", b"avg_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration", b"avg_duration", "avg_jobs_processed", b"avg_jobs_processed", "avg_jobs_succeeded", b"avg_jobs_succeeded", "runs", b"runs", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerRunFigures: _TypeAlias = WorkerRunFigures  # noqa: Y015
 
 @_typing.final
 class StartWorkerRunRequest(_message.Message):
