@@ -11,9 +11,9 @@ from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from queue_service.drivers.base import JobListener
 from queue_service.lifecycle import RetryPolicy
 from queue_service.maintenance import Maintenance
-from queue_service.metrics import GaugeRefresher, MeteredJobStore
+from queue_service.metrics import GaugeRefresher, MeteredJobStore, MeteredScheduler
 from queue_service.notifier import JobSignal
-from queue_service.scheduler import ScheduleConfig, Scheduler
+from queue_service.scheduler import ScheduleConfig
 from queue_service.servicer import POLICY, SERVICE_NAME, QueueServicer
 from queue_service.settings import QueueSettings
 from service_runtime.auth import AuthInterceptor
@@ -42,7 +42,7 @@ class QueueApp:
             on_jobs_available=self.signal.notify,
         )
         self.scheduler = (
-            Scheduler(self.store, ScheduleConfig.from_settings(settings))
+            MeteredScheduler(self.store, ScheduleConfig.from_settings(settings))
             if settings.scheduler_enabled
             else None
         )

@@ -30,6 +30,7 @@ from queue_service.models import (
     RecoveredJobs,
     ResultAck,
 )
+from queue_service.scheduler import PassReport, Scheduler
 from queue_service.store import JobStore
 from service_runtime.metrics import LoopCounter, LoopHistogram
 
@@ -40,12 +41,18 @@ WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600
 
 # Counted with the hot path's LoopCounter (no lock): a pick of 100 jobs updates them 100 times.
 ENQUEUED = LoopCounter(
-    "gmbsync_queue_jobs_enqueued_total", "Jobs created by enqueues (duplicates excluded)."
+    "gmbsync_queue_jobs_enqueued_total",
+    "Jobs created, by source: rpc (EnqueueSync, EnqueueSyncBatch) or scheduler (periodic "
+    "syncs, enqueued by the leader). Duplicates excluded.",
+    ("source",),
 )
 DUPLICATES = LoopCounter(
     "gmbsync_queue_enqueue_duplicates_total",
-    "Enqueues answered with the account's active job (duplicate detection).",
+    "Enqueues answered with the account's active job (duplicate detection), by source.",
+    ("source",),
 )
+ENQUEUED_RPC, ENQUEUED_SCHEDULER = ENQUEUED.labels("rpc"), ENQUEUED.labels("scheduler")
+DUPLICATES_RPC, DUPLICATES_SCHEDULER = DUPLICATES.labels("rpc"), DUPLICATES.labels("scheduler")
 PICKED = LoopCounter(
     "gmbsync_queue_jobs_picked_total", "Jobs leased to workers (attempts started)."
 )
@@ -229,10 +236,18 @@ class MeteredJobStore(JobStore):
 
 def _count_enqueued(results: Sequence[EnqueueResult]) -> None:
     duplicates = sum(1 for r in results if r.duplicate)
-    if duplicates:
-        DUPLICATES.inc(duplicates)
-    if len(results) > duplicates:
-        ENQUEUED.inc(len(results) - duplicates)
+    DUPLICATES_RPC.value += duplicates
+    ENQUEUED_RPC.value += len(results) - duplicates
+
+
+class MeteredScheduler(Scheduler):
+    """A Scheduler that counts the periodic syncs it enqueued (source="scheduler")."""
+
+    async def run_pass(self, now: datetime | None = None) -> PassReport:
+        report = await super().run_pass(now)
+        ENQUEUED_SCHEDULER.value += report.enqueued
+        DUPLICATES_SCHEDULER.value += report.duplicates
+        return report
 
 
 class GaugeRefresher:

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients.worker.config import load_config
 from queue_service import metrics as queue_metrics
-from queue_service.metrics import GaugeRefresher
+from queue_service.metrics import GaugeRefresher, MeteredScheduler
+from queue_service.scheduler import ScheduleConfig
 from queue_service.settings import QueueSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.metrics import LoopCounter, LoopHistogram, MetricsServer, parse_metrics_addr
@@ -134,3 +135,22 @@ async def test_only_the_leading_replica_exports_the_queue_state(pg_url: str, aut
         task.cancel()
         server.stop()
         await stop_queue(queue)
+
+
+async def test_periodic_syncs_are_counted_apart_from_rpc_enqueues(pg_url, auth_settings) -> None:  # type: ignore[no-untyped-def]
+    queue = await start_queue(queue_settings(pg_url, auth_settings))
+    scheduler = MeteredScheduler(
+        queue.app.store,
+        ScheduleConfig(incremental_interval=timedelta(minutes=1), tick=timedelta(minutes=10)),
+    )
+    by_rpc = queue_metrics.ENQUEUED_RPC.value
+    by_scheduler = queue_metrics.ENQUEUED_SCHEDULER.value
+    try:
+        for _ in range(3):
+            await queue.add_account()
+        report = await scheduler.run_pass()
+    finally:
+        await stop_queue(queue)
+    assert report.enqueued == 3
+    assert queue_metrics.ENQUEUED_SCHEDULER.value - by_scheduler == 3
+    assert queue_metrics.ENQUEUED_RPC.value == by_rpc

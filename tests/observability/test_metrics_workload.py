@@ -57,7 +57,8 @@ async def test_metrics_count_a_known_workload(system: System) -> None:
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("gmbsync_queue_jobs_enqueued_total") == 6
+    assert delta("gmbsync_queue_jobs_enqueued_total", source="rpc") == 6
+    assert delta("gmbsync_queue_jobs_enqueued_total", source="scheduler") == 0
     assert delta("gmbsync_queue_jobs_picked_total") == 4
     assert delta("gmbsync_queue_jobs_succeeded_total") == 3
     assert delta("gmbsync_queue_jobs_failed_total") == 1
