@@ -31,7 +31,7 @@ import grpc
 import jwt
 
 from service_runtime.config import Env
-from service_runtime.serving import BurstLog
+from service_runtime.logs import BurstLog
 
 log = logging.getLogger(__name__)
 

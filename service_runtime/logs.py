@@ -1,4 +1,5 @@
-"""Log lines as text (the default) or as JSON objects, one per line (LOG_FORMAT=json).
+"""Log lines as text (the default) or as JSON objects, one per line (LOG_FORMAT=json), and
+BurstLog, for conditions that recur.
 
 JSON lines are for log shippers (Loki, Elasticsearch, Cloud Logging): each has `time` (UTC,
 ISO 8601), `level`, `logger`, `message`, `process_index` for a supervised copy, and `exc_info`
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from datetime import UTC, datetime
 
 from service_runtime.config import ConfigError, Env
@@ -43,6 +45,36 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class BurstLog:
+    """Logs a recurring condition once per burst: the first occurrence at once, then at most
+    one line per `window` seconds while it goes on, saying how many were not logged.
+
+    An outage answers hundreds of requests the same way; an operator needs to know it began,
+    that it is still going on, and when it ended (no more lines), not every request.
+    """
+
+    def __init__(self, logger: logging.Logger, window: float = 10.0) -> None:
+        self._log = logger
+        self._window = window
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        self.log(logging.WARNING, key, message, *args)
+
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
+        """Logs at `level`, once per burst of `key` (see the class docstring)."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._window:
+            self._quiet[key] = self._quiet.get(key, 0) + 1
+            return
+        quiet = self._quiet.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({quiet} more like it in the last {now - last:.0f} s)" if quiet else ""
+        self._log.log(level, message + suffix, *args)
 
 
 def log_format_from_env(env: Env | None = None) -> str:

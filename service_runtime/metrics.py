@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from service_runtime.config import ConfigError
+from service_runtime.logs import BurstLog
 from service_runtime.processes import PROCESS_INDEX_VAR
 
 log = logging.getLogger(__name__)
@@ -242,12 +243,16 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
     pass through untouched.
 
     INVALID_ARGUMENT answers are logged at INFO with the RPC, the peer and the message (which
-    names the field, never a credential): a client sending bad requests is worth seeing in
-    the log, and a client's mistake is not a server warning.
+    names the field, never a credential), once per burst of the same RPC and message: a client
+    sending bad requests is worth seeing in the log, and a client's mistake is not a server
+    warning.
     """
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # One line per RPC and message every 10 s at most: a client looping on a bad request
+        # shows up, without a line per call.
+        self._refusals = BurstLog(log)
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
@@ -284,11 +289,14 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 code = context.code() or _UNKNOWN
                 record(_clock() - started, code)
                 if code is _INVALID_ARGUMENT:
-                    log.info(
+                    details = context.details()
+                    self._refusals.log(
+                        logging.INFO,
+                        f"{name} {details}",
                         "%s from %s refused: INVALID_ARGUMENT: %s",
                         name,
                         context.peer(),
-                        context.details(),
+                        details,
                     )
                 raise
             except BaseException as exc:

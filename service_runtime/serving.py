@@ -12,7 +12,6 @@ import contextlib
 import logging
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from service_runtime.config import ConfigError
 from service_runtime.database import database_trouble
 from service_runtime.errors import SERVICE_ERROR_DOMAIN, rich_status
-from service_runtime.logs import configure_logging
+from service_runtime.logs import BurstLog, configure_logging
 from service_runtime.metrics import RpcMetricsInterceptor
 from service_runtime.processes import is_supervised, supervise
 from service_runtime.reflection import enable_reflection
@@ -78,32 +77,6 @@ class ServiceRegistration:
 
 BackgroundTask = Callable[[], Awaitable[None]]
 HealthProbe = Callable[[], Awaitable[bool]]
-
-
-class BurstLog:
-    """Logs a recurring condition once per burst: the first occurrence at once, then at most
-    one line per `window` seconds while it goes on, saying how many were not logged.
-
-    An outage answers hundreds of requests the same way; an operator needs to know it began,
-    that it is still going on, and when it ended (no more lines), not every request.
-    """
-
-    def __init__(self, logger: logging.Logger, window: float = 10.0) -> None:
-        self._log = logger
-        self._window = window
-        self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._window:
-            self._quiet[key] = self._quiet.get(key, 0) + 1
-            return
-        quiet = self._quiet.pop(key, 0)
-        self._last[key] = now
-        suffix = f" ({quiet} more like it in the last {now - last:.0f} s)" if quiet else ""
-        self._log.warning(message + suffix, *args)
 
 
 class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
