@@ -21,6 +21,7 @@ RUN pip install --no-deps . \
     && mkdir -p /app/var && chown gmbsync /app/var
 USER gmbsync
 
-# QueueService, SyncService, the emulator.
-EXPOSE 50051 50052 8085
+# QueueService, SyncService, the emulator; then the metrics of the queue, sync and a worker
+# (when QUEUE_/SYNC_/WORKER_METRICS_ADDR turn them on, as docker-compose.yml does).
+EXPOSE 50051 50052 8085 9464 9465 9466
 CMD ["python", "-m", "queue_service"]

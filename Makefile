@@ -10,7 +10,7 @@ export DATABASE_URL ?= sqlite:///./var/gmbsync.db
 # Tests and benchmarks need a real PostgreSQL; each test session makes its own database in it.
 export TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
-.PHONY: help install protos protos-check lint format test chaos bench run migrate postgres clean
+.PHONY: help install protos protos-check lint format test chaos bench run migrate postgres clean check-alerts
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ lint: $(STAMP) $(BUF)  ## ruff (lint and format) and buf lint.
 format: $(STAMP)  ## Apply ruff's fixes and formatting.
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+check-alerts: $(STAMP)  ## promtool: the alert rules, their unit tests, the dashboard's queries.
+	@scripts/ensure_promtool.sh
+	promtool check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml
+	$(PY) scripts/check_dashboard_queries.py
 
 postgres:  ## Start the local PostgreSQL if it is not accepting connections.
 	@scripts/ensure_postgres.sh

@@ -11,14 +11,15 @@ from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from queue_service.drivers.base import JobListener
 from queue_service.lifecycle import RetryPolicy
 from queue_service.maintenance import Maintenance
+from queue_service.metrics import GaugeRefresher, MeteredJobStore, MeteredScheduler
 from queue_service.notifier import JobSignal
 from queue_service.retention import RetentionPolicy
-from queue_service.scheduler import ScheduleConfig, Scheduler
+from queue_service.scheduler import ScheduleConfig
 from queue_service.servicer import POLICY, SERVICE_NAME, QueueServicer
 from queue_service.settings import QueueSettings
-from queue_service.store import JobStore
 from service_runtime.auth import AuthInterceptor
 from service_runtime.database import create_engine_async, database_url_from_env
+from service_runtime.metrics import MetricsServer
 from service_runtime.serving import GrpcServer, ServiceRegistration
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,13 @@ class QueueApp:
         self.settings = settings
         self.engine = create_engine_async(settings.database_url, pool=settings.db_pool)
         self.signal = JobSignal()
-        self.store = JobStore(
+        self.store = MeteredJobStore(
             self.engine,
             retry_policy=RetryPolicy(base=settings.retry_delay_base, jitter=settings.retry_jitter),
             on_jobs_available=self.signal.notify,
         )
         self.scheduler = (
-            Scheduler(self.store, ScheduleConfig.from_settings(settings))
+            MeteredScheduler(self.store, ScheduleConfig.from_settings(settings))
             if settings.scheduler_enabled
             else None
         )
@@ -57,7 +58,11 @@ class QueueApp:
             prune_every=settings.prune_interval,
             scheduler=self.scheduler,
         )
-        background = [self.maintenance.run]
+        self.gauges = GaugeRefresher(
+            self.store, self.maintenance.is_leader, settings.metrics_refresh
+        )
+        self.metrics = MetricsServer(settings.metrics_addr)
+        background = [self.maintenance.run, self.gauges.run]
         self.listener: JobListener | None = self.store.listener(self.signal)
         if self.listener is not None:
             background.append(self.listener.run)
@@ -78,6 +83,7 @@ class QueueApp:
     async def start(self) -> int:
         if not self.settings.auth.jwt_secret and not self.settings.auth.trigger_secret:
             log.warning("neither JWT_SECRET nor TRIGGER_SECRET is set: every RPC will be refused")
+        self.metrics.start()
         port = await self.server.start()
         if self.listener is not None:
             # Return once pickers can be woken, so a job enqueued right after start() wakes
@@ -91,10 +97,13 @@ class QueueApp:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.server.stop(grace)
+        self.metrics.stop()
         await self.engine.dispose()
 
     async def run_until_signal(self) -> None:
+        self.metrics.start()
         try:
             await self.server.run_until_signal(self.settings.grace_period.total_seconds())
         finally:
+            self.metrics.stop()
             await self.engine.dispose()

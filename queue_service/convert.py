@@ -17,6 +17,7 @@ from queue_service.models import (
     SyncSchedule,
     SyncType,
     WorkerRun,
+    WorkerRunFigures,
     WorkerRunStatus,
 )
 from service_runtime.protoconv import to_duration, to_struct, to_timestamp
@@ -229,6 +230,17 @@ def diagnostics_to_pb(diag: Diagnostics) -> pb.GetDiagnosticsResponse:
         oldest_transaction_age=to_duration(diag.vacuum.oldest_transaction_age),
         oldest_transaction_state=diag.vacuum.oldest_transaction_state,
         oldest_transaction_application=diag.vacuum.oldest_transaction_application,
+        worker_run_figures_24h=[worker_run_figures_to_pb(f) for f in diag.worker_run_figures_24h],
+    )
+
+
+def worker_run_figures_to_pb(figures: WorkerRunFigures) -> pb.WorkerRunFigures:
+    return pb.WorkerRunFigures(
+        status=RUN_STATUS_TO_PB[figures.status],
+        runs=figures.runs,
+        avg_jobs_processed=figures.avg_jobs_processed,
+        avg_jobs_succeeded=figures.avg_jobs_succeeded,
+        avg_duration=to_duration(figures.avg_duration),
     )
 
 

@@ -123,6 +123,7 @@ def build_diagnostics(snapshot: dict[str, Any], thresholds: AlertThresholds) -> 
         recent_worker_runs=snapshot["recent_worker_runs"],
         alerts=alerts,
         generated_at=now,
+        worker_run_figures_24h=snapshot.get("worker_run_figures_24h", []),
         vacuum=vacuum,
     )
 

@@ -212,6 +212,31 @@ class ApiDisabled:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerRunFigures:
+    """Worker runs of one status over a period: how many, and their averages."""
+
+    status: WorkerRunStatus
+    runs: int
+    avg_jobs_processed: float
+    avg_jobs_succeeded: float
+    # Over the runs that finished; zero when none has.
+    avg_duration: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGauges:
+    """The queue's state as metrics show it (QueueReader.gauges)."""
+
+    # Pending and processing jobs by (status, priority).
+    depth: dict[tuple[str, int], int]
+    # Age of the oldest ready pending job; zero when none.
+    oldest_ready_age: timedelta
+    # How long the longest-running processing job has run; zero when none.
+    longest_processing: timedelta
+    worker_run_figures_24h: list[WorkerRunFigures]
+
+
+@dataclass(frozen=True, slots=True)
 class Diagnostics:
     stats: QueueStats
     oldest_pending_age: timedelta
@@ -225,6 +250,7 @@ class Diagnostics:
     recent_worker_runs: list[WorkerRun]
     alerts: list[Alert]
     generated_at: datetime
+    worker_run_figures_24h: list[WorkerRunFigures] = field(default_factory=list)
     vacuum: VacuumHealth = field(default_factory=lambda: VacuumHealth())
 
 

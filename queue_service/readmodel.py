@@ -29,9 +29,11 @@ from queue_service.models import (
     JobFilter,
     JobStatus,
     PageCursor,
+    QueueGauges,
     QueueStats,
     VacuumHealth,
     WorkerRun,
+    WorkerRunFigures,
     WorkerRunStatus,
 )
 from queue_service.reconnect import retried_on_disconnect
@@ -40,6 +42,8 @@ from sync_service.tables import error_logs
 
 # Durations for the average and p95 come from at most this many recent jobs.
 DURATION_SAMPLE = 10_000
+# Worker-run figures come from at most this many of the most recently started runs.
+WORKER_RUN_SAMPLE = 10_000
 
 q = sync_queue
 runs = sync_worker_runs
@@ -185,6 +189,7 @@ class QueueReader:
             ).scalar_one()
             api_disabled = await _api_disabled(conn, since=now - api_disabled_window)
             vacuum = await _vacuum_health(conn)
+            run_figures = await _worker_run_figures(conn, since=day_ago)
         return {
             "now": now,
             "stats": stats,
@@ -198,7 +203,93 @@ class QueueReader:
             "failed_worker_runs_24h": failed_runs,
             "api_disabled": api_disabled,
             "vacuum": vacuum,
+            "worker_run_figures_24h": run_figures,
         }
+
+    @retried_on_disconnect
+    async def gauges(self, *, now: datetime) -> QueueGauges:
+        """What the metrics show of the queue's state: active jobs by status and priority,
+        the oldest ready pending job, the longest-running job, and the last day's worker runs.
+
+        One aggregate over pending and processing jobs (both served by partial indexes, so
+        finished jobs piling up cost nothing) and one over the last day's runs.
+        """
+        ready = sa.and_(
+            q.c.status == JobStatus.PENDING.value,
+            sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= now),
+        )
+        async with self._driver.snapshot() as conn:
+            rows = await conn.execute(
+                sa.select(
+                    q.c.status,
+                    q.c.priority,
+                    sa.func.count(),
+                    sa.func.min(sa.func.coalesce(q.c.scheduled_at, q.c.created_at)).filter(ready),
+                    sa.func.min(q.c.started_at),
+                )
+                .where(q.c.status.in_((JobStatus.PENDING.value, JobStatus.PROCESSING.value)))
+                .group_by(q.c.status, q.c.priority)
+            )
+            depth: dict[tuple[str, int], int] = {}
+            oldest_ready: datetime | None = None
+            oldest_started: datetime | None = None
+            for status, priority, count, ready_since, started in rows:
+                depth[(status, priority)] = count
+                if status == JobStatus.PENDING.value and ready_since is not None:
+                    oldest_ready = min(oldest_ready or ready_since, ready_since)
+                if status == JobStatus.PROCESSING.value and started is not None:
+                    oldest_started = min(oldest_started or started, started)
+            figures = await _worker_run_figures(conn, since=now - timedelta(days=1))
+        return QueueGauges(
+            depth=depth,
+            oldest_ready_age=_age(now, oldest_ready),
+            longest_processing=_age(now, oldest_started),
+            worker_run_figures_24h=figures,
+        )
+
+
+def _age(now: datetime, since: datetime | None) -> timedelta:
+    return max(now - since, timedelta(0)) if since is not None else timedelta(0)
+
+
+async def _worker_run_figures(conn: AsyncConnection, *, since: datetime) -> list[WorkerRunFigures]:
+    """Runs started since `since`, by status: counts and averages (durations over the
+    finished ones), from the WORKER_RUN_SAMPLE most recent. Averaged here, not in SQL, so
+    the same query serves PostgreSQL and SQLite, whose date arithmetic differs."""
+    rows = await conn.execute(
+        sa.select(
+            runs.c.status,
+            runs.c.jobs_processed,
+            runs.c.jobs_succeeded,
+            runs.c.started_at,
+            runs.c.finished_at,
+        )
+        .where(runs.c.started_at >= since)
+        .order_by(runs.c.started_at.desc())
+        .limit(WORKER_RUN_SAMPLE)
+    )
+    grouped: dict[str, list[tuple[int, int, float | None]]] = {}
+    for status, processed, succeeded, started, finished in rows:
+        took = (finished - started).total_seconds() if finished is not None else None
+        grouped.setdefault(status, []).append((processed, succeeded, took))
+    figures = []
+    for status in WorkerRunStatus:
+        entries = grouped.get(status.value)
+        if not entries:
+            continue
+        durations = [took for _, _, took in entries if took is not None]
+        figures.append(
+            WorkerRunFigures(
+                status=status,
+                runs=len(entries),
+                avg_jobs_processed=sum(e[0] for e in entries) / len(entries),
+                avg_jobs_succeeded=sum(e[1] for e in entries) / len(entries),
+                avg_duration=timedelta(seconds=sum(durations) / len(durations))
+                if durations
+                else timedelta(0),
+            )
+        )
+    return figures
 
 
 async def _job_list(

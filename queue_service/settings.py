@@ -12,6 +12,7 @@ from queue_service.tables import SCHEDULE_INTERVAL_MIN as _INTERVAL_MIN_SECONDS
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
+from service_runtime.metrics import parse_metrics_addr
 
 SCHEDULE_INTERVAL_MIN = timedelta(seconds=_INTERVAL_MIN_SECONDS)
 SCHEDULE_INTERVAL_MAX = timedelta(seconds=_INTERVAL_MAX_SECONDS)
@@ -72,6 +73,10 @@ class QueueSettings:
     # The per-user enqueue rate limit (queue_service/rate_limit.py): syncs a second, 0 for none.
     enqueue_rate_per_user: float = 5.0
     enqueue_burst_per_user: int = 100
+    # Prometheus metrics endpoint (host, port); None: none (see docs/observability.md).
+    metrics_addr: tuple[str, int] | None = None
+    # How often the leader reads the queue's state gauges from the database.
+    metrics_refresh: timedelta = timedelta(seconds=15)
 
     @property
     def gbp_quota_per_minute(self) -> float:
@@ -224,6 +229,15 @@ class QueueSettings:
             ),
             enqueue_burst_per_user=env.int(
                 "ENQUEUE_BURST_PER_USER", cls.enqueue_burst_per_user, minimum=1, maximum=1_000_000
+            ),
+            metrics_addr=parse_metrics_addr(
+                "QUEUE_METRICS_ADDR", env.str("QUEUE_METRICS_ADDR", "")
+            ),
+            metrics_refresh=env.duration(
+                "QUEUE_METRICS_REFRESH",
+                cls.metrics_refresh,
+                minimum=timedelta(milliseconds=100),
+                maximum=timedelta(minutes=10),
             ),
         )
 

@@ -18,6 +18,7 @@ import contextvars
 import enum
 import hashlib
 import hmac
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -30,6 +31,9 @@ import grpc
 import jwt
 
 from service_runtime.config import Env
+from service_runtime.logs import BurstLog
+
+log = logging.getLogger(__name__)
 
 # Open to everyone: probes and grpcurl's discovery must work without credentials.
 PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -241,8 +245,26 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+# A refusal repeated within this many seconds is logged once, with how many were held back.
+REFUSAL_LOG_WINDOW = 60.0
+
+
+def _deny(
+    code: grpc.StatusCode, message: str, method: str, refusals: BurstLog
+) -> grpc.RpcMethodHandler:
+    """A handler that refuses the call, and logs the refusal: the code, the RPC, the peer and
+    the reason. The reason is our own message, which never quotes a token or a secret."""
+    rpc = method.rsplit("/", 1)[-1]
+
     async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        refusals.warning(
+            f"{code.name} {rpc} {message}",
+            "refused %s from %s: %s: %s",
+            rpc,
+            context.peer(),
+            code.name,
+            message,
+        )
         await context.abort(code, message)
 
     return grpc.unary_unary_rpc_method_handler(abort)
@@ -268,6 +290,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._policy = dict(policy)
         self._clock = clock
         self.token_cache = TokenCache(settings.token_cache_size, settings.token_cache_ttl)
+        # Refusals are logged once per burst of the same refusal: a client retrying a stale
+        # token in a loop must not fill the log, but an operator must see that it happens.
+        self._refusals = BurstLog(log, window=REFUSAL_LOG_WINDOW)
 
     async def intercept_service(
         self,
@@ -288,16 +313,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 now=self._clock(),
             )
         except AuthError as exc:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, str(exc), method, self._refusals)
         allowed = self._policy.get(method)
         if allowed is None:
-            return _deny(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not open to any role")
+            return _deny(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method} is not open to any role",
+                method,
+                self._refusals,
+            )
         if principal.role not in allowed:
             roles = " or ".join(sorted(r.value for r in allowed))
             rpc = method.rsplit("/", 1)[-1]
             return _deny(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{rpc} needs role {roles}; the caller is {principal.role.value}",
+                method,
+                self._refusals,
             )
         _current_principal.set(principal)
         return handler

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +26,9 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from service_runtime.config import ConfigError
 from service_runtime.database import database_trouble
 from service_runtime.errors import SERVICE_ERROR_DOMAIN, rich_status
-from service_runtime.processes import PROCESS_INDEX_VAR, is_supervised, supervise
+from service_runtime.logs import BurstLog, configure_logging
+from service_runtime.metrics import RpcMetricsInterceptor
+from service_runtime.processes import is_supervised, supervise
 from service_runtime.reflection import enable_reflection
 from service_runtime.telemetry import configure_tracing, shutdown_tracing, tracing_enabled
 
@@ -78,32 +78,6 @@ class ServiceRegistration:
 
 BackgroundTask = Callable[[], Awaitable[None]]
 HealthProbe = Callable[[], Awaitable[bool]]
-
-
-class BurstLog:
-    """Logs a recurring condition once per burst: the first occurrence at once, then at most
-    one line per `window` seconds while it goes on, saying how many were not logged.
-
-    An outage answers hundreds of requests the same way; an operator needs to know it began,
-    that it is still going on, and when it ended (no more lines), not every request.
-    """
-
-    def __init__(self, logger: logging.Logger, window: float = 10.0) -> None:
-        self._log = logger
-        self._window = window
-        self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._window:
-            self._quiet[key] = self._quiet.get(key, 0) + 1
-            return
-        quiet = self._quiet.pop(key, 0)
-        self._last[key] = now
-        suffix = f" ({quiet} more like it in the last {now - last:.0f} s)" if quiet else ""
-        self._log.warning(message + suffix, *args)
 
 
 class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
@@ -226,6 +200,8 @@ class GrpcServer:
     # A server span per call (continuing the caller's trace)? None: when this process records
     # spans at start() (`tracing_enabled()`); off, no tracing code runs per call at all.
     tracing: bool | None = None
+    # Count and time every RPC (service_runtime.metrics), and log rejected input.
+    rpc_metrics: bool = True
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
@@ -237,6 +213,8 @@ class GrpcServer:
     async def start(self) -> int:
         """Binds, starts serving and returns the bound port."""
         interceptors = [*self.interceptors, self._error_boundary]
+        if self.rpc_metrics:
+            interceptors.insert(0, RpcMetricsInterceptor())
         if tracing_enabled() if self.tracing is None else self.tracing:
             interceptors.insert(0, aio_server_interceptor(filter_=TRACED_RPCS))
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
@@ -311,16 +289,6 @@ class GrpcServer:
         log.info("shutting down: draining in-flight RPCs for up to %.0f s", grace)
         await self.stop(grace)
         log.info("stopped")
-
-
-def configure_logging(level: str = "INFO") -> None:
-    # Copies of one service under a supervisor say which copy wrote a line.
-    index = os.environ.get(PROCESS_INDEX_VAR)
-    where = f" [process {index}]" if index is not None else ""
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s",
-    )
 
 
 class _Settings(Protocol):

@@ -13,6 +13,7 @@ import logging
 from gmbsync.sync.v1 import sync_service_pb2_grpc as pb_grpc
 from service_runtime.auth import AuthInterceptor
 from service_runtime.database import create_engine_async
+from service_runtime.metrics import MetricsServer
 from service_runtime.serving import GrpcServer, ServiceRegistration
 from sync_service.crypto import cipher_from_settings
 from sync_service.google_client import GoogleApi
@@ -34,6 +35,7 @@ class SyncApp:
         self.google: GoogleApi | None = None
         self.syncer: Syncer | None = None
         self.server: GrpcServer | None = None
+        self.metrics = MetricsServer(settings.metrics_addr)
 
     async def _build(self) -> GrpcServer:
         settings = self.settings
@@ -67,6 +69,7 @@ class SyncApp:
         """Starts serving; returns the bound port."""
         server = await self._build()
         try:
+            self.metrics.start()
             return await server.start()
         except BaseException:
             await self._close_resources()
@@ -83,12 +86,14 @@ class SyncApp:
         """Serves until SIGTERM or SIGINT, then drains for GRACE_PERIOD (`python -m sync_service`)."""
         server = await self._build()
         try:
+            self.metrics.start()
             await server.run_until_signal(self.settings.grace_period.total_seconds())
         finally:
             self.server = None
             await self._close_resources()
 
     async def _close_resources(self) -> None:
+        self.metrics.stop()
         if self.syncer is not None:
             # A location write that a deadline cut short finishes before the database closes.
             await self.syncer.drain()

@@ -20,6 +20,7 @@ import dataclasses
 import email.utils
 import logging
 import random
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
+from sync_service import metrics
 from sync_service.quota import (
     GoogleApiName,
     LocalQuota,
@@ -574,7 +576,15 @@ class GoogleSession:
                 if api is not None:
                     await self._quota_slot(api, what)
                 self.api_calls += 1
-                response = await send()
+                label = api.value if api is not None else metrics.OAUTH
+                sent = time.perf_counter()
+                try:
+                    response = await send()
+                except httpx.HTTPError:
+                    metrics.GOOGLE_CALLS.labels(label, "transport_error").inc()
+                    raise
+                metrics.GOOGLE_SECONDS.labels(label).observe(time.perf_counter() - sent)
+                metrics.GOOGLE_CALLS.labels(label, str(response.status_code)).inc()
                 if response.status_code == 200:
                     if not expect_json or _json_object(response) is not None:
                         return response

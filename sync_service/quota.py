@@ -36,6 +36,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sync_service import metrics
 from sync_service.settings import GoogleSettings
 
 # The burst as a share of the quota: small, because every token of burst is a request that the
@@ -175,8 +176,10 @@ class _Limiter:
             reservation = await self.reserve(api, max_wait=max_wait)
         except QuotaWaitTooLong:
             stats.refused += 1
+            metrics.QUOTA_REFUSED.labels(api.value).inc()
             raise
         stats.acquired += 1
+        metrics.QUOTA_WAIT.labels(api.value).observe(reservation.wait)
         if reservation.wait > 0:
             stats.waits += 1
             stats.waited_seconds += reservation.wait

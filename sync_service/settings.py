@@ -14,6 +14,7 @@ from pathlib import Path
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
+from service_runtime.metrics import parse_metrics_addr
 from sync_service.crypto import TokenCipher
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
@@ -112,6 +113,8 @@ class SyncSettings:
     checkpoint_max_age: timedelta = timedelta(hours=6)
     grace_period: timedelta = timedelta(seconds=10)
     log_level: str = "INFO"
+    # Prometheus metrics endpoint (host, port); None: none (see docs/observability.md).
+    metrics_addr: tuple[str, int] | None = None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> SyncSettings:
@@ -221,6 +224,7 @@ class SyncSettings:
                 maximum=timedelta(minutes=10),
             ),
             log_level=env.log_level("LOG_LEVEL", cls.log_level),
+            metrics_addr=parse_metrics_addr("SYNC_METRICS_ADDR", env.str("SYNC_METRICS_ADDR", "")),
         )
 
 

@@ -16,6 +16,7 @@ from clients.errors import ClientError
 from clients.worker.config import WorkerConfig, load_config
 from clients.worker.runner import Worker
 from service_runtime.config import ConfigError
+from service_runtime.metrics import parse_metrics_addr, start_metrics_server
 from service_runtime.serving import configure_logging
 from service_runtime.telemetry import configure_tracing, shutdown_tracing
 
@@ -44,11 +45,16 @@ async def _serve(config: WorkerConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(argv)
+        configure_logging(config.log_level)
         configure_tracing("gmbsync-worker")
     except (ConfigError, ValueError) as exc:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    try:
+        start_metrics_server(parse_metrics_addr("WORKER_METRICS_ADDR", config.metrics_addr))
+    except OSError as exc:
+        print(f"worker: cannot serve metrics on {config.metrics_addr}: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_serve(config))
     finally:

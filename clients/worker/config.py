@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from service_runtime.cli import TRACING_VARIABLES, environment_epilog, format_default
 from service_runtime.config import ConfigError, parse_duration
+from service_runtime.metrics import parse_metrics_addr
 
 _MAX_WORKER_ID = 200
 
@@ -60,6 +61,8 @@ class WorkerConfig:
     report_interval: timedelta = timedelta(milliseconds=5)
     report_batch: int = 200
     log_level: str = "INFO"
+    # Where the worker serves Prometheus metrics (host:port); empty: nowhere.
+    metrics_addr: str = ""
 
     @property
     def heartbeat_interval(self) -> float:
@@ -125,6 +128,8 @@ _SETTINGS: dict[str, _Setting] = {
     "report_batch": _Setting("--report-batch", "WORKER_REPORT_BATCH", "int", 200, 1, 1000,
                              help="results sent at most in one ReportResults"),
     "log_level": _Setting("--log-level", "LOG_LEVEL", "str", "INFO", help="DEBUG, INFO, ..."),
+    "metrics_addr": _Setting("--metrics-addr", "WORKER_METRICS_ADDR", "str", "",
+                             help="host:port of the Prometheus metrics endpoint (default: none)"),
 }  # fmt: skip
 
 _LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}
@@ -245,6 +250,7 @@ def load_config(
     if level not in _LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL={values['log_level']!r}: use one of {sorted(_LOG_LEVELS)}")
     values["log_level"] = level
+    parse_metrics_addr(_SETTINGS["metrics_addr"].env, str(values["metrics_addr"]))
 
     config = WorkerConfig(trigger_secret=secret, worker_id=str(worker_id), once=once, **values)  # type: ignore[arg-type]
     if once and config.worker_timeout <= config.job_timeout:

@@ -32,6 +32,7 @@ from clients.channel import Credentials
 from clients.errors import ClientError
 from clients.queue import Job, JobView, QueueClient, WorkerRun, WorkerRunStatus
 from clients.sync import SyncClient
+from clients.worker import metrics
 from clients.worker.backoff import Backoff
 from clients.worker.circuit_breaker import CircuitBreaker, Permit
 from clients.worker.config import WorkerConfig
@@ -111,6 +112,8 @@ class Worker:
             self.queue, self.sync, self.breaker, config, self.reporter, self.heartbeats
         )
         self._inflight: dict[asyncio.Task[Outcome], JobExecution] = {}
+        # When each in-flight job was picked (loop time), for its duration metric.
+        self._picked_at: dict[asyncio.Task[Outcome], float] = {}
         # Of the in-flight jobs, those still running (not yet waiting for their result's ack).
         self._running = 0
         self._slot_freed = asyncio.Event()
@@ -121,6 +124,7 @@ class Worker:
         self._stop_reason = ""
         self._summary = RunSummary(run=None)
         self.run_id = ""
+        metrics.watch(self)
 
     # --- control -----------------------------------------------------------------------------
 
@@ -356,6 +360,7 @@ class Worker:
         task = asyncio.create_task(execution.run(hand_back), name=f"job-{job.id}")
         self._running += 1
         self._inflight[task] = execution
+        self._picked_at[task] = asyncio.get_running_loop().time()
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[Outcome]) -> None:
@@ -369,6 +374,9 @@ class Worker:
         else:
             outcome = task.result()
         self._summary.outcomes[outcome] += 1
+        picked_at = self._picked_at.pop(task, None)
+        if picked_at is not None:
+            metrics.job_ended(outcome, asyncio.get_running_loop().time() - picked_at)
         log.info("job %s: %s", execution.job.id, outcome)
         self._slot_freed.set()
 

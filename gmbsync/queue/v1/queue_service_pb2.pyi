@@ -1442,6 +1442,7 @@ class GetDiagnosticsResponse(_message.Message):
     ALERTS_FIELD_NUMBER: _builtins.int
     FINISHED_LAST_HOUR_FIELD_NUMBER: _builtins.int
     GENERATED_AT_FIELD_NUMBER: _builtins.int
+    WORKER_RUN_FIGURES_24H_FIELD_NUMBER: _builtins.int
     QUEUE_DEAD_TUPLES_FIELD_NUMBER: _builtins.int
     OLDEST_TRANSACTION_AGE_FIELD_NUMBER: _builtins.int
     OLDEST_TRANSACTION_STATE_FIELD_NUMBER: _builtins.int
@@ -1499,6 +1500,10 @@ class GetDiagnosticsResponse(_message.Message):
         """When these figures were computed."""
 
     @_builtins.property
+    def worker_run_figures_24h(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerRunFigures]:
+        """Worker runs started in the last 24 hours, one entry per run status that has any."""
+
+    @_builtins.property
     def oldest_transaction_age(self) -> _duration_pb2.Duration:
         """Age of the oldest open transaction of another session on this database
         (pg_stat_activity.xact_start); zero when none.
@@ -1519,6 +1524,7 @@ class GetDiagnosticsResponse(_message.Message):
         alerts: _abc.Iterable[Global___Alert] | None = ...,
         finished_last_hour: _builtins.int = ...,
         generated_at: _timestamp_pb2.Timestamp | None = ...,
+        worker_run_figures_24h: _abc.Iterable[Global___WorkerRunFigures] | None = ...,
         queue_dead_tuples: _builtins.int = ...,
         oldest_transaction_age: _duration_pb2.Duration | None = ...,
         oldest_transaction_state: _builtins.str = ...,
@@ -1526,11 +1532,53 @@ class GetDiagnosticsResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["avg_duration", b"avg_duration", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "oldest_transaction_age", b"oldest_transaction_age", "p95_duration", b"p95_duration", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "avg_duration", b"avg_duration", "failure_rate_last_hour", b"failure_rate_last_hour", "finished_last_hour", b"finished_last_hour", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "oldest_transaction_age", b"oldest_transaction_age", "oldest_transaction_application", b"oldest_transaction_application", "oldest_transaction_state", b"oldest_transaction_state", "p95_duration", b"p95_duration", "queue_dead_tuples", b"queue_dead_tuples", "recent_failures", b"recent_failures", "recent_worker_runs", b"recent_worker_runs", "stale_jobs", b"stale_jobs", "stats", b"stats", "success_rate_7d", b"success_rate_7d"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "avg_duration", b"avg_duration", "failure_rate_last_hour", b"failure_rate_last_hour", "finished_last_hour", b"finished_last_hour", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "oldest_transaction_age", b"oldest_transaction_age", "oldest_transaction_application", b"oldest_transaction_application", "oldest_transaction_state", b"oldest_transaction_state", "p95_duration", b"p95_duration", "queue_dead_tuples", b"queue_dead_tuples", "recent_failures", b"recent_failures", "recent_worker_runs", b"recent_worker_runs", "stale_jobs", b"stale_jobs", "stats", b"stats", "success_rate_7d", b"success_rate_7d", "worker_run_figures_24h", b"worker_run_figures_24h"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDiagnosticsResponse: _TypeAlias = GetDiagnosticsResponse  # noqa: Y015
+
+@_typing.final
+class WorkerRunFigures(_message.Message):
+    """WorkerRunFigures sums up the worker runs of one status over a period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    AVG_JOBS_PROCESSED_FIELD_NUMBER: _builtins.int
+    AVG_JOBS_SUCCEEDED_FIELD_NUMBER: _builtins.int
+    AVG_DURATION_FIELD_NUMBER: _builtins.int
+    status: Global___WorkerRunStatus.ValueType
+    """The runs' status."""
+    runs: _builtins.int
+    """How many runs."""
+    avg_jobs_processed: _builtins.float
+    """Average jobs processed (succeeded plus failed attempts) per run."""
+    avg_jobs_succeeded: _builtins.float
+    """Average jobs succeeded per run."""
+    @_builtins.property
+    def avg_duration(self) -> _duration_pb2.Duration:
+        """Average time from a run's start to its finish, over the runs that have finished; zero
+        for runs still running.
+        """
+
+    def __init__(
+        self,
+        *,
+        status: Global___WorkerRunStatus.ValueType = ...,
+        runs: _builtins.int = ...,
+        avg_jobs_processed: _builtins.float = ...,
+        avg_jobs_succeeded: _builtins.float = ...,
+        avg_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["avg_duration", b"avg_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration", b"avg_duration", "avg_jobs_processed", b"avg_jobs_processed", "avg_jobs_succeeded", b"avg_jobs_succeeded", "runs", b"runs", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerRunFigures: _TypeAlias = WorkerRunFigures  # noqa: Y015
 
 @_typing.final
 class StartWorkerRunRequest(_message.Message):
