@@ -12,7 +12,6 @@ from queue_service.tables import SCHEDULE_INTERVAL_MIN as _INTERVAL_MIN_SECONDS
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
-from service_runtime.metrics import parse_metrics_addr
 
 SCHEDULE_INTERVAL_MIN = timedelta(seconds=_INTERVAL_MIN_SECONDS)
 SCHEDULE_INTERVAL_MAX = timedelta(seconds=_INTERVAL_MAX_SECONDS)
@@ -230,9 +229,7 @@ class QueueSettings:
             enqueue_burst_per_user=env.int(
                 "ENQUEUE_BURST_PER_USER", cls.enqueue_burst_per_user, minimum=1, maximum=1_000_000
             ),
-            metrics_addr=parse_metrics_addr(
-                "QUEUE_METRICS_ADDR", env.str("QUEUE_METRICS_ADDR", "")
-            ),
+            metrics_addr=env.metrics_address("QUEUE_METRICS_ADDR"),
             metrics_refresh=env.duration(
                 "QUEUE_METRICS_REFRESH",
                 cls.metrics_refresh,

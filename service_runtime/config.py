@@ -55,6 +55,17 @@ def parse_address(name: str, raw: str) -> str:
     return value
 
 
+def parse_metrics_addr(name: str, raw: str) -> tuple[str, int] | None:
+    """`host:port` (port 0: any free port) of a metrics endpoint, or None for empty or `off`."""
+    value = raw.strip()
+    if value.lower() in ("", "off", "none"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{name}={raw!r} is not host:port (or empty/off for no metrics)")
+    return host.strip("[]"), int(port)
+
+
 class Env:
     """Typed access to a mapping of environment variables (os.environ by default).
 
@@ -92,6 +103,12 @@ class Env:
             return raw.upper()
 
         return self.parsed(name, default, kind="log_level", parse=parse)
+
+    def metrics_address(self, name: str) -> tuple[str, int] | None:
+        """`host:port` of a metrics endpoint (port 0: any free port); None when empty or off."""
+        return self.parsed(
+            name, None, kind="metrics_address", parse=lambda r: parse_metrics_addr(name, r)
+        )
 
     def url(self, name: str, default: str) -> str:
         """An http:// or https:// URL, without a trailing slash."""

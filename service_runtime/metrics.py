@@ -25,7 +25,6 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from service_runtime.config import ConfigError
 from service_runtime.logs import BurstLog
 from service_runtime.processes import PROCESS_INDEX_VAR
 
@@ -173,17 +172,6 @@ RPC_SECONDS = LoopHistogram(
     ("grpc_service", "grpc_method"),
     buckets=RPC_BUCKETS,
 )
-
-
-def parse_metrics_addr(name: str, raw: str) -> tuple[str, int] | None:
-    """`host:port` (port 0: any free port) of a metrics endpoint, or None for empty or `off`."""
-    value = raw.strip()
-    if value.lower() in ("", "off", "none"):
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{name}={raw!r} is not host:port (or empty/off for no metrics)")
-    return host.strip("[]"), int(port)
 
 
 class MetricsServer:

@@ -14,7 +14,6 @@ from pathlib import Path
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
-from service_runtime.metrics import parse_metrics_addr
 from sync_service.crypto import TokenCipher
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
@@ -224,7 +223,7 @@ class SyncSettings:
                 maximum=timedelta(minutes=10),
             ),
             log_level=env.log_level("LOG_LEVEL", cls.log_level),
-            metrics_addr=parse_metrics_addr("SYNC_METRICS_ADDR", env.str("SYNC_METRICS_ADDR", "")),
+            metrics_addr=env.metrics_address("SYNC_METRICS_ADDR"),
         )
 
 

@@ -15,8 +15,8 @@ import sys
 from clients.errors import ClientError
 from clients.worker.config import WorkerConfig, load_config
 from clients.worker.runner import Worker
-from service_runtime.config import ConfigError
-from service_runtime.metrics import parse_metrics_addr, start_metrics_server
+from service_runtime.config import ConfigError, parse_metrics_addr
+from service_runtime.metrics import start_metrics_server
 from service_runtime.serving import configure_logging
 from service_runtime.telemetry import configure_tracing, shutdown_tracing
 

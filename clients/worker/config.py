@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from service_runtime.cli import TRACING_VARIABLES, environment_epilog, format_default
-from service_runtime.config import ConfigError, parse_duration
-from service_runtime.metrics import parse_metrics_addr
+from service_runtime.config import ConfigError, parse_duration, parse_metrics_addr
 
 _MAX_WORKER_ID = 200
 
@@ -134,7 +133,12 @@ _SETTINGS: dict[str, _Setting] = {
 
 _LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}
 # What the text settings hold, where a kind says more than "str".
-_TEXT_KINDS = {"QUEUE_ADDR": "address", "SYNC_ADDR": "address", "LOG_LEVEL": "log_level"}
+_TEXT_KINDS = {
+    "QUEUE_ADDR": "address",
+    "SYNC_ADDR": "address",
+    "LOG_LEVEL": "log_level",
+    "WORKER_METRICS_ADDR": "metrics_address",
+}
 
 
 def env_settings() -> dict[str, str]:

@@ -21,7 +21,7 @@ import service_runtime.metrics
 import sync_service.metrics
 from queue_service import metrics as queue_metrics
 from queue_service.models import QueueGauges, WorkerRunFigures, WorkerRunStatus
-from service_runtime.metrics import parse_metrics_addr
+from service_runtime.config import parse_metrics_addr
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

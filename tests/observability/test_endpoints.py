@@ -16,8 +16,8 @@ from queue_service import metrics as queue_metrics
 from queue_service.metrics import GaugeRefresher, MeteredScheduler
 from queue_service.scheduler import ScheduleConfig
 from queue_service.settings import QueueSettings
-from service_runtime.config import ConfigError, Env
-from service_runtime.metrics import LoopCounter, LoopHistogram, MetricsServer, parse_metrics_addr
+from service_runtime.config import ConfigError, Env, parse_metrics_addr
+from service_runtime.metrics import LoopCounter, LoopHistogram, MetricsServer
 from service_runtime.processes import PROCESS_INDEX_VAR
 from sync_service.settings import SyncSettings
 from tests.observability.conftest import scrape, total, value

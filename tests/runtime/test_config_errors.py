@@ -44,6 +44,7 @@ BAD_VALUES: dict[str, str] = {
     "api_quotas": "teleport=5",
     "milliseconds": "soon",
     "worker_id": "w" * 500,
+    "metrics_address": "not-an-address",
 }
 # Settings any value of which is acceptable: secrets, client ids, a file path.
 FREE_TEXT = {
@@ -53,8 +54,10 @@ FREE_TEXT = {
     "GOOGLE_OAUTH_CLIENT_SECRET",
     "TOKEN_ENCRYPTION_KEY_FILE",
 }
-# OpenTelemetry's own variables, read by service_runtime.telemetry for every program.
+# Read outside the settings classes for every program: OpenTelemetry's own variables
+# (service_runtime.telemetry) and the log format (service_runtime.logs).
 TRACING_BAD_VALUES = {
+    "LOG_FORMAT": "xml",
     "OTEL_TRACES_EXPORTER": "carrier-pigeon",
     "OTEL_TRACES_SAMPLER": "sometimes",
     "OTEL_TRACES_SAMPLER_ARG": "lots",
