@@ -110,6 +110,7 @@ def build_diagnostics(snapshot: dict[str, Any], thresholds: AlertThresholds) -> 
         recent_worker_runs=snapshot["recent_worker_runs"],
         alerts=alerts,
         generated_at=now,
+        pauses=snapshot.get("pauses", []),
     )
 
 

@@ -60,6 +60,8 @@ class Job:
     trace_context: dict[str, str]
     errors: list[dict[str, Any]]
     result: dict[str, Any] | None
+    # Its place among pending jobs of its priority (see `sync_queue.fair_key`).
+    fair_key: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,16 @@ class RecoveredJobs:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuePause:
+    """An active pause of picking: for one user's jobs, or the whole queue (`user_id` None)."""
+
+    user_id: uuid.UUID | None
+    reason: str
+    paused_by: str | None
+    paused_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     pending: int = 0
     processing: int = 0
@@ -225,6 +237,7 @@ class Diagnostics:
     recent_worker_runs: list[WorkerRun]
     alerts: list[Alert]
     generated_at: datetime
+    pauses: list[QueuePause] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,11 +30,14 @@ from queue_service.drivers.shared import (
     SharedDriver,
     enqueue_results,
     error_entry,
+    fair_key_next,
     is_ready,
     job_from_row,
     job_values,
     lost_worker_error,
     merge_by_account,
+    not_paused,
+    pick_order,
     q,
     status,
 )
@@ -128,11 +131,15 @@ class SqliteDriver(SharedDriver):
         merged = merge_by_account(requests)
         async with self._within(conn) as tx:
             owners = await self._check_accounts(tx, requests, caller)
+            keys = await self._fair_keys(tx, merged, owners, moment.now)
             rows = (
                 (
                     await tx.execute(
                         self._insert_jobs,
-                        [job_values(r, owners[a], moment.now) for a, r in merged.items()],
+                        [
+                            job_values(r, owners[a], moment.now) | {"fair_key": keys[a]}
+                            for a, r in merged.items()
+                        ],
                     )
                 )
                 .mappings()
@@ -143,7 +150,9 @@ class SqliteDriver(SharedDriver):
             for account, request in merged.items():
                 if account not in inserted:
                     # Writers are serialised, so the job the INSERT met is still there.
-                    active[account] = await self._upgrade_active(tx, request, moment.now)
+                    active[account] = await self._upgrade_active(
+                        tx, request, moment.now, keys[account]
+                    )
             ready = sum(is_ready(job, moment.now) for job in inserted.values())
             if ready:
                 await self._announce(tx, ready)
@@ -171,6 +180,26 @@ class SqliteDriver(SharedDriver):
                 )
         return {account_id: owner for account_id, (owner, _) in found.items()}
 
+    async def _fair_keys(
+        self,
+        conn: AsyncConnection,
+        merged: dict[uuid.UUID, EnqueueRequest],
+        owners: dict[uuid.UUID, uuid.UUID],
+        now: datetime,
+    ) -> dict[uuid.UUID, int]:
+        """Each account's fair key: its user's line at its priority goes on from the later of
+        the queue's head and one step behind the user's last queued key, one step a request."""
+        following: dict[tuple[uuid.UUID, int], int] = {}
+        keys: dict[uuid.UUID, int] = {}
+        for account, request in merged.items():
+            lane = (owners[account], request.priority)
+            if lane not in following:
+                first = fair_key_next(sa.literal(lane[0], sa.Uuid()), lane[1], now)
+                following[lane] = (await conn.execute(sa.select(first))).scalar_one()
+            keys[account] = following[lane]
+            following[lane] += 1
+        return keys
+
     @property
     def _insert_jobs(self) -> sa.Insert:
         """INSERT of one or many jobs that skips accounts with an active job."""
@@ -183,10 +212,11 @@ class SqliteDriver(SharedDriver):
         )
 
     async def _upgrade_active(
-        self, conn: AsyncConnection, request: EnqueueRequest, now: datetime
+        self, conn: AsyncConnection, request: EnqueueRequest, now: datetime, fair_key: int
     ) -> Job:
-        """Upgrades the account's pending job to a full sync or a higher priority if asked;
-        returns the account's active job."""
+        """Upgrades the account's pending job to a full sync or a higher priority if asked (a
+        job moved to a higher priority takes `fair_key`, its place there); returns the
+        account's active job."""
         upgraded_type = (
             sa.literal(SyncType.FULL.value) if request.sync_type is SyncType.FULL else q.c.sync_type
         )
@@ -209,7 +239,14 @@ class SqliteDriver(SharedDriver):
                         q.c.status == status(JobStatus.PENDING),
                         needs_upgrade,
                     )
-                    .values(sync_type=upgraded_type, priority=upgraded_priority, updated_at=now)
+                    .values(
+                        sync_type=upgraded_type,
+                        priority=upgraded_priority,
+                        fair_key=sa.case(
+                            (q.c.priority < request.priority, fair_key), else_=q.c.fair_key
+                        ),
+                        updated_at=now,
+                    )
                     .returning(*JOB_COLUMNS)
                 )
             )
@@ -255,6 +292,7 @@ class SqliteDriver(SharedDriver):
                         .where(
                             q.c.status == status(JobStatus.PROCESSING),
                             q.c.lease_expires_at <= lease_now,
+                            not_paused(),
                         )
                         .order_by(q.c.lease_expires_at)
                         .limit(params.max_jobs)
@@ -296,8 +334,9 @@ class SqliteDriver(SharedDriver):
                     q.c.status == status(JobStatus.PENDING),
                     sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= now),
                     q.c.attempts < q.c.max_attempts,
+                    not_paused(),
                 )
-                .order_by(q.c.priority.desc(), q.c.created_at, q.c.id)
+                .order_by(q.c.priority.desc(), q.c.fair_key, q.c.created_at, q.c.id)
                 .limit(max(params.max_jobs - len(takeover), 0))
             )
             rows = (
@@ -327,7 +366,7 @@ class SqliteDriver(SharedDriver):
             await tally.apply(conn)
         jobs = [job_from_row(r) for r in rows]
         # RETURNING gives no order; hand the jobs out in pick order.
-        jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
+        jobs.sort(key=pick_order)
         return jobs
 
     # -- leases and results -------------------------------------------------------------------
