@@ -11,6 +11,7 @@ from queue_service.models import (
     Diagnostics,
     Job,
     JobStatus,
+    QueuePause,
     QueueStats,
     SyncSchedule,
     SyncType,
@@ -145,6 +146,15 @@ def alert_to_pb(alert: Alert) -> pb.Alert:
     )
 
 
+def pause_to_pb(pause: QueuePause) -> pb.QueuePause:
+    return pb.QueuePause(
+        user_id="" if pause.user_id is None else str(pause.user_id),
+        reason=pause.reason,
+        paused_by=pause.paused_by or "",
+        paused_at=to_timestamp(pause.paused_at),
+    )
+
+
 def diagnostics_to_pb(diag: Diagnostics) -> pb.GetDiagnosticsResponse:
     return pb.GetDiagnosticsResponse(
         stats=stats_to_pb(diag.stats),
@@ -159,6 +169,7 @@ def diagnostics_to_pb(diag: Diagnostics) -> pb.GetDiagnosticsResponse:
         recent_worker_runs=[worker_run_to_pb(r) for r in diag.recent_worker_runs],
         alerts=[alert_to_pb(a) for a in diag.alerts],
         generated_at=to_timestamp(diag.generated_at),
+        pauses=[pause_to_pb(p) for p in diag.pauses],
     )
 
 

@@ -100,6 +100,17 @@ class QueueServiceStub:
     """Records the end of a worker run. Its job counts are kept by the server as jobs are picked
     and reported, so they are exact even for a worker that crashed. Worker only.
     """
+    PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]
+    """Pauses picking for one user's jobs, or for the whole queue when `user_id` is empty. The
+    pause is stored in the database, so every replica obeys it; enqueueing goes on, and jobs
+    already leased run to the end. Pausing what is already paused keeps its start and takes
+    the new reason. Admin or worker.
+    """
+    ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.ResumeQueueRequest, _queue_service_pb2.ResumeQueueResponse]
+    """Ends the pause of one user, or of the whole queue when `user_id` is empty; waiting
+    workers are woken for the jobs it frees. Resuming what is not paused is not an error
+    (`resumed` is false). Admin or worker.
+    """
 
 @_typing.type_check_only
 class QueueServiceAsyncStub(QueueServiceStub):
@@ -172,6 +183,17 @@ class QueueServiceAsyncStub(QueueServiceStub):
     FinishWorkerRun: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.FinishWorkerRunRequest, _queue_service_pb2.FinishWorkerRunResponse]  # type: ignore[assignment]
     """Records the end of a worker run. Its job counts are kept by the server as jobs are picked
     and reported, so they are exact even for a worker that crashed. Worker only.
+    """
+    PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]  # type: ignore[assignment]
+    """Pauses picking for one user's jobs, or for the whole queue when `user_id` is empty. The
+    pause is stored in the database, so every replica obeys it; enqueueing goes on, and jobs
+    already leased run to the end. Pausing what is already paused keeps its start and takes
+    the new reason. Admin or worker.
+    """
+    ResumeQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.ResumeQueueRequest, _queue_service_pb2.ResumeQueueResponse]  # type: ignore[assignment]
+    """Ends the pause of one user, or of the whole queue when `user_id` is empty; waiting
+    workers are woken for the jobs it frees. Resuming what is not paused is not an error
+    (`resumed` is false). Admin or worker.
     """
 
 class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -356,6 +378,29 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_queue_service_pb2.FinishWorkerRunResponse, _abc.Awaitable[_queue_service_pb2.FinishWorkerRunResponse]]:
         """Records the end of a worker run. Its job counts are kept by the server as jobs are picked
         and reported, so they are exact even for a worker that crashed. Worker only.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseQueue(
+        self,
+        request: _queue_service_pb2.PauseQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_service_pb2.PauseQueueResponse, _abc.Awaitable[_queue_service_pb2.PauseQueueResponse]]:
+        """Pauses picking for one user's jobs, or for the whole queue when `user_id` is empty. The
+        pause is stored in the database, so every replica obeys it; enqueueing goes on, and jobs
+        already leased run to the end. Pausing what is already paused keeps its start and takes
+        the new reason. Admin or worker.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeQueue(
+        self,
+        request: _queue_service_pb2.ResumeQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_service_pb2.ResumeQueueResponse, _abc.Awaitable[_queue_service_pb2.ResumeQueueResponse]]:
+        """Ends the pause of one user, or of the whole queue when `user_id` is empty; waiting
+        workers are woken for the jobs it frees. Resuming what is not paused is not an error
+        (`resumed` is false). Admin or worker.
         """
 
 def add_QueueServiceServicer_to_server(servicer: QueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
