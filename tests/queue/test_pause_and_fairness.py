@@ -11,11 +11,13 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf import duration_pb2
 
+from clients import Credentials, QueueClient
+from clients import errors as client_errors
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from service_runtime.auth import Role
 from service_runtime.errors import field_violations
 from sync_service.tables import gmb_accounts
-from tests.conftest import ADMIN_USER, WORKER_METADATA, bearer
+from tests.conftest import ADMIN_USER, TEST_TRIGGER_SECRET, WORKER_METADATA, bearer
 from tests.queue.conftest import queue_settings, start_queue, stop_queue
 from tests.queue.helpers import rpc_error
 
@@ -211,3 +213,20 @@ async def test_another_users_job_is_picked_within_two_picks_behind_a_full_batch(
     picked = [*(await queue.pick(max_jobs=1)), *(await queue.pick(max_jobs=1))]
 
     assert lone.job.id in [j.id for j in picked]
+
+
+async def test_the_typed_client_pauses_and_resumes(pg_queue):
+    client = QueueClient.connect(pg_queue.address, Credentials.trigger_secret(TEST_TRIGGER_SECRET))
+    async with client:
+        paused = await client.pause_queue(str(USER_A), reason="noisy neighbour")
+        whole = await client.pause_queue(reason="maintenance")
+        resumed = await client.resume_queue(str(USER_A))
+        again = await client.resume_queue(str(USER_A))
+        with pytest.raises(client_errors.InvalidArgument) as bad:
+            await client.pause_queue("nope")
+
+    assert paused.pause.user_id == str(USER_A) and paused.pause.paused_by == "service_role"
+    assert [p.reason for p in whole.active_pauses] == ["noisy neighbour", "maintenance"]
+    assert resumed.resumed and [p.reason for p in resumed.active_pauses] == ["maintenance"]
+    assert not again.resumed
+    assert [v.field for v in bad.value.violations] == ["user_id"]
