@@ -66,7 +66,7 @@ class QueueApp:
             interceptors=[AuthInterceptor(settings.auth, POLICY)],
             health_probe=self.store.ping,
             background=background,
-            on_shutdown=[self.signal.close],
+            on_shutdown=[self.signal.close, servicer.close_watches],
         )
 
     async def start(self) -> int:

@@ -60,6 +60,8 @@ class QueueSettings:
     # The Google quota SyncService works within: GBP_QUOTA_PER_MINUTE per GBP_QUOTA_WINDOW.
     gbp_quota_per_window: int = 300
     gbp_quota_window: timedelta = timedelta(minutes=1)
+    # How often a WatchJob stream reads its job again to see whether it changed.
+    watch_poll_interval: timedelta = timedelta(seconds=1)
 
     @property
     def gbp_quota_per_minute(self) -> float:
@@ -178,6 +180,12 @@ class QueueSettings:
                 cls.gbp_quota_window,
                 minimum=timedelta(milliseconds=100),
                 maximum=timedelta(hours=1),
+            ),
+            watch_poll_interval=env.duration(
+                "WATCH_POLL_INTERVAL",
+                cls.watch_poll_interval,
+                minimum=timedelta(milliseconds=50),
+                maximum=timedelta(minutes=1),
             ),
         )
 
