@@ -171,6 +171,8 @@ class BlockingQueueClient(BlockingClient[QueueClient]):
     get_diagnostics = _blocking(QueueClient.get_diagnostics)
     get_sync_schedule = _blocking(QueueClient.get_sync_schedule)
     set_sync_schedule = _blocking(QueueClient.set_sync_schedule)
+    pause_queue = _blocking(QueueClient.pause_queue)
+    resume_queue = _blocking(QueueClient.resume_queue)
 
     def watch_job(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]:
         """The job now, then again at each change, ending after it is finished (WatchJob).

@@ -5,6 +5,8 @@ Which calls are retried on UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED
 - Reads (GetJob, ListJobs, GetQueueStatus, GetDiagnostics): always safe.
 - ExtendLease: repeating it only moves the expiry to "now + duration" again.
 - MarkStaleJobs: it recovers whatever is stale at the time; a repeat finds nothing more.
+- PauseQueue and ResumeQueue: a repeat leaves the same pause state (a repeated resume answers
+  `resumed` false).
 - Never retried here: EnqueueSync (a repeat after a lost answer returns `duplicate`, which
   would mislead the caller), PickJobs (a lost answer leases jobs nobody runs until their lease
   expires, burning an attempt: the caller should pick again itself, not this layer),
@@ -424,6 +426,28 @@ class QueueClient(ServiceClient):
             idempotent=True,
         )
         return response.schedule
+
+    # --- queue control -----------------------------------------------------------------------
+
+    async def pause_queue(
+        self, user_id: str | None = None, *, reason: str = "", timeout: float | None = None
+    ) -> pb.PauseQueueResponse:
+        """Stops picking one user's jobs, or the whole queue's when `user_id` is None. A
+        repeat only sets the reason again, so it is retried."""
+        request = pb.PauseQueueRequest(user_id=user_id or "", reason=reason)
+        return await self._unary(
+            "PauseQueue", self._stub.PauseQueue, request, timeout=timeout, idempotent=True
+        )
+
+    async def resume_queue(
+        self, user_id: str | None = None, *, reason: str = "", timeout: float | None = None
+    ) -> pb.ResumeQueueResponse:
+        """Ends the pause of one user, or of the whole queue when `user_id` is None. Retried: a
+        repeat after a lost answer finds nothing to resume and says `resumed` false."""
+        request = pb.ResumeQueueRequest(user_id=user_id or "", reason=reason)
+        return await self._unary(
+            "ResumeQueue", self._stub.ResumeQueue, request, timeout=timeout, idempotent=True
+        )
 
 
 # --- results for ReportResults -------------------------------------------------------------

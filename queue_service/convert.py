@@ -13,6 +13,7 @@ from queue_service.models import (
     Diagnostics,
     Job,
     JobStatus,
+    QueuePause,
     QueueStats,
     SyncSchedule,
     SyncType,
@@ -212,6 +213,15 @@ def alert_to_pb(alert: Alert) -> pb.Alert:
     )
 
 
+def pause_to_pb(pause: QueuePause) -> pb.QueuePause:
+    return pb.QueuePause(
+        user_id="" if pause.user_id is None else str(pause.user_id),
+        reason=pause.reason,
+        paused_by=pause.paused_by or "",
+        paused_at=to_timestamp(pause.paused_at),
+    )
+
+
 def diagnostics_to_pb(diag: Diagnostics) -> pb.GetDiagnosticsResponse:
     return pb.GetDiagnosticsResponse(
         stats=stats_to_pb(diag.stats),
@@ -231,6 +241,7 @@ def diagnostics_to_pb(diag: Diagnostics) -> pb.GetDiagnosticsResponse:
         oldest_transaction_state=diag.vacuum.oldest_transaction_state,
         oldest_transaction_application=diag.vacuum.oldest_transaction_application,
         worker_run_figures_24h=[worker_run_figures_to_pb(f) for f in diag.worker_run_figures_24h],
+        pauses=[pause_to_pb(p) for p in diag.pauses],
     )
 
 

@@ -125,6 +125,7 @@ def build_diagnostics(snapshot: dict[str, Any], thresholds: AlertThresholds) -> 
         generated_at=now,
         worker_run_figures_24h=snapshot.get("worker_run_figures_24h", []),
         vacuum=vacuum,
+        pauses=snapshot.get("pauses", []),
     )
 
 

@@ -60,6 +60,8 @@ class Job:
     trace_context: dict[str, str]
     errors: list[dict[str, Any]]
     result: dict[str, Any] | None
+    # Its place among pending jobs of its priority (see `sync_queue.fair_key`).
+    fair_key: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,16 @@ class RecoveredJobs:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuePause:
+    """An active pause of picking: for one user's jobs, or the whole queue (`user_id` None)."""
+
+    user_id: uuid.UUID | None
+    reason: str
+    paused_by: str | None
+    paused_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     pending: int = 0
     processing: int = 0
@@ -252,6 +264,7 @@ class Diagnostics:
     generated_at: datetime
     worker_run_figures_24h: list[WorkerRunFigures] = field(default_factory=list)
     vacuum: VacuumHealth = field(default_factory=lambda: VacuumHealth())
+    pauses: list[QueuePause] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from queue_service.drivers.shared import (
     JOB_COLUMNS,
     job_from_row,
     job_get_visible,
+    pause_from_row,
     visible_to,
     worker_run_from_row,
 )
@@ -30,6 +31,7 @@ from queue_service.models import (
     JobStatus,
     PageCursor,
     QueueGauges,
+    QueuePause,
     QueueStats,
     VacuumHealth,
     WorkerRun,
@@ -37,7 +39,7 @@ from queue_service.models import (
     WorkerRunStatus,
 )
 from queue_service.reconnect import retried_on_disconnect
-from queue_service.tables import sync_queue, sync_worker_runs
+from queue_service.tables import WHOLE_QUEUE, sync_queue, sync_queue_pauses, sync_worker_runs
 from sync_service.tables import error_logs
 
 # Durations for the average and p95 come from at most this many recent jobs.
@@ -47,6 +49,7 @@ WORKER_RUN_SAMPLE = 10_000
 
 q = sync_queue
 runs = sync_worker_runs
+pauses = sync_queue_pauses
 
 
 class QueueReader:
@@ -88,6 +91,13 @@ class QueueReader:
             stats = await _stats(conn, caller)
             recent = await _job_list(conn, caller, JobFilter(), limit=limit)
         return stats, recent
+
+    @retried_on_disconnect
+    async def pause_list(self, caller: Caller) -> list[QueuePause]:
+        """Active pauses of picking the caller may see: the whole queue's and the caller's own
+        (every one for a caller who sees everything), oldest first."""
+        async with self._engine.connect() as conn:
+            return await _pauses(conn, caller)
 
     @retried_on_disconnect
     async def worker_run_list(self, *, limit: int) -> list[WorkerRun]:
@@ -190,6 +200,7 @@ class QueueReader:
             api_disabled = await _api_disabled(conn, since=now - api_disabled_window)
             vacuum = await _vacuum_health(conn)
             run_figures = await _worker_run_figures(conn, since=day_ago)
+            active_pauses = await _pauses(conn, Caller.everyone())
         return {
             "now": now,
             "stats": stats,
@@ -204,6 +215,7 @@ class QueueReader:
             "api_disabled": api_disabled,
             "vacuum": vacuum,
             "worker_run_figures_24h": run_figures,
+            "pauses": active_pauses,
         }
 
     @retried_on_disconnect
@@ -330,6 +342,17 @@ async def _stats(conn: AsyncConnection, caller: Caller) -> QueueStats:
     )
     counts = {status: count for status, count in rows}
     return QueueStats(**{s.value: counts.get(s.value, 0) for s in JobStatus})
+
+
+async def _pauses(conn: AsyncConnection, caller: Caller) -> list[QueuePause]:
+    """Active pauses visible to `caller`, oldest first."""
+    visible = (
+        sa.true() if caller.sees_everything else pauses.c.user_id.in_([WHOLE_QUEUE, caller.user_id])
+    )
+    rows = await conn.execute(
+        sa.select(*pauses.c).where(visible).order_by(pauses.c.paused_at, pauses.c.user_id)
+    )
+    return [pause_from_row(row) for row in rows.mappings()]
 
 
 async def _recent_runs(conn: AsyncConnection, limit: int) -> list[WorkerRun]:

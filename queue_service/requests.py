@@ -60,6 +60,7 @@ SCHEDULE_FUTURE_LIMIT = timedelta(days=366)
 MAX_WORKER_ID = 200
 MAX_RELEASE_DELAY = timedelta(days=1)
 MAX_ERROR_INPUT = 64 * 1024
+MAX_PAUSE_REASON = 500
 STALE_MIN, STALE_MAX = timedelta(minutes=1), timedelta(days=7)
 INTERVAL_MIN = timedelta(seconds=SCHEDULE_INTERVAL_MIN)
 INTERVAL_MAX = timedelta(seconds=SCHEDULE_INTERVAL_MAX)
@@ -578,3 +579,20 @@ def schedule_set_request(message: pb.SetSyncScheduleRequest) -> tuple[uuid.UUID,
         full_interval=full,
         enabled=message.enabled if message.HasField("enabled") else None,
     )
+
+
+def pause_request(
+    message: pb.PauseQueueRequest | pb.ResumeQueueRequest,
+) -> tuple[uuid.UUID | None, str]:
+    """The user a pause or resume is for (None: the whole queue) and its reason."""
+    v = Violations()
+    user = _uuid(v, "user_id", message.user_id, required=False)
+    if user is not None and user.int == 0:
+        v.add("user_id", "the nil UUID is no user; leave user_id empty for the whole queue")
+    reason = message.reason.strip()
+    if len(reason) > MAX_PAUSE_REASON:
+        v.add("reason", f"is {len(reason)} characters; at most {MAX_PAUSE_REASON} are allowed")
+    elif not reason.isprintable():
+        v.add("reason", "must be printable text (no control characters)")
+    v.check()
+    return user, reason

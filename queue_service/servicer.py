@@ -80,6 +80,8 @@ _RPC_ROLES = {
     "GetSyncSchedule": OPERATOR,
     "SetSyncSchedule": OPERATOR,
     "WatchJob": USER,
+    "PauseQueue": OPERATOR,
+    "ResumeQueue": OPERATOR,
 }
 POLICY: dict[str, frozenset[Role]] = {
     f"/{SERVICE_NAME}/{rpc}": roles for rpc, roles in _RPC_ROLES.items()
@@ -288,8 +290,11 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         limit = requests.recent_limit(request.recent_limit, default=20)
         caller = _caller()
         stats, recent = await self._store.reader.queue_status(caller, limit=limit)
+        pauses = await self._store.reader.pause_list(caller)
         return pb.GetQueueStatusResponse(
-            stats=convert.stats_to_pb(stats), jobs=[convert.job_to_pb(j) for j in recent]
+            stats=convert.stats_to_pb(stats),
+            jobs=[convert.job_to_pb(j) for j in recent],
+            pauses=[convert.pause_to_pb(p) for p in pauses],
         )
 
     @translated
@@ -497,6 +502,44 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
                     "the server is shutting down; watch the job again",
                     retry_delay_seconds=1,
                 )
+
+    @translated
+    async def PauseQueue(self, request, context):  # type: ignore[no-untyped-def]
+        user_id, reason = requests.pause_request(request)
+        paused_by = _who()
+        pause = await self._store.queue_pause(user_id, reason, paused_by)
+        log.warning(
+            "picking paused for %s by %s: %s", _scope(user_id), paused_by, reason or "no reason"
+        )
+        active = await self._store.reader.pause_list(Caller.everyone())
+        return pb.PauseQueueResponse(
+            pause=convert.pause_to_pb(pause),
+            active_pauses=[convert.pause_to_pb(p) for p in active],
+        )
+
+    @translated
+    async def ResumeQueue(self, request, context):  # type: ignore[no-untyped-def]
+        user_id, reason = requests.pause_request(request)
+        resumed = await self._store.queue_resume(user_id)
+        if resumed:
+            log.warning(
+                "picking resumed for %s by %s: %s", _scope(user_id), _who(), reason or "no reason"
+            )
+        active = await self._store.reader.pause_list(Caller.everyone())
+        return pb.ResumeQueueResponse(
+            resumed=resumed, active_pauses=[convert.pause_to_pb(p) for p in active]
+        )
+
+
+def _who() -> str:
+    """The caller, for the record of a pause: its user id, or its role for a service."""
+    principal = current_principal()
+    return str(principal.user_id) if principal.user_id else principal.role.value
+
+
+def _scope(user_id: uuid.UUID | None) -> str:
+    """What a pause holds, for the log."""
+    return "the whole queue" if user_id is None else f"user {user_id}"
 
 
 __all__ = ["POLICY", "SERVICE_NAME", "QueueServicer"]

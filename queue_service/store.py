@@ -36,6 +36,7 @@ from queue_service.models import (
     FailOutcome,
     Failure,
     Job,
+    QueuePause,
     RecoveredJobs,
     Release,
     ResultAck,
@@ -201,6 +202,20 @@ class JobStore:
         return await self.driver.worker_run_finish(
             run_id, status, notes, metadata, moment=self.moment()
         )
+
+    # -- operators ----------------------------------------------------------------------------
+
+    @retried_on_disconnect
+    async def queue_pause(
+        self, user_id: uuid.UUID | None, reason: str, paused_by: str | None
+    ) -> QueuePause:
+        """Pauses picking for one user's jobs, or the whole queue (`user_id` None)."""
+        return await self.driver.queue_pause(user_id, reason, paused_by, moment=self.moment())
+
+    @retried_on_disconnect
+    async def queue_resume(self, user_id: uuid.UUID | None) -> bool:
+        """Ends a pause of picking; False if there was none."""
+        return await self.driver.queue_resume(user_id, moment=self.moment())
 
     # -- maintenance --------------------------------------------------------------------------
 

@@ -1,9 +1,12 @@
-"""Tables owned by QueueService: the job queue, the record of worker runs, and the schedule of
-periodic syncs."""
+"""Tables owned by QueueService: the job queue, the record of worker runs, the pauses of
+picking, and the schedule of periodic syncs."""
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -66,6 +69,11 @@ sync_queue = Table(
     Column("errors", JsonDocument, nullable=False),
     # What the successful sync reported (counts).
     Column("result", JsonDocument, nullable=True),
+    # A pending job's place among the jobs of its priority (virtual-time fair queuing): set at
+    # enqueue to the later of the head of the queue (the first due pending job's key) and one
+    # step behind the user's last queued job, so each user's queued jobs are spread one step
+    # apart and a newcomer's first job sorts at the head. Compared only within one priority.
+    Column("fair_key", BigInteger, nullable=False, server_default="0"),
     CheckConstraint(f"status IN {JOB_STATUSES!r}", name="status"),
     CheckConstraint(f"sync_type IN {SYNC_TYPES!r}", name="sync_type"),
     CheckConstraint(f"priority BETWEEN {PRIORITY_MIN} AND {PRIORITY_MAX}", name="priority"),
@@ -87,8 +95,18 @@ sync_queue = Table(
     Index(
         "ix_sync_queue_pick",
         text("priority DESC"),
+        "fair_key",
         "created_at",
         "id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    # The enqueue's path to a user's last queued key at a priority (the tail of its line).
+    Index(
+        "ix_sync_queue_fair_user",
+        "user_id",
+        "priority",
+        "fair_key",
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
     ),
@@ -126,6 +144,20 @@ sync_worker_runs = Table(
     Column("finished_at", UtcDateTime, nullable=True),
     CheckConstraint(f"status IN {WORKER_RUN_STATUSES!r}", name="status"),
     Index("ix_sync_worker_runs_started", "started_at"),
+)
+
+# The user_id of a pause of the whole queue: no user has the nil UUID.
+WHOLE_QUEUE = uuid.UUID(int=0)
+
+sync_queue_pauses = Table(
+    "sync_queue_pauses",
+    metadata,
+    # The paused user, or WHOLE_QUEUE. A row exists while the pause lasts; resuming deletes it.
+    Column("user_id", Uuid, primary_key=True),
+    Column("reason", Text, nullable=False),
+    # Who paused it: the caller's user id, or its role for a service.
+    Column("paused_by", Text, nullable=True),
+    Column("paused_at", UtcDateTime, nullable=False),
 )
 
 sync_schedules = Table(

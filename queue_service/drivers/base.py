@@ -36,6 +36,7 @@ from queue_service.models import (
     EnqueueResult,
     Failure,
     Job,
+    QueuePause,
     RecoveredJobs,
     Release,
     ResultAck,
@@ -147,10 +148,17 @@ class QueueDriver(Protocol):
         pending to a full sync or a higher priority. Requests repeating an account in one call
         act like consecutive calls: the first inserts, later ones are duplicates, and the job
         carries every upgrade. Ready jobs created are announced with their number.
+
+        Each new job gets its `fair_key`: the later of the head of the queue at its priority
+        (the first due pending job's key) and one step behind its user's last queued key
+        there; a user's jobs in one call take consecutive steps. A job upgraded to a higher
+        priority takes its key there the same way.
         """
 
     async def job_pick(self, params: PickParams, *, moment: Moment) -> list[Job]:
-        """Leases up to `max_jobs` jobs, in pick order (`priority DESC, created_at, id`).
+        """Leases up to `max_jobs` jobs, in pick order (`priority DESC, fair_key, created_at,
+        id`: within a priority, users take turns; one user's jobs come oldest first). Nothing
+        of a paused user, nothing at all while the whole queue is paused.
 
         Jobs whose lease ran out come first: each is leased again (its lost attempt recorded as
         the reaper would), or failed as "worker lost" when its attempts are used up. Then due
@@ -198,8 +206,8 @@ class QueueDriver(Protocol):
         job the caller cannot see."""
 
     async def job_retry(self, job_id: uuid.UUID, caller: Caller, *, moment: Moment) -> Job:
-        """Puts a failed or cancelled job back to pending with its attempts reset;
-        IllegalTransition for another status, ActiveJobExists when its account has an active
+        """Puts a failed or cancelled job back to pending with its attempts reset, queued
+        again behind its user's waiting jobs (a new `fair_key`); IllegalTransition for another status, ActiveJobExists when its account has an active
         job, JobNotFound for a job the caller cannot see."""
 
     async def job_rescue_stuck(
@@ -212,6 +220,19 @@ class QueueDriver(Protocol):
     async def job_delete_finished(self, *, finished_before: datetime, limit: int) -> int:
         """Deletes up to `limit` succeeded, failed or cancelled jobs completed before
         `finished_before`; returns how many."""
+
+    # -- pauses -------------------------------------------------------------------------------
+
+    async def queue_pause(
+        self, user_id: uuid.UUID | None, reason: str, paused_by: str | None, *, moment: Moment
+    ) -> QueuePause:
+        """Pauses picking for one user's jobs, or the whole queue when `user_id` is None; the
+        pause is stored, so every replica's pick obeys it. Pausing what is already paused
+        keeps its start and takes the new reason. Enqueueing is not affected."""
+
+    async def queue_resume(self, user_id: uuid.UUID | None, *, moment: Moment) -> bool:
+        """Ends the pause of one user (or of the whole queue, `user_id` None); False if there
+        was none. Ready jobs it frees are announced (their number, counted up to a bound)."""
 
     # -- worker runs --------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from queue_service.drivers.shared import (
     enqueue_results,
     job_from_row,
     merge_by_account,
+    pick_order,
     q,
 )
 from queue_service.errors import AccountInactive, AccountNotFound, ActiveJobExists
@@ -63,6 +64,7 @@ from queue_service.models import (
     Release,
     ResultAck,
 )
+from queue_service.tables import WHOLE_QUEUE
 from service_runtime.sqltypes import UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -118,11 +120,17 @@ _LOST_ENTRY = (
     + ", 'failed_at', %(now_text)s::text, 'worker_id', worker_id, 'permanent', false))"
 )
 
+# Jobs the pick may act on: neither the whole queue (the nil UUID) nor the job's user is paused.
+# The first test runs once per statement (an InitPlan); the second probes a hash of the few
+# paused users built once per statement: next to nothing while nothing is paused.
+_NOT_PAUSED = f"""NOT EXISTS (SELECT 1 FROM sync_queue_pauses WHERE user_id = '{WHOLE_QUEUE}'::uuid)
+      AND user_id NOT IN (SELECT user_id FROM sync_queue_pauses)"""  # noqa: S608
+
 PICK_SQL = f"""
 WITH expired AS (
     SELECT id, attempts, max_attempts, worker_run_id
     FROM sync_queue
-    WHERE status = 'processing' AND lease_expires_at <= {LEASE_NOW}
+    WHERE status = 'processing' AND lease_expires_at <= {LEASE_NOW} AND {_NOT_PAUSED}
     ORDER BY lease_expires_at
     LIMIT %(max_jobs)s::int
     FOR UPDATE SKIP LOCKED
@@ -133,7 +141,8 @@ ready AS (
     WHERE status = 'pending'
       AND (scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz)
       AND attempts < max_attempts
-    ORDER BY priority DESC, created_at, id
+      AND {_NOT_PAUSED}
+    ORDER BY priority DESC, fair_key, created_at, id
     LIMIT greatest(
         %(max_jobs)s::int - (SELECT count(*) FROM expired WHERE attempts < max_attempts), 0
     )
@@ -323,6 +332,39 @@ FROM changed c LEFT JOIN gmb_accounts a ON a.id = c.account_id
 # `scheduled_at` before the job's, or none (now) while the job waits for a later time.
 _EARLIER = "q.scheduled_at > coalesce(a.scheduled_at, %(now)s::timestamptz)"
 
+# Fair keys (virtual-time fair queuing within a priority): each user's line at each priority
+# asked for (`lane`) goes on from the later of the head of the queue (the first due pending
+# job's key at that priority, read through `ix_sync_queue_pick`) and one step behind the
+# user's last queued key there (`ix_sync_queue_fair_user`); the lane's requests take
+# consecutive steps in request order. So a newcomer's first job sorts at the head, and a
+# user's n-th queued job n - 1 steps behind it. `allowed` is `permitted` with each request's
+# `fair_key`. `shared.fair_key_next` is the same rule for one job.
+_FAIR_KEYS = """
+head AS (
+    SELECT h.priority, (
+        SELECT p.fair_key FROM sync_queue p
+        WHERE p.status = 'pending' AND p.priority = h.priority
+          AND (p.scheduled_at IS NULL OR p.scheduled_at <= %(now)s::timestamptz)
+          AND p.attempts < p.max_attempts
+        ORDER BY p.priority DESC, p.fair_key, p.created_at, p.id
+        LIMIT 1
+    ) AS fair_key
+    FROM (SELECT DISTINCT priority FROM permitted) h
+),
+lane AS (
+    SELECT l.user_id, l.priority, coalesce(greatest(head.fair_key, (
+        SELECT max(p.fair_key) + 1 FROM sync_queue p
+        WHERE p.status = 'pending' AND p.user_id = l.user_id AND p.priority = l.priority
+    )), 0) AS first_key
+    FROM (SELECT DISTINCT user_id, priority FROM permitted) l JOIN head ON head.priority = l.priority
+),
+allowed AS (
+    SELECT m.*, lane.first_key - 1 + row_number() OVER (
+        PARTITION BY m.user_id, m.priority ORDER BY m.n
+    ) AS fair_key
+    FROM permitted m JOIN lane ON lane.user_id = m.user_id AND lane.priority = m.priority
+)"""
+
 INSERT_SQL = f"""
 WITH request AS (
     SELECT *
@@ -340,20 +382,21 @@ account AS (
                AS visible
     FROM request r LEFT JOIN gmb_accounts a ON a.id = r.account_id
 ),
-allowed AS (
+permitted AS (
     -- All or nothing: one account missing, someone else's or inactive, and nothing is written.
     SELECT r.*, a.user_id
     FROM request r JOIN account a ON a.n = r.n
     WHERE NOT EXISTS (SELECT 1 FROM account WHERE NOT visible OR NOT is_active)
 ),
+{_FAIR_KEYS},
 inserted AS (
     INSERT INTO sync_queue (
         id, user_id, account_id, sync_type, status, priority, attempts, max_attempts,
-        scheduled_at, metadata, created_at, updated_at, trace_context, errors
+        scheduled_at, metadata, created_at, updated_at, trace_context, errors, fair_key
     )
     SELECT id, user_id, account_id, sync_type, 'pending', priority, 0, max_attempts,
            scheduled_at, metadata, %(now)s::timestamptz, %(now)s::timestamptz, trace_context,
-           '[]'::jsonb
+           '[]'::jsonb, fair_key
     FROM allowed
     ORDER BY n
     ON CONFLICT (account_id) WHERE status IN ('pending', 'processing') DO NOTHING
@@ -364,6 +407,7 @@ upgraded AS (
     SET sync_type = CASE WHEN a.sync_type = 'full' THEN 'full' ELSE q.sync_type END,
         priority = greatest(q.priority, a.priority),
         scheduled_at = CASE WHEN {_EARLIER} THEN a.scheduled_at ELSE q.scheduled_at END,
+        fair_key = CASE WHEN q.priority < a.priority THEN a.fair_key ELSE q.fair_key END,
         updated_at = %(now)s::timestamptz
     FROM allowed a
     WHERE q.account_id = a.account_id
@@ -633,7 +677,7 @@ class PostgresDriver(SharedDriver):
             )
         jobs = [job_from_row(r) for r in rows]
         # RETURNING gives no order; hand the jobs out in pick order.
-        jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
+        jobs.sort(key=pick_order)
         return jobs
 
     # -- leases and results -------------------------------------------------------------------

@@ -39,12 +39,13 @@ from queue_service.models import (
     EnqueueResult,
     Job,
     JobStatus,
+    QueuePause,
     RecoveredJobs,
     SyncType,
     WorkerRun,
     WorkerRunStatus,
 )
-from queue_service.tables import sync_queue, sync_worker_runs
+from queue_service.tables import WHOLE_QUEUE, sync_queue, sync_queue_pauses, sync_worker_runs
 
 # Error texts are kept whole in logs but bounded in the row.
 MAX_ERROR_LENGTH = 4000
@@ -53,6 +54,9 @@ RECOVER_BATCH = 500
 
 q = sync_queue
 runs = sync_worker_runs
+pauses = sync_queue_pauses
+# At most this many ready jobs are counted to wake pickers when a pause ends.
+RESUME_WAKE_LIMIT = 1000
 
 LEASE_CLEARED: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
 
@@ -123,6 +127,59 @@ def job_from_row(row: Any) -> Job:
         trace_context=row["trace_context"] or {},
         errors=list(row["errors"] or []),
         result=row["result"],
+        fair_key=row["fair_key"],
+    )
+
+
+def pick_order(job: Job) -> tuple[int, int, datetime, uuid.UUID]:
+    """The pick's order as a sort key: priority DESC, fair_key, created_at, id."""
+    return (-job.priority, job.fair_key, job.created_at, job.id)
+
+
+def fair_key_next(user_id: Any, priority: Any, now: datetime) -> sa.ColumnElement[int]:
+    """SQL: the fair key of a user's next job at `priority`: the later of the head of the queue
+    there (the first due pending job's key) and one step behind the user's last queued key; 0
+    when both are missing. `user_id` and `priority` may be columns of an outer statement (they
+    correlate) or values."""
+    peer = q.alias("fair_peer")
+    pending = peer.c.status == status(JobStatus.PENDING)
+    head = (
+        sa.select(peer.c.fair_key)
+        .where(
+            pending,
+            peer.c.priority == priority,
+            sa.or_(peer.c.scheduled_at.is_(None), peer.c.scheduled_at <= now),
+            peer.c.attempts < peer.c.max_attempts,
+        )
+        .order_by(peer.c.priority.desc(), peer.c.fair_key, peer.c.created_at, peer.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    tail = (
+        sa.select(sa.func.max(peer.c.fair_key) + 1)
+        .where(pending, peer.c.user_id == user_id, peer.c.priority == priority)
+        .scalar_subquery()
+    )
+    head_key = sa.func.coalesce(head, 0)
+    tail_key = sa.func.coalesce(tail, 0)
+    return sa.case((head_key > tail_key, head_key), else_=tail_key)
+
+
+def not_paused() -> sa.ColumnElement[bool]:
+    """SQL: a job the pick may act on: neither the whole queue nor the job's user is paused."""
+    return sa.and_(
+        ~sa.exists().where(pauses.c.user_id == WHOLE_QUEUE),
+        q.c.user_id.not_in(sa.select(pauses.c.user_id).scalar_subquery()),
+    )
+
+
+def pause_from_row(row: Any) -> QueuePause:
+    """A `QueuePause` from a row of `sync_queue_pauses`."""
+    return QueuePause(
+        user_id=None if row["user_id"] == WHOLE_QUEUE else row["user_id"],
+        reason=row["reason"],
+        paused_by=row["paused_by"],
+        paused_at=row["paused_at"],
     )
 
 
@@ -402,6 +459,8 @@ class SharedDriver:
                 worker_id=None,
                 worker_run_id=None,
                 updated_at=moment.now,
+                # Back in line as a new job would be: behind the user's queued jobs.
+                fair_key=fair_key_next(q.c.user_id, q.c.priority, moment.now),
             )
             .returning(*JOB_COLUMNS)
         )
@@ -535,6 +594,54 @@ class SharedDriver:
         async with self.transaction() as conn:
             result = await conn.execute(sa.delete(runs).where(runs.c.id.in_(victims)))
         return result.rowcount or 0
+
+    async def queue_pause(
+        self, user_id: uuid.UUID | None, reason: str, paused_by: str | None, *, moment: Moment
+    ) -> QueuePause:
+        """See `QueueDriver.queue_pause`."""
+        key = WHOLE_QUEUE if user_id is None else user_id
+        statement = (
+            self.insert(pauses)
+            .values(user_id=key, reason=reason, paused_by=paused_by, paused_at=moment.now)
+            # Pausing again keeps when the pause began and takes the new reason.
+            .on_conflict_do_update(
+                index_elements=[pauses.c.user_id],
+                set_={"reason": reason, "paused_by": paused_by},
+            )
+            .returning(*pauses.c)
+        )
+        async with self.transaction() as conn:
+            row = (await conn.execute(statement)).mappings().one()
+        return pause_from_row(row)
+
+    async def queue_resume(self, user_id: uuid.UUID | None, *, moment: Moment) -> bool:
+        """See `QueueDriver.queue_resume`."""
+        key = WHOLE_QUEUE if user_id is None else user_id
+        async with self.transaction() as conn:
+            deleted = (
+                await conn.execute(
+                    sa.delete(pauses).where(pauses.c.user_id == key).returning(pauses.c.user_id)
+                )
+            ).first()
+            if deleted is None:
+                return False
+            due = [
+                q.c.status == status(JobStatus.PENDING),
+                sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= moment.now),
+                q.c.attempts < q.c.max_attempts,
+            ]
+            if user_id is not None:
+                due.append(q.c.user_id == user_id)
+            ready = (
+                await conn.execute(
+                    sa.select(sa.func.count()).select_from(
+                        sa.select(q.c.id).where(*due).limit(RESUME_WAKE_LIMIT).subquery()
+                    )
+                )
+            ).scalar_one()
+            if ready:
+                await self._announce(conn, ready)
+        return True
 
     async def worker_run_insert(
         self, worker_id: str, metadata: dict[str, Any], *, moment: Moment

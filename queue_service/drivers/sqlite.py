@@ -30,11 +30,14 @@ from queue_service.drivers.shared import (
     SharedDriver,
     enqueue_results,
     error_entry,
+    fair_key_next,
     is_ready,
     job_from_row,
     job_values,
     lost_worker_error,
     merge_by_account,
+    not_paused,
+    pick_order,
     q,
     status,
 )
@@ -128,11 +131,15 @@ class SqliteDriver(SharedDriver):
         merged = merge_by_account(requests)
         async with self._within(conn) as tx:
             owners = await self._check_accounts(tx, requests, caller)
+            keys = await self._fair_keys(tx, merged, owners, moment.now)
             rows = (
                 (
                     await tx.execute(
                         self._insert_jobs,
-                        [job_values(r, owners[a], moment.now) for a, r in merged.items()],
+                        [
+                            job_values(r, owners[a], moment.now) | {"fair_key": keys[a]}
+                            for a, r in merged.items()
+                        ],
                     )
                 )
                 .mappings()
@@ -144,7 +151,9 @@ class SqliteDriver(SharedDriver):
             for account, request in merged.items():
                 if account not in inserted:
                     # Writers are serialised, so the job the INSERT met is still there.
-                    job, made_due = await self._upgrade_active(tx, request, moment.now)
+                    job, made_due = await self._upgrade_active(
+                        tx, request, moment.now, keys[account]
+                    )
                     active[account] = job
                     ready += made_due
             if ready:
@@ -173,6 +182,26 @@ class SqliteDriver(SharedDriver):
                 )
         return {account_id: owner for account_id, (owner, _) in found.items()}
 
+    async def _fair_keys(
+        self,
+        conn: AsyncConnection,
+        merged: dict[uuid.UUID, EnqueueRequest],
+        owners: dict[uuid.UUID, uuid.UUID],
+        now: datetime,
+    ) -> dict[uuid.UUID, int]:
+        """Each account's fair key: its user's line at its priority goes on from the later of
+        the queue's head and one step behind the user's last queued key, one step a request."""
+        following: dict[tuple[uuid.UUID, int], int] = {}
+        keys: dict[uuid.UUID, int] = {}
+        for account, request in merged.items():
+            lane = (owners[account], request.priority)
+            if lane not in following:
+                first = fair_key_next(sa.literal(lane[0], sa.Uuid()), lane[1], now)
+                following[lane] = (await conn.execute(sa.select(first))).scalar_one()
+            keys[account] = following[lane]
+            following[lane] += 1
+        return keys
+
     @property
     def _insert_jobs(self) -> sa.Insert:
         """INSERT of one or many jobs that skips accounts with an active job."""
@@ -185,11 +214,12 @@ class SqliteDriver(SharedDriver):
         )
 
     async def _upgrade_active(
-        self, conn: AsyncConnection, request: EnqueueRequest, now: datetime
+        self, conn: AsyncConnection, request: EnqueueRequest, now: datetime, fair_key: int
     ) -> tuple[Job, bool]:
         """Upgrades the account's pending job to a full sync, a higher priority or an earlier
-        schedule if asked; returns the account's active job, and whether the upgrade made it
-        due now (it waited for a later time)."""
+        schedule if asked (a job moved to a higher priority takes `fair_key`, its place there);
+        returns the account's active job, and whether the upgrade made it due now (it waited
+        for a later time)."""
         # Unset means now; a job scheduled later than the request asks is moved up.
         earlier = q.c.scheduled_at > (request.scheduled_at or now)
         made_due = False
@@ -233,6 +263,9 @@ class SqliteDriver(SharedDriver):
                         scheduled_at=sa.case(
                             (earlier, sa.literal(request.scheduled_at, q.c.scheduled_at.type)),
                             else_=q.c.scheduled_at,
+                        ),
+                        fair_key=sa.case(
+                            (q.c.priority < request.priority, fair_key), else_=q.c.fair_key
                         ),
                         updated_at=now,
                     )
@@ -281,6 +314,7 @@ class SqliteDriver(SharedDriver):
                         .where(
                             q.c.status == status(JobStatus.PROCESSING),
                             q.c.lease_expires_at <= lease_now,
+                            not_paused(),
                         )
                         .order_by(q.c.lease_expires_at)
                         .limit(params.max_jobs)
@@ -322,8 +356,9 @@ class SqliteDriver(SharedDriver):
                     q.c.status == status(JobStatus.PENDING),
                     sa.or_(q.c.scheduled_at.is_(None), q.c.scheduled_at <= now),
                     q.c.attempts < q.c.max_attempts,
+                    not_paused(),
                 )
-                .order_by(q.c.priority.desc(), q.c.created_at, q.c.id)
+                .order_by(q.c.priority.desc(), q.c.fair_key, q.c.created_at, q.c.id)
                 .limit(max(params.max_jobs - len(takeover), 0))
             )
             rows = (
@@ -353,7 +388,7 @@ class SqliteDriver(SharedDriver):
             await tally.apply(conn)
         jobs = [job_from_row(r) for r in rows]
         # RETURNING gives no order; hand the jobs out in pick order.
-        jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
+        jobs.sort(key=pick_order)
         return jobs
 
     # -- leases and results -------------------------------------------------------------------

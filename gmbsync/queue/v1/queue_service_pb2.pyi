@@ -672,6 +672,7 @@ class GetQueueStatusResponse(_message.Message):
 
     STATS_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
+    PAUSES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def stats(self) -> Global___QueueStats:
         """Counts by status."""
@@ -680,15 +681,22 @@ class GetQueueStatusResponse(_message.Message):
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
         """The most recent jobs, newest first."""
 
+    @_builtins.property
+    def pauses(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueuePause]:
+        """Active pauses of picking that hold the caller's jobs: the whole queue's and the caller's
+        own (every one for an admin or worker).
+        """
+
     def __init__(
         self,
         *,
         stats: Global___QueueStats | None = ...,
         jobs: _abc.Iterable[Global___Job] | None = ...,
+        pauses: _abc.Iterable[Global___QueuePause] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "stats", b"stats"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "pauses", b"pauses", "stats", b"stats"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1443,6 +1451,7 @@ class GetDiagnosticsResponse(_message.Message):
     FINISHED_LAST_HOUR_FIELD_NUMBER: _builtins.int
     GENERATED_AT_FIELD_NUMBER: _builtins.int
     WORKER_RUN_FIGURES_24H_FIELD_NUMBER: _builtins.int
+    PAUSES_FIELD_NUMBER: _builtins.int
     QUEUE_DEAD_TUPLES_FIELD_NUMBER: _builtins.int
     OLDEST_TRANSACTION_AGE_FIELD_NUMBER: _builtins.int
     OLDEST_TRANSACTION_STATE_FIELD_NUMBER: _builtins.int
@@ -1504,6 +1513,10 @@ class GetDiagnosticsResponse(_message.Message):
         """Worker runs started in the last 24 hours, one entry per run status that has any."""
 
     @_builtins.property
+    def pauses(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueuePause]:
+        """Active pauses of picking, oldest first."""
+
+    @_builtins.property
     def oldest_transaction_age(self) -> _duration_pb2.Duration:
         """Age of the oldest open transaction of another session on this database
         (pg_stat_activity.xact_start); zero when none.
@@ -1525,6 +1538,7 @@ class GetDiagnosticsResponse(_message.Message):
         finished_last_hour: _builtins.int = ...,
         generated_at: _timestamp_pb2.Timestamp | None = ...,
         worker_run_figures_24h: _abc.Iterable[Global___WorkerRunFigures] | None = ...,
+        pauses: _abc.Iterable[Global___QueuePause] | None = ...,
         queue_dead_tuples: _builtins.int = ...,
         oldest_transaction_age: _duration_pb2.Duration | None = ...,
         oldest_transaction_state: _builtins.str = ...,
@@ -1532,7 +1546,7 @@ class GetDiagnosticsResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["avg_duration", b"avg_duration", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "oldest_transaction_age", b"oldest_transaction_age", "p95_duration", b"p95_duration", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "avg_duration", b"avg_duration", "failure_rate_last_hour", b"failure_rate_last_hour", "finished_last_hour", b"finished_last_hour", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "oldest_transaction_age", b"oldest_transaction_age", "oldest_transaction_application", b"oldest_transaction_application", "oldest_transaction_state", b"oldest_transaction_state", "p95_duration", b"p95_duration", "queue_dead_tuples", b"queue_dead_tuples", "recent_failures", b"recent_failures", "recent_worker_runs", b"recent_worker_runs", "stale_jobs", b"stale_jobs", "stats", b"stats", "success_rate_7d", b"success_rate_7d", "worker_run_figures_24h", b"worker_run_figures_24h"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "avg_duration", b"avg_duration", "failure_rate_last_hour", b"failure_rate_last_hour", "finished_last_hour", b"finished_last_hour", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "oldest_transaction_age", b"oldest_transaction_age", "oldest_transaction_application", b"oldest_transaction_application", "oldest_transaction_state", b"oldest_transaction_state", "p95_duration", b"p95_duration", "pauses", b"pauses", "queue_dead_tuples", b"queue_dead_tuples", "recent_failures", b"recent_failures", "recent_worker_runs", b"recent_worker_runs", "stale_jobs", b"stale_jobs", "stats", b"stats", "success_rate_7d", b"success_rate_7d", "worker_run_figures_24h", b"worker_run_figures_24h"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2027,3 +2041,151 @@ class WatchJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchJobResponse: _TypeAlias = WatchJobResponse  # noqa: Y015
+
+@_typing.final
+class QueuePause(_message.Message):
+    """QueuePause is an active pause of picking."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PAUSED_BY_FIELD_NUMBER: _builtins.int
+    PAUSED_AT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The paused user (UUID); empty when the whole queue is paused."""
+    reason: _builtins.str
+    """Why, as given by whoever paused it."""
+    paused_by: _builtins.str
+    """Who paused it: the caller's user id, or its role for a service."""
+    @_builtins.property
+    def paused_at(self) -> _timestamp_pb2.Timestamp:
+        """When the pause began."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        paused_by: _builtins.str = ...,
+        paused_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paused_at", b"paused_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paused_at", b"paused_at", "paused_by", b"paused_by", "reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueuePause: _TypeAlias = QueuePause  # noqa: Y015
+
+@_typing.final
+class PauseQueueRequest(_message.Message):
+    """PauseQueueRequest names what to pause."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user (UUID) whose jobs are no longer picked; empty pauses the whole queue."""
+    reason: _builtins.str
+    """Why (at most 500 characters), shown with the pause in GetQueueStatus and GetDiagnostics."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseQueueRequest: _TypeAlias = PauseQueueRequest  # noqa: Y015
+
+@_typing.final
+class PauseQueueResponse(_message.Message):
+    """PauseQueueResponse is the pause and every pause now active."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAUSE_FIELD_NUMBER: _builtins.int
+    ACTIVE_PAUSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pause(self) -> Global___QueuePause:
+        """The pause this request made or changed."""
+
+    @_builtins.property
+    def active_pauses(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueuePause]:
+        """Every active pause after the change, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        pause: Global___QueuePause | None = ...,
+        active_pauses: _abc.Iterable[Global___QueuePause] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pause", b"pause"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_pauses", b"active_pauses", "pause", b"pause"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseQueueResponse: _TypeAlias = PauseQueueResponse  # noqa: Y015
+
+@_typing.final
+class ResumeQueueRequest(_message.Message):
+    """ResumeQueueRequest names what to resume."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user (UUID) whose pause ends; empty ends the pause of the whole queue (user pauses
+    stay).
+    """
+    reason: _builtins.str
+    """Why (at most 500 characters), for the service's log."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeQueueRequest: _TypeAlias = ResumeQueueRequest  # noqa: Y015
+
+@_typing.final
+class ResumeQueueResponse(_message.Message):
+    """ResumeQueueResponse says whether there was a pause to end, and what stays paused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESUMED_FIELD_NUMBER: _builtins.int
+    ACTIVE_PAUSES_FIELD_NUMBER: _builtins.int
+    resumed: _builtins.bool
+    """True if a pause ended; false if there was none."""
+    @_builtins.property
+    def active_pauses(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueuePause]:
+        """Every pause still active, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        resumed: _builtins.bool = ...,
+        active_pauses: _abc.Iterable[Global___QueuePause] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_pauses", b"active_pauses", "resumed", b"resumed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeQueueResponse: _TypeAlias = ResumeQueueResponse  # noqa: Y015

@@ -147,6 +147,16 @@ class QueueServiceStub:
                 request_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/gmbsync.queue.v1.QueueService/PauseQueue',
+                request_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.PauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/gmbsync.queue.v1.QueueService/ResumeQueue',
+                request_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.ResumeQueueResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer:
@@ -322,6 +332,25 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseQueue(self, request, context):
+        """Pauses picking for one user's jobs, or for the whole queue when `user_id` is empty. The
+        pause is stored in the database, so every replica obeys it; enqueueing goes on, and jobs
+        already leased run to the end. Pausing what is already paused keeps its start and takes
+        the new reason. Admin or worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Ends the pause of one user, or of the whole queue when `user_id` is empty; waiting
+        workers are woken for the jobs it frees. Resuming what is not paused is not an error
+        (`resumed` is false). Admin or worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -424,6 +453,16 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobRequest.FromString,
                     response_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.PauseQueueRequest.FromString,
+                    response_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.PauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.ResumeQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -979,6 +1018,60 @@ class QueueService:
             '/gmbsync.queue.v1.QueueService/WatchJob',
             gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobRequest.SerializeToString,
             gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gmbsync.queue.v1.QueueService/PauseQueue',
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.PauseQueueRequest.SerializeToString,
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.PauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gmbsync.queue.v1.QueueService/ResumeQueue',
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.ResumeQueueRequest.SerializeToString,
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.ResumeQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,6 +114,17 @@ class QueueServiceStub:
     every WATCH_POLL_INTERVAL; a client bounds the wait with its deadline. A job of another
     user's account is NOT_FOUND, as with GetJob.
     """
+    PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]
+    """Pauses picking for one user's jobs, or for the whole queue when `user_id` is empty. The
+    pause is stored in the database, so every replica obeys it; enqueueing goes on, and jobs
+    already leased run to the end. Pausing what is already paused keeps its start and takes
+    the new reason. Admin or worker.
+    """
+    ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.ResumeQueueRequest, _queue_service_pb2.ResumeQueueResponse]
+    """Ends the pause of one user, or of the whole queue when `user_id` is empty; waiting
+    workers are woken for the jobs it frees. Resuming what is not paused is not an error
+    (`resumed` is false). Admin or worker.
+    """
 
 @_typing.type_check_only
 class QueueServiceAsyncStub(QueueServiceStub):
@@ -200,6 +211,17 @@ class QueueServiceAsyncStub(QueueServiceStub):
     failed or cancelled). A job already finished is sent once. The server looks for changes
     every WATCH_POLL_INTERVAL; a client bounds the wait with its deadline. A job of another
     user's account is NOT_FOUND, as with GetJob.
+    """
+    PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.PauseQueueRequest, _queue_service_pb2.PauseQueueResponse]  # type: ignore[assignment]
+    """Pauses picking for one user's jobs, or for the whole queue when `user_id` is empty. The
+    pause is stored in the database, so every replica obeys it; enqueueing goes on, and jobs
+    already leased run to the end. Pausing what is already paused keeps its start and takes
+    the new reason. Admin or worker.
+    """
+    ResumeQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.ResumeQueueRequest, _queue_service_pb2.ResumeQueueResponse]  # type: ignore[assignment]
+    """Ends the pause of one user, or of the whole queue when `user_id` is empty; waiting
+    workers are woken for the jobs it frees. Resuming what is not paused is not an error
+    (`resumed` is false). Admin or worker.
     """
 
 class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -404,6 +426,29 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         failed or cancelled). A job already finished is sent once. The server looks for changes
         every WATCH_POLL_INTERVAL; a client bounds the wait with its deadline. A job of another
         user's account is NOT_FOUND, as with GetJob.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseQueue(
+        self,
+        request: _queue_service_pb2.PauseQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_service_pb2.PauseQueueResponse, _abc.Awaitable[_queue_service_pb2.PauseQueueResponse]]:
+        """Pauses picking for one user's jobs, or for the whole queue when `user_id` is empty. The
+        pause is stored in the database, so every replica obeys it; enqueueing goes on, and jobs
+        already leased run to the end. Pausing what is already paused keeps its start and takes
+        the new reason. Admin or worker.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeQueue(
+        self,
+        request: _queue_service_pb2.ResumeQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_service_pb2.ResumeQueueResponse, _abc.Awaitable[_queue_service_pb2.ResumeQueueResponse]]:
+        """Ends the pause of one user, or of the whole queue when `user_id` is empty; waiting
+        workers are woken for the jobs it frees. Resuming what is not paused is not an error
+        (`resumed` is false). Admin or worker.
         """
 
 def add_QueueServiceServicer_to_server(servicer: QueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
