@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from service_runtime.errors import InvalidArgument
 
@@ -43,7 +44,28 @@ def to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
 
 
 def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct)
+    """The Struct as plain Python, as `json_format.MessageToDict` gives it (numbers are floats;
+    NaN or Infinity raise ValueError), walked directly: MessageToDict's generic descent was a
+    tenth of QueueService's time on a report of results."""
+    return {key: _from_value(value) for key, value in struct.fields.items()}
+
+
+def _from_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if math.isinf(number) or math.isnan(number):
+            raise ValueError(f"{number} cannot be represented in JSON")
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return from_struct(value.struct_value)
+    if kind == "list_value":
+        return [_from_value(item) for item in value.list_value.values]
+    return None
 
 
 def struct_json_size(value: dict[str, Any]) -> int:
