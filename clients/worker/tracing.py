@@ -9,9 +9,9 @@ The results of many jobs go to QueueService in one ReportResults call, which bel
 job's trace: it runs in a `settle sync_queue` span of its own that links to the span of every
 job whose result it carries (the conventions' way to trace a batch).
 
-When this process records no spans (tracing off, the default), both give the invalid span at
-once: building a span's attributes and links for a no-op tracer costs a busy worker more than
-anything else it does per job.
+A worker that records no spans (tracing off, the default; decided once when the worker is
+made) passes `recording=False`: both then give the invalid span at once, since building a span's
+attributes and links for a no-op tracer costs a busy worker more than anything else per job.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from clients.queue import Job
-from service_runtime.telemetry import tracing_enabled
 
 TRACER_NAME = "gmbsync.worker"
 QUEUE_NAME = "sync_queue"
@@ -44,9 +43,9 @@ def producer_link(trace_context: Mapping[str, str]) -> trace.Link | None:
 
 
 @contextmanager
-def job_span(job: Job, worker_id: str) -> Iterator[trace.Span]:
+def job_span(job: Job, worker_id: str, *, recording: bool = True) -> Iterator[trace.Span]:
     """A CONSUMER span for running `job`, the root of a trace of its own, linked to its producer."""
-    if not tracing_enabled():
+    if not recording:
         yield trace.INVALID_SPAN
         return
     link = producer_link(job.trace_context)
@@ -75,9 +74,11 @@ def job_span(job: Job, worker_id: str) -> Iterator[trace.Span]:
 
 
 @contextmanager
-def settle_span(jobs: Iterable[trace.SpanContext]) -> Iterator[trace.Span]:
+def settle_span(
+    jobs: Iterable[trace.SpanContext], *, recording: bool = True
+) -> Iterator[trace.Span]:
     """A CLIENT span for one ReportResults call, linked to the spans of the jobs it reports."""
-    if not tracing_enabled():
+    if not recording:
         yield trace.INVALID_SPAN
         return
     links = [trace.Link(context) for context in jobs if context.is_valid]
