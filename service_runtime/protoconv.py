@@ -12,13 +12,18 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from service_runtime.errors import InvalidArgument
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """The instant as a Timestamp (a naive datetime is taken as UTC). Computed from its distance
+    to the epoch: `Timestamp.FromDatetime` cost a sixth of a 1,000-job EnqueueSyncBatch."""
     if value is None:
         return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(as_utc(value))
-    return stamp
+    since = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from service_runtime.protoconv import from_struct, to_struct
+from service_runtime.protoconv import from_struct, from_timestamp, to_struct, to_timestamp
 
 SAMPLE = {
     "locations_synced": 3,
@@ -42,3 +43,20 @@ def test_numbers_json_cannot_hold_are_refused(number):
 
     with pytest.raises(ValueError, match="JSON"):
         from_struct(struct)
+
+
+@pytest.mark.parametrize(
+    "instant",
+    [
+        datetime(2026, 11, 30, 5, 20, 1, 123456, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+        datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+        datetime(2026, 11, 30, 5, 20, 1, 999999),  # naive: UTC
+    ],
+)
+def test_to_timestamp_gives_what_from_datetime_gives(instant):
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(instant if instant.tzinfo else instant.replace(tzinfo=UTC))
+
+    assert to_timestamp(instant) == expected
+    assert from_timestamp(to_timestamp(instant)) == instant.replace(tzinfo=instant.tzinfo or UTC)
