@@ -37,4 +37,8 @@ async def pick_with_wait(
             remaining = deadline - loop.time()
             if jobs or remaining <= 0 or signal.closed:
                 return jobs
-            await signal.wait(ticket, remaining, fallback=fallback)
+            woken = await signal.wait(ticket, remaining, fallback=fallback)
+            if not woken and deadline - loop.time() <= 0:
+                # The wait ran out with nothing said: no pick for nothing at the very end (the
+                # worker's next PickJobs starts with one anyway).
+                return []

@@ -252,3 +252,27 @@ async def test_a_fallback_check_that_finds_jobs_passes_on_to_the_next_picker(
         assert running.app.signal.fallback_checks >= checks + 1
     finally:
         await stop_queue(running)
+
+
+async def test_a_long_poll_that_hears_nothing_picks_once(any_db_url, auth_settings):
+    running = await start_queue(queue_settings(any_db_url, auth_settings, **NO_POLLING))
+    store = running.app.store
+    picks = 0
+    pick = store.job_pick
+
+    async def counted_pick(**kwargs):  # type: ignore[no-untyped-def]
+        nonlocal picks
+        picks += 1
+        return await pick(**kwargs)
+
+    store.job_pick = counted_pick  # type: ignore[method-assign]
+    try:
+        response = await running.stub.PickJobs(
+            pb.PickJobsRequest(worker_id="quiet", wait=wait(0.3)), metadata=WORKER_METADATA
+        )
+
+        assert list(response.jobs) == []
+        # The pick when it arrived; none when its wait ran out (its next call starts with one).
+        assert picks == 1
+    finally:
+        await stop_queue(running)
