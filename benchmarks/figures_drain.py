@@ -15,7 +15,7 @@ import asyncio
 import grpc
 
 from benchmarks.harness import Child, RssSampler, progress
-from benchmarks.queue_bench import RAW_CONNECTIONS, QueueBench, cpu_text
+from benchmarks.queue_bench import RAW_CONNECTIONS, DrainResult, QueueBench, cpu_text
 from benchmarks.report import Row
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
@@ -39,6 +39,23 @@ async def drain_figure(bench: QueueBench) -> None:
         time_limit=sizes.drain_time_limit,
         processes={"queue": bench.queue_pid, "fake_sync": bench.fake_pid},
         start_worker=lambda: bench.start_worker("bench-drain", concurrency=sizes.concurrency),
+    )
+    bench.seed.truncate_jobs()
+    bench.seed.pending_jobs(bench.accounts[:jobs])
+    progress(
+        f"1h: draining {jobs:,} jobs with the worker (concurrency {sizes.concurrency}, "
+        "a handler in the worker that returns at once)"
+    )
+    in_process = await bench.drain_with_worker(
+        "1h",
+        jobs,
+        time_limit=sizes.drain_time_limit,
+        processes={"queue": bench.queue_pid},
+        start_worker=lambda: bench.start_worker(
+            "bench-drain-instant",
+            concurrency=sizes.concurrency,
+            module="benchmarks.instant_worker",
+        ),
     )
     limits.append(await bench.raw_drain(jobs, pick=sizes.concurrency))
     limit = max(f.rate for f in limits)
@@ -67,6 +84,7 @@ async def drain_figure(bench: QueueBench) -> None:
             note=note,
         )
     )
+    _in_process_row(bench, in_process, limit)
     bench.figures["1_worker_drain"] = {
         "jobs_enqueued": jobs,
         "jobs_drained": result.jobs,
@@ -81,6 +99,46 @@ async def drain_figure(bench: QueueBench) -> None:
         "database_sessions_opened": result.cpu.sessions_opened,
         "raw_batch": [f.as_dict() for f in limits],
         "raw_one_job_per_statement": one_by_one.as_dict(),
+    }
+
+
+def _in_process_row(bench: QueueBench, result: DrainResult, limit: float) -> None:
+    """Figure 1h: the same drain with the job handler in the worker (`benchmarks.instant_worker`),
+    so that no SyncAccount call is made: the queue's own cost, worker loop included."""
+    sizes = bench.sizes
+    per_pick = result.jobs / max(result.picks, 1)
+    note = (
+        f"the worker's own code with SyncService replaced in its process by a handler that "
+        f"returns at once; PostgreSQL alone as for figure 1; {per_pick:.1f} jobs per PickJobs"
+    )
+    if result.time_limited:
+        note += (
+            f"; {result.jobs:,} of {sizes.drain_jobs:,} drained by the "
+            f"{sizes.drain_time_limit:g} s limit"
+        )
+    if result.failed:
+        note += f"; {result.failed} jobs did not succeed"
+    bench.rows.append(
+        Row(
+            "1h",
+            f"drain by the worker ({sizes.concurrency} at once), handler in the worker",
+            result.rate,
+            "jobs/s",
+            limit,
+            target=">= 60 % and >= 25,000 jobs/s",
+            cpu=cpu_text(result.cpu, result.jobs, "job"),
+            note=note,
+        )
+    )
+    bench.figures["1h_worker_drain_in_process_handler"] = {
+        "jobs_drained": result.jobs,
+        "seconds": round(result.seconds, 3),
+        "jobs_per_s": round(result.rate, 1),
+        "time_limited": result.time_limited,
+        "failed": result.failed,
+        "picks": result.picks,
+        "mean_jobs_per_pick": round(per_pick, 2),
+        "cpu_ms_per_job": result.cpu.per_unit_ms(result.jobs),
     }
 
 

@@ -75,10 +75,11 @@ class ServiceClient:
         *,
         timeout: float = 10.0,
         retry: RetryPolicy = RetryPolicy(),
-        tracing: bool = True,
+        tracing: bool | None = None,
         trace_filter: Callable[[Any], bool] | None = None,
     ) -> Self:
-        """A client on a channel of its own to `host:port`, closed by `close()`."""
+        """A client on a channel of its own to `host:port`, closed by `close()`; its calls
+        are traced when this process records spans, unless `tracing` says otherwise."""
         channel = create_channel(target, tracing=tracing, trace_filter=trace_filter)
         return cls(channel, credentials, timeout=timeout, retry=retry, owns_channel=True)
 

@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from service_runtime.telemetry import tracing_enabled
+
 # Keepalive: ping every 20 s even when idle, so a dead peer or a silently dropped connection is
 # noticed within ~30 s. The servers permit pings down to 10 s (service_runtime/serving.py).
 # Reconnect backoff: gRPC's defaults grow to 120 s, far too slow for a worker that should pick
@@ -65,16 +67,22 @@ TraceFilter = Callable[[Any], bool]
 def create_channel(
     target: str,
     *,
-    tracing: bool = True,
+    tracing: bool | None = None,
     trace_filter: TraceFilter | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
     """An insecure aio channel to `host:port` with the project's options and interceptors.
 
+    `tracing` None (the default) traces the channel's calls when this process records spans
+    (`tracing_enabled()` when the channel is made): with tracing off, OpenTelemetry's client
+    interceptor would still run on every call, for spans nobody records.
+
     `trace_filter` (from opentelemetry.instrumentation.grpc.filters) selects the calls that get
     a client span; the others still carry no span of their own. TLS is terminated in front of
     the services (a mesh or a load balancer), as the servers listen in plain text.
     """
+    if tracing is None:
+        tracing = tracing_enabled()
     interceptors = aio_client_interceptors(filter_=trace_filter) if tracing else None
     merged = dict(CHANNEL_OPTIONS)
     merged.update(dict(options))

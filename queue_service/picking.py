@@ -18,7 +18,8 @@ async def pick_with_wait(
     fallback_interval: timedelta,
     **pick: object,
 ) -> list[Job]:
-    """Picks; if nothing is ready, sleeps until a notification or the fallback interval, repeats.
+    """Picks; if nothing is ready, sleeps until a notification or the process's shared fallback
+    check wakes it (see `notifier`), repeats until jobs or the end of `wait`.
 
     The picker subscribes before its first pick, so a job enqueued between an empty pick and
     the sleep still wakes it at once.
@@ -27,10 +28,17 @@ async def pick_with_wait(
         return []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait.total_seconds()
+    fallback = fallback_interval.total_seconds()
     with signal.subscribe() as ticket:
         while True:
             jobs = await store.job_pick(**pick)  # type: ignore[arg-type]
+            if jobs and ticket.by_fallback:
+                signal.pass_on()
             remaining = deadline - loop.time()
             if jobs or remaining <= 0 or signal.closed:
                 return jobs
-            await signal.wait(ticket, min(remaining, fallback_interval.total_seconds()))
+            woken = await signal.wait(ticket, remaining, fallback=fallback)
+            if not woken and deadline - loop.time() <= 0:
+                # The wait ran out with nothing said: no pick for nothing at the very end (the
+                # worker's next PickJobs starts with one anyway).
+                return []

@@ -40,6 +40,7 @@ from queue_service.models import (
 )
 from queue_service.reconnect import retried_on_disconnect
 from queue_service.tables import WHOLE_QUEUE, sync_queue, sync_queue_pauses, sync_worker_runs
+from service_runtime.database import read_engine
 from sync_service.tables import error_logs
 
 # Durations for the average and p95 come from at most this many recent jobs.
@@ -57,7 +58,9 @@ class QueueReader:
 
     def __init__(self, driver: QueueDriver) -> None:
         self._driver = driver
-        self._engine = driver.engine
+        # One-statement reads run in autocommit (no BEGIN and ROLLBACK round trips around
+        # them); reads that must agree with each other use `driver.snapshot()`.
+        self._engine = read_engine(driver.engine)
 
     @retried_on_disconnect
     async def job_get(self, job_id: uuid.UUID, caller: Caller) -> Job:

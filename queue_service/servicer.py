@@ -34,6 +34,8 @@ from queue_service.errors import (
 )
 from queue_service.models import (
     Caller,
+    Completion,
+    Failure,
     Job,
     JobStatus,
     PageCursor,
@@ -152,6 +154,18 @@ def _enqueue_message(duplicate: bool) -> str:
 # A long poll answers this long before the caller's deadline, so that its answer (maybe jobs
 # leased to the caller) arrives while the caller still waits for it.
 PICK_DEADLINE_MARGIN = timedelta(milliseconds=500)
+
+
+def _status_after(result: Completion | Failure | Release, ack: ResultAck) -> int:
+    """The job's status after an accepted result, from the result itself when the ack carries
+    no job (ack_only): a completion succeeds, a failure is retried (pending) or fails."""
+    if ack.job is not None:
+        return convert.JOB_STATUS_TO_PB[ack.job.status]
+    if isinstance(result, Completion):
+        return pb.JOB_STATUS_SUCCEEDED
+    if isinstance(result, Failure):
+        return pb.JOB_STATUS_PENDING if ack.will_retry else pb.JOB_STATUS_FAILED
+    return pb.JOB_STATUS_PENDING
 
 
 class QueueServicer(pb_grpc.QueueServiceServicer):
@@ -378,7 +392,9 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         outcomes = [r for r in results if not isinstance(r, Release)]
         by_job: dict[uuid.UUID, ResultAck] = {}
         if outcomes:
-            for ack in await self._store.results_report(outcomes):
+            # ack_only: the driver returns no jobs, so none is read back, decoded or converted.
+            acks = await self._store.results_report(outcomes, with_jobs=not request.ack_only)
+            for ack in acks:
                 by_job[ack.job_id] = ack
         # Releases come one by one, each in a transaction of its own, after the batch: they
         # are the rare path (shutdown, an open breaker, a deferral), never the drain's.
@@ -395,14 +411,14 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         for result in results:
             ack = by_job[result.job_id]
             if ack.error is None:
-                assert ack.job is not None
                 # ack_only spares the full job, the costliest part of the reply.
-                full = {} if request.ack_only else {"job": convert.job_to_pb(ack.job)}
+                full = (
+                    {}
+                    if request.ack_only or ack.job is None
+                    else {"job": convert.job_to_pb(ack.job)}
+                )
                 response.acks.add(
-                    job_id=str(ack.job_id),
-                    code=ok,
-                    status=convert.JOB_STATUS_TO_PB[ack.job.status],
-                    **full,
+                    job_id=str(ack.job_id), code=ok, status=_status_after(result, ack), **full
                 )
             else:
                 code = (

@@ -33,6 +33,17 @@ PRIORITY_MIN, PRIORITY_MAX = -100, 100
 # The predicate of the one-active-job-per-account index, shared with ON CONFLICT inference.
 ACTIVE_JOB_PREDICATE = text("status IN ('pending', 'processing')")
 MAX_ATTEMPTS_LIMIT = 25
+# Storage settings of the queue table on PostgreSQL (migration 0005 says why): room on each page
+# for updated rows, and autovacuum after a fixed number of changed rows, not a share.
+QUEUE_TABLE_STORAGE = {
+    "fillfactor": "80",
+    "autovacuum_vacuum_scale_factor": "0.01",
+    "autovacuum_vacuum_threshold": "1000",
+    "autovacuum_vacuum_insert_scale_factor": "0.01",
+    "autovacuum_vacuum_insert_threshold": "1000",
+    "autovacuum_analyze_scale_factor": "0.02",
+    "autovacuum_analyze_threshold": "1000",
+}
 
 sync_queue = Table(
     "sync_queue",
@@ -125,6 +136,7 @@ sync_queue = Table(
         postgresql_where=text("completed_at IS NOT NULL"),
         sqlite_where=text("completed_at IS NOT NULL"),
     ),
+    postgresql_with=QUEUE_TABLE_STORAGE,
 )
 
 sync_worker_runs = Table(

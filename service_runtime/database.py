@@ -174,8 +174,9 @@ class PoolSettings:
 
     size: int = 10
     # Connections opened beyond `size` under load and closed when returned; None: as many
-    # as `size`.
-    max_overflow: int | None = None
+    # as `size`. 0 by default: a burst of requests waits a moment for a pooled connection
+    # instead of opening (and closing) PostgreSQL sessions, which costs more than the wait.
+    max_overflow: int | None = 0
     timeout: timedelta = timedelta(seconds=5)
     # PostgreSQL ends a session of ours left idle inside a transaction this long (its
     # `idle_in_transaction_session_timeout`): a forgotten transaction would hold a snapshot
@@ -188,7 +189,7 @@ class PoolSettings:
         size = env.int("DB_POOL_SIZE", cls.size, minimum=1, maximum=1000)
         return cls(
             size=size,
-            max_overflow=env.int("DB_MAX_OVERFLOW", size, minimum=0, maximum=1000),
+            max_overflow=env.int("DB_MAX_OVERFLOW", 0, minimum=0, maximum=1000),
             timeout=env.duration(
                 "DB_POOL_TIMEOUT",
                 cls.timeout,

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from service_runtime.errors import InvalidArgument
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """The instant as a Timestamp (a naive datetime is taken as UTC). Computed from its distance
+    to the epoch: `Timestamp.FromDatetime` cost a sixth of a 1,000-job EnqueueSyncBatch."""
     if value is None:
         return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(as_utc(value))
-    return stamp
+    since = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
@@ -96,7 +102,28 @@ def to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
 
 
 def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct)
+    """The Struct as plain Python, as `json_format.MessageToDict` gives it (numbers are floats;
+    NaN or Infinity raise ValueError), walked directly: MessageToDict's generic descent was a
+    tenth of QueueService's time on a report of results."""
+    return {key: _from_value(value) for key, value in struct.fields.items()}
+
+
+def _from_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if math.isinf(number) or math.isnan(number):
+            raise ValueError(f"{number} cannot be represented in JSON")
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return from_struct(value.struct_value)
+    if kind == "list_value":
+        return [_from_value(item) for item in value.list_value.values]
+    return None
 
 
 def struct_json_size(value: dict[str, Any]) -> int:

@@ -22,7 +22,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import migrations
-import queue_service.tables  # noqa: F401  (declares its tables on the shared metadata)
+import queue_service.tables  # (also declares its tables on the shared metadata)
 import sync_service.tables  # noqa: F401
 from service_runtime.sqltypes import metadata
 from tests.queue.helpers import scratch_postgres_database
@@ -198,3 +198,26 @@ def test_the_sqlite_index_filter_drops_only_sort_order_artefacts():
         ("add_index", made_unique),
         ("add_index", missing),
     ]
+
+
+def _queue_table_options(url: str) -> dict[str, str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            options = conn.execute(
+                sa.text("SELECT reloptions FROM pg_class WHERE relname = 'sync_queue'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return dict(option.split("=", 1) for option in options or [])
+
+
+def test_the_queue_table_gets_its_storage_settings_on_postgresql():
+    with scratch_postgres_database("gmbsync_migrations") as url:
+        migrations.upgrade(url)
+        # What the table definition declares (and `create_all` would apply) is what migrated.
+        assert _queue_table_options(url) == queue_service.tables.QUEUE_TABLE_STORAGE
+        assert int(queue_service.tables.QUEUE_TABLE_STORAGE["fillfactor"]) < 100
+
+        migrations.downgrade(url, "0004")
+        assert _queue_table_options(url) == {}

@@ -205,6 +205,8 @@ class JobDeps:
     config: WorkerConfig
     reporter: Reporter
     heartbeats: Heartbeats
+    # Whether this process records spans (decided once, when the worker is made).
+    tracing: bool = True
 
 
 class JobExecution:
@@ -231,7 +233,7 @@ class JobExecution:
     async def run(self, hand_back: str | None = None) -> Outcome:
         """Runs the job and reports it; with `hand_back`, only gives it back unrun for that
         reason. Cancelled (shutdown), it hands the job back before it ends."""
-        with job_span(self.job, self._deps.config.worker_id) as span:
+        with job_span(self.job, self._deps.config.worker_id, recording=self._deps.tracing) as span:
             self._keeper.start()
             try:
                 if hand_back is not None:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _OK = grpc.StatusCode.OK.value[0]
 _LEASE_GONE = {grpc.StatusCode.FAILED_PRECONDITION.value[0], grpc.StatusCode.NOT_FOUND.value[0]}
+_NO_SPAN = trace.INVALID_SPAN.get_span_context()
 # A ReportResults call's deadline when every lease of its results lasts longer than this.
 _CALL_TIMEOUT = 10.0
 
@@ -78,8 +79,11 @@ class _Waiting:
 class Reporter:
     """Batches the results of a worker's jobs into ReportResults calls (see the module doc)."""
 
-    def __init__(self, queue: QueueClient, *, interval: float, batch: int) -> None:
+    def __init__(
+        self, queue: QueueClient, *, interval: float, batch: int, tracing: bool = True
+    ) -> None:
         self._queue = queue
+        self._tracing = tracing
         self._interval = interval
         self._batch = batch
         self._waiting: deque[_Waiting] = deque()
@@ -109,7 +113,7 @@ class Reporter:
         the result is no longer worth sending: the job's lease is over by then."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Answer] = loop.create_future()
-        span = trace.get_current_span().get_span_context()
+        span = trace.get_current_span().get_span_context() if self._tracing else _NO_SPAN
         self._waiting.append(_Waiting(job_id, what, item, give_up_at, loop.time(), answer, span))
         self._arrived.set()
         if len(self._waiting) >= self._batch:
@@ -175,7 +179,7 @@ class Reporter:
         self.calls += 1
         self._in_flight = len(sending)
         try:
-            with settle_span(w.span for w in sending):
+            with settle_span((w.span for w in sending), recording=self._tracing):
                 acks = await self._queue.report_results(
                     [w.item for w in sending], ack_only=True, timeout=timeout
                 )

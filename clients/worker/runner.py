@@ -39,6 +39,7 @@ from clients.worker.config import WorkerConfig
 from clients.worker.job import JobDeps, JobExecution, Outcome
 from clients.worker.lease import Heartbeats
 from clients.worker.reporter import Reporter
+from service_runtime.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,23 @@ class Worker:
         self.breaker = CircuitBreaker(
             config.circuit_breaker_threshold, config.circuit_breaker_cooldown.total_seconds()
         )
+        # Spans cost a busy worker most of its per-job time: none at all unless recorded.
+        tracing = tracing_enabled()
         self.reporter = Reporter(
             self.queue,
             interval=config.report_interval.total_seconds(),
             batch=config.report_batch,
+            tracing=tracing,
         )
         self.heartbeats = Heartbeats(self.queue, config.lease_duration)
         self._deps = JobDeps(
-            self.queue, self.sync, self.breaker, config, self.reporter, self.heartbeats
+            self.queue,
+            self.sync,
+            self.breaker,
+            config,
+            self.reporter,
+            self.heartbeats,
+            tracing=tracing,
         )
         self._inflight: dict[asyncio.Task[Outcome], JobExecution] = {}
         # When each in-flight job was picked (loop time), for its duration metric.

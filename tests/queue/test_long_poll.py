@@ -7,9 +7,9 @@ that, so a pass proves the wake-up came from the notification, not from polling.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from queue_service import servicer
@@ -168,5 +168,118 @@ async def test_new_jobs_wake_as_many_waiting_pickers_as_there_are_jobs(any_db_ur
         assert running.app.signal.waiting == 1
         # Two jobs: two pickers ran a pick, the third went on waiting without one.
         assert picks == 2
+    finally:
+        await stop_queue(running)
+
+
+async def test_waiting_pickers_share_one_fallback_check_per_interval(any_db_url, auth_settings):
+    # Idle cost: eight workers waiting on an empty queue must not each poll the database.
+    interval = 0.05
+    running = await start_queue(
+        queue_settings(
+            any_db_url, auth_settings, pick_fallback_interval=timedelta(seconds=interval)
+        )
+    )
+    store = running.app.store
+    picks = 0
+    pick = store.job_pick
+
+    async def counted_pick(**kwargs):  # type: ignore[no-untyped-def]
+        nonlocal picks
+        picks += 1
+        return await pick(**kwargs)
+
+    store.job_pick = counted_pick  # type: ignore[method-assign]
+    pickers = [
+        asyncio.ensure_future(
+            running.stub.PickJobs(
+                pb.PickJobsRequest(worker_id=f"idle-{i}", wait=wait(25)), metadata=WORKER_METADATA
+            )
+        )
+        for i in range(8)
+    ]
+    try:
+        await _until(lambda: running.app.signal.waiting == 8, "eight pickers waiting")
+        picks = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # Twenty fallback intervals of waiting (the figure measured, not a synchronisation).
+        await asyncio.sleep(20 * interval)
+        elapsed = loop.time() - started
+
+        # One check per interval for the whole process (and none lost to a late timer), where
+        # each picker on its own timer would make eight.
+        assert picks <= elapsed / interval + 2
+        assert picks >= 1
+        assert not any(p.done() for p in pickers)
+    finally:
+        await stop_queue(running)
+        await asyncio.gather(*pickers, return_exceptions=True)
+
+
+async def test_a_fallback_check_that_finds_jobs_passes_on_to_the_next_picker(
+    any_db_url, auth_settings
+):
+    # Jobs that become due with no notification (delayed, retried) are found by the shared
+    # fallback check; a burst of them must reach as many waiting pickers as it needs.
+    running = await start_queue(
+        queue_settings(any_db_url, auth_settings, pick_fallback_interval=timedelta(seconds=0.2))
+    )
+    try:
+        accounts = [await running.add_account() for _ in range(3)]
+        pickers = [
+            asyncio.ensure_future(
+                running.stub.PickJobs(
+                    pb.PickJobsRequest(worker_id=f"due-{i}", wait=wait(20)),
+                    metadata=WORKER_METADATA,
+                )
+            )
+            for i in range(3)
+        ]
+        await _until(lambda: running.app.signal.waiting == 3, "three pickers waiting")
+        checks = running.app.signal.fallback_checks
+        # Delayed jobs: nothing is announced when they come due.
+        due = timestamp_pb2.Timestamp()
+        due.FromDatetime(datetime.now(UTC) + timedelta(seconds=0.5))
+        await running.stub.EnqueueSyncBatch(
+            pb.EnqueueSyncBatchRequest(
+                items=[
+                    pb.EnqueueSyncRequest(
+                        account_id=str(a), sync_type=pb.SYNC_TYPE_FULL, scheduled_at=due
+                    )
+                    for a in accounts
+                ]
+            ),
+            metadata=WORKER_METADATA,
+        )
+
+        done, _ = await asyncio.wait(pickers, timeout=15)
+
+        assert sorted(len(p.result().jobs) for p in done) == [1, 1, 1]
+        assert running.app.signal.fallback_checks >= checks + 1
+    finally:
+        await stop_queue(running)
+
+
+async def test_a_long_poll_that_hears_nothing_picks_once(any_db_url, auth_settings):
+    running = await start_queue(queue_settings(any_db_url, auth_settings, **NO_POLLING))
+    store = running.app.store
+    picks = 0
+    pick = store.job_pick
+
+    async def counted_pick(**kwargs):  # type: ignore[no-untyped-def]
+        nonlocal picks
+        picks += 1
+        return await pick(**kwargs)
+
+    store.job_pick = counted_pick  # type: ignore[method-assign]
+    try:
+        response = await running.stub.PickJobs(
+            pb.PickJobsRequest(worker_id="quiet", wait=wait(0.3)), metadata=WORKER_METADATA
+        )
+
+        assert list(response.jobs) == []
+        # The pick when it arrived; none when its wait ran out (its next call starts with one).
+        assert picks == 1
     finally:
         await stop_queue(running)

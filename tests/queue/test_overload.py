@@ -121,14 +121,15 @@ async def test_a_burst_of_concurrent_batches_is_never_internal_and_all_land_when
 
 def test_the_pool_is_sized_from_the_environment():
     assert QueueSettings.from_env(Env({})).db_pool == PoolSettings(
-        size=10, max_overflow=10, timeout=timedelta(seconds=5)
+        size=10, max_overflow=0, timeout=timedelta(seconds=5)
     )
     pool = QueueSettings.from_env(
         Env({"DB_POOL_SIZE": "3", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "250ms"})
     ).db_pool
     assert pool == PoolSettings(size=3, max_overflow=0, timeout=timedelta(milliseconds=250))
-    # The overflow follows the size unless set.
-    assert QueueSettings.from_env(Env({"DB_POOL_SIZE": "4"})).db_pool.max_overflow == 4
+    # No connections beyond the pool unless asked for: a burst waits for pooled ones.
+    assert QueueSettings.from_env(Env({"DB_POOL_SIZE": "4"})).db_pool.max_overflow == 0
+    assert QueueSettings.from_env(Env({"DB_MAX_OVERFLOW": "4"})).db_pool.max_overflow == 4
     for bad in ({"DB_POOL_SIZE": "0"}, {"DB_POOL_TIMEOUT": "soon"}, {"DB_MAX_OVERFLOW": "-1"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             QueueSettings.from_env(Env(bad))

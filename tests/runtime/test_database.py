@@ -183,3 +183,18 @@ async def test_reads_on_sqlite_do_not_wait_for_a_writer(sqlite_url):
             raw = await conn.get_raw_connection()
             assert isinstance(raw.driver_connection._conn, sqlite3.Connection)
             assert raw.driver_connection._conn.in_transaction
+
+
+async def test_a_burst_waits_for_pooled_connections_instead_of_opening_sessions(pg_url):
+    # Sessions opened under load and closed on return cost PostgreSQL a backend each: a burst
+    # of requests shares the pool's connections (waiting for one, up to DB_POOL_TIMEOUT).
+    async with engine_for(pg_url, pool_size=2) as engine:
+
+        async def busy_backend() -> int:
+            async with engine.connect() as conn:
+                result = await conn.execute(sa.text("SELECT pg_backend_pid(), pg_sleep(0.05)"))
+                return result.scalar_one()
+
+        pids = await asyncio.gather(*(busy_backend() for _ in range(8)))
+
+        assert len(set(pids)) <= 2

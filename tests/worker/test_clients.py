@@ -10,6 +10,7 @@ import pytest
 
 from clients import Credentials, QueueClient, RetryPolicy, SyncClient
 from clients import errors as client_errors
+from clients.channel import create_channel
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from service_runtime.errors import (
@@ -194,3 +195,28 @@ def test_error_metadata_without_a_reason_is_refused() -> None:
     # ErrorInfo is only sent with a reason; metadata alone would be silently lost.
     with pytest.raises(ValueError, match="reason"):
         rich_status(grpc.StatusCode.UNAVAILABLE, "down", error_metadata={"service": "x"})
+
+
+@pytest.mark.parametrize("recording", [False, True])
+async def test_a_channel_is_traced_only_when_this_process_records_spans(
+    monkeypatch: pytest.MonkeyPatch, recording: bool
+) -> None:
+    # With tracing off, OpenTelemetry's client interceptor would run on every call for spans
+    # nobody records: a busy worker's costliest per-call step.
+    monkeypatch.setattr("clients.channel.tracing_enabled", lambda: recording)
+    channel = create_channel("127.0.0.1:1")
+    try:
+        assert bool(channel._unary_unary_interceptors) is recording
+    finally:
+        await channel.close()
+
+
+async def test_a_channel_can_be_traced_or_not_whatever_the_process_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("clients.channel.tracing_enabled", lambda: False)
+    traced = create_channel("127.0.0.1:1", tracing=True)
+    try:
+        assert traced._unary_unary_interceptors
+    finally:
+        await traced.close()
