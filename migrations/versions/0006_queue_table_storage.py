@@ -8,8 +8,8 @@ pruner deletes it. With PostgreSQL's defaults, a table of a million finished job
 meanwhile. A pick changes indexed columns, so its updates are never HOT; the free space of
 fillfactor 80 still lets the new version land on the same page as the old one.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-30
 """
 
