@@ -11,9 +11,11 @@ from clients.channel import Credentials, create_channel
 from clients.errors import ClientError
 from clients.queue import QueueClient
 from clients.sync import SyncClient
+from service_runtime.tls import ClientTls
 
 __all__ = [
     "ClientError",
+    "ClientTls",
     "Credentials",
     "QueueClient",
     "RetryPolicy",

@@ -20,6 +20,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from clients.channel import Credentials, create_channel
 from clients.errors import ClientError, Unavailable, translate
+from service_runtime.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,11 @@ class ServiceClient:
         retry: RetryPolicy = RetryPolicy(),
         tracing: bool = True,
         trace_filter: Callable[[Any], bool] | None = None,
+        tls: ClientTls | None = None,
     ) -> Self:
-        """A client on a channel of its own to `host:port`, closed by `close()`."""
-        channel = create_channel(target, tracing=tracing, trace_filter=trace_filter)
+        """A client on a channel of its own to `host:port` (TLS with `tls`), closed by
+        `close()`."""
+        channel = create_channel(target, tracing=tracing, trace_filter=trace_filter, tls=tls)
         return cls(channel, credentials, timeout=timeout, retry=retry, owns_channel=True)
 
     @property

@@ -65,6 +65,7 @@ class QueueApp:
             ],
             interceptors=[AuthInterceptor(settings.auth, POLICY)],
             health_probe=self.store.ping,
+            tls=settings.tls,
             background=background,
             on_shutdown=[self.signal.close],
         )

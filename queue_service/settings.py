@@ -12,6 +12,7 @@ from queue_service.tables import SCHEDULE_INTERVAL_MIN as _INTERVAL_MIN_SECONDS
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
+from service_runtime.tls import ServerTls
 
 SCHEDULE_INTERVAL_MIN = timedelta(seconds=_INTERVAL_MIN_SECONDS)
 SCHEDULE_INTERVAL_MAX = timedelta(seconds=_INTERVAL_MAX_SECONDS)
@@ -60,6 +61,8 @@ class QueueSettings:
     # The Google quota SyncService works within: GBP_QUOTA_PER_MINUTE per GBP_QUOTA_WINDOW.
     gbp_quota_per_window: int = 300
     gbp_quota_window: timedelta = timedelta(minutes=1)
+    # QUEUE_TLS_CERT_FILE, QUEUE_TLS_KEY_FILE, QUEUE_TLS_CLIENT_CA_FILE; None: plain text.
+    tls: ServerTls | None = None
 
     @property
     def gbp_quota_per_minute(self) -> float:
@@ -179,6 +182,7 @@ class QueueSettings:
                 minimum=timedelta(milliseconds=100),
                 maximum=timedelta(hours=1),
             ),
+            tls=ServerTls.from_env(env, "QUEUE"),
         )
 
 

@@ -30,6 +30,7 @@ from service_runtime.errors import SERVICE_ERROR_DOMAIN, rich_status
 from service_runtime.processes import PROCESS_INDEX_VAR, is_supervised, supervise
 from service_runtime.reflection import enable_reflection
 from service_runtime.telemetry import configure_tracing, shutdown_tracing, tracing_enabled
+from service_runtime.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,8 @@ class GrpcServer:
     # A server span per call (continuing the caller's trace)? None: when this process records
     # spans at start() (`tracing_enabled()`); off, no tracing code runs per call at all.
     tracing: bool | None = None
+    # TLS (mutual TLS when it has a client CA); None serves plain text.
+    tls: ServerTls | None = None
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
@@ -210,7 +213,10 @@ class GrpcServer:
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection([s.name for s in self.services] + ["grpc.health.v1.Health"], server)
-        self.port = server.add_insecure_port(self.listen_addr)
+        if self.tls is None:
+            self.port = server.add_insecure_port(self.listen_addr)
+        else:
+            self.port = server.add_secure_port(self.listen_addr, self.tls.server_credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {self.listen_addr}")
         await server.start()

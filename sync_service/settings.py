@@ -14,6 +14,7 @@ from pathlib import Path
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
+from service_runtime.tls import ServerTls
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 GOOGLE_ACCOUNT_MANAGEMENT_URL = "https://mybusinessaccountmanagement.googleapis.com"
@@ -111,6 +112,8 @@ class SyncSettings:
     checkpoint_max_age: timedelta = timedelta(hours=6)
     grace_period: timedelta = timedelta(seconds=10)
     log_level: str = "INFO"
+    # SYNC_TLS_CERT_FILE, SYNC_TLS_KEY_FILE, SYNC_TLS_CLIENT_CA_FILE; None: plain text.
+    tls: ServerTls | None = None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> SyncSettings:
@@ -222,4 +225,5 @@ class SyncSettings:
                 maximum=timedelta(minutes=10),
             ),
             log_level=env.str("LOG_LEVEL", cls.log_level),
+            tls=ServerTls.from_env(env, "SYNC"),
         )

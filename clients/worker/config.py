@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from service_runtime.config import ConfigError, parse_duration
+from service_runtime.config import ConfigError, Env, parse_duration
+from service_runtime.tls import ClientTls
 
 _MAX_WORKER_ID = 200
 
@@ -59,6 +60,8 @@ class WorkerConfig:
     report_interval: timedelta = timedelta(milliseconds=5)
     report_batch: int = 200
     log_level: str = "INFO"
+    # TLS to both services (GRPC_TLS, GRPC_TLS_CA_FILE, GRPC_TLS_CERT_FILE, ...); None: plain.
+    tls: ClientTls | None = None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -221,7 +224,10 @@ def load_config(
         raise ConfigError(f"LOG_LEVEL={values['log_level']!r}: use one of {sorted(_LOG_LEVELS)}")
     values["log_level"] = level
 
-    config = WorkerConfig(trigger_secret=secret, worker_id=str(worker_id), once=once, **values)  # type: ignore[arg-type]
+    tls = ClientTls.from_env(Env(environ))
+    config = WorkerConfig(  # type: ignore[arg-type]
+        trigger_secret=secret, worker_id=str(worker_id), once=once, tls=tls, **values
+    )
     if once and config.worker_timeout <= config.job_timeout:
         raise ConfigError(
             f"WORKER_TIMEOUT ({config.worker_timeout.total_seconds():g}s) must be longer than "

@@ -95,9 +95,9 @@ class Worker:
         credentials = Credentials.trigger_secret(config.trigger_secret)
         self._owns_clients = queue is None or sync is None
         self.queue = queue or QueueClient.connect(
-            config.queue_addr, credentials, trace_filter=_QUEUE_TRACE_FILTER
+            config.queue_addr, credentials, trace_filter=_QUEUE_TRACE_FILTER, tls=config.tls
         )
-        self.sync = sync or SyncClient.connect(config.sync_addr, credentials)
+        self.sync = sync or SyncClient.connect(config.sync_addr, credentials, tls=config.tls)
         self.breaker = CircuitBreaker(
             config.circuit_breaker_threshold, config.circuit_breaker_cooldown.total_seconds()
         )
