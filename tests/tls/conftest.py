@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.dev_certs import Authority, Issued
 from service_runtime.tls import ClientTls, ServerTls
-from tests.tls.pki import Authority, Issued
 
 
 @dataclass(frozen=True)

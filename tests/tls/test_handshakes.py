@@ -13,11 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients.channel import create_channel
 from clients.healthcheck import check_health
 from queue_service.app import QueueApp
+from scripts.dev_certs import Authority
 from service_runtime.tls import ClientTls
 from tests.queue.conftest import queue_settings
 from tests.queue.helpers import grpcurl_binary
 from tests.tls.conftest import Pki
-from tests.tls.pki import Authority
 
 GRPCURL = grpcurl_binary()
 
@@ -90,9 +90,7 @@ async def test_mutual_tls_refuses_a_client_certificate_of_another_ca(
     assert await _health(mtls_queue, stranger) == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_a_renewed_certificate_is_served_without_a_restart(
-    pki: Pki, tls_queue: str, tmp_path: object
-) -> None:
+async def test_a_renewed_certificate_is_served_without_a_restart(pki: Pki, tls_queue: str) -> None:
     renewed_ca = Authority(pki.ca.directory, "renewed-ca")
     renewed = renewed_ca.server("renewed")
     trusting_renewed = ClientTls.from_files(str(renewed_ca.cert_file))
