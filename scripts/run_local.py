@@ -150,7 +150,7 @@ async def _wait_for_port(host: str, port: int, child: Child) -> None:
     raise RuntimeError(f"{child.name} is not listening on {host}:{port}")
 
 
-async def _wait_for_health(target: str, child: Child, tls: ClientTls | None) -> None:
+async def _wait_for_health(target: str, child: Child, tls: ClientTls | None = None) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT
     while loop.time() < deadline:
