@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import grpc
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -24,7 +24,12 @@ from service_runtime.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
 Response = TypeVar("Response")
+# The number type of one protobuf enum (mypy-protobuf's `Enum.ValueType`; an int at run time).
+EnumValue = TypeVar("EnumValue", bound=int)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +178,11 @@ def to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
     return struct
 
 
-def sync_type_value(enum: Any, value: int | str) -> int:
+def sync_type_value(enum: _EnumTypeWrapper[EnumValue], value: int | str) -> EnumValue:
     """The number of a SyncType of `enum`: SYNC_TYPE_FULL, 'full' and 'SYNC_TYPE_FULL' all
     name the same type. Both services declare SyncType alike, each in its own package."""
     if isinstance(value, str):
         name = value.upper()
         return enum.Value(name if name.startswith("SYNC_TYPE_") else f"SYNC_TYPE_{name}")
-    return value
+    # A number goes as it is: the server, not the client, judges an unknown one.
+    return cast(EnumValue, value)

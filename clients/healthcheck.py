@@ -13,11 +13,25 @@ import asyncio
 import sys
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from clients.channel import create_channel
 from service_runtime.config import ConfigError
 from service_runtime.tls import ClientTls
+
+
+def health_check_rpc(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryUnaryMultiCallable[
+    health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+]:
+    """`grpc.health.v1.Health/Check` on `channel`, typed (the published stubs of
+    `health_pb2_grpc.HealthStub` declare none of its methods)."""
+    return channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
 
 
 async def check_health(
@@ -25,11 +39,9 @@ async def check_health(
 ) -> bool:
     """Whether the server at `target` reports `service` ("" = the whole server) as SERVING."""
     async with create_channel(target, tracing=False, tls=tls) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        check = health_check_rpc(channel)
         try:
-            response = await stub.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
+            response = await check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.aio.AioRpcError:
             return False
     return response.status == health_pb2.HealthCheckResponse.SERVING

@@ -148,7 +148,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     # -- users --------------------------------------------------------------------------------
 
     @translated
-    async def EnqueueSync(self, request, context):  # type: ignore[no-untyped-def]
+    async def EnqueueSync(self, request, context):
         parsed = requests.enqueue_request(
             request,
             now=self._store.clock(),
@@ -164,7 +164,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def EnqueueSyncBatch(self, request, context):  # type: ignore[no-untyped-def]
+    async def EnqueueSyncBatch(self, request, context):
         parsed = requests.enqueue_batch(
             request,
             now=self._store.clock(),
@@ -190,12 +190,12 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetJob(self, request, context):
         job = await self._store.reader.job_get(requests.job_id(request), _caller())
         return pb.GetJobResponse(job=convert.job_to_pb(job))
 
     @translated
-    async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListJobs(self, request, context):
         job_filter, size, cursor = requests.list_request(request)
         caller = _caller()
         if (
@@ -222,7 +222,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def GetQueueStatus(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetQueueStatus(self, request, context):
         limit = requests.recent_limit(request.recent_limit, default=20)
         caller = _caller()
         stats, recent = await self._store.reader.queue_status(caller, limit=limit)
@@ -231,19 +231,19 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def CancelJob(self, request, context):
         job = await self._store.job_cancel(requests.job_id(request), _caller())
         return pb.CancelJobResponse(job=convert.job_to_pb(job))
 
     @translated
-    async def RetryJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def RetryJob(self, request, context):
         job = await self._store.job_retry(requests.job_id(request), _caller())
         return pb.RetryJobResponse(job=convert.job_to_pb(job))
 
     # -- workers ------------------------------------------------------------------------------
 
     @translated
-    async def PickJobs(self, request, context):  # type: ignore[no-untyped-def]
+    async def PickJobs(self, request, context):
         pick = requests.pick_request(request, default_lease=self._settings.default_lease)
         wait = pick.pop("wait")
         worker_view = request.view == pb.JOB_VIEW_WORKER
@@ -263,7 +263,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return pb.PickJobsResponse(jobs=[convert.job_to_pb(j, with_lease_token=True) for j in jobs])
 
     @translated
-    async def ExtendLease(self, request, context):  # type: ignore[no-untyped-def]
+    async def ExtendLease(self, request, context):
         job, token, lease = requests.extend_request(
             request, default_lease=self._settings.default_lease
         )
@@ -273,21 +273,21 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return response
 
     @translated
-    async def CompleteJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def CompleteJob(self, request, context):
         completion = requests.completion(request)
         assert completion is not None
         job = await self._store.job_complete(completion)
         return pb.CompleteJobResponse(job=convert.job_to_pb(job))
 
     @translated
-    async def FailJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def FailJob(self, request, context):
         failure = requests.failure(request)
         assert failure is not None
         outcome = await self._store.job_fail(failure)
         return pb.FailJobResponse(job=convert.job_to_pb(outcome.job), will_retry=outcome.will_retry)
 
     @translated
-    async def ReleaseJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReleaseJob(self, request, context):
         release = requests.release_request(request)
         assert release is not None
         job = await self._release(release)
@@ -306,7 +306,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return job
 
     @translated
-    async def ReportResults(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReportResults(self, request, context):
         results = requests.report_request(request)
         outcomes = [r for r in results if not isinstance(r, Release)]
         by_job: dict[uuid.UUID, ResultAck] = {}
@@ -349,13 +349,13 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return response
 
     @translated
-    async def StartWorkerRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def StartWorkerRun(self, request, context):
         worker_id, metadata = requests.start_run_request(request)
         run = await self._store.worker_run_start(worker_id, metadata)
         return pb.StartWorkerRunResponse(run=convert.worker_run_to_pb(run))
 
     @translated
-    async def FinishWorkerRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def FinishWorkerRun(self, request, context):
         run_id, status, notes, metadata = requests.finish_run_request(request)
         run = await self._store.worker_run_finish(run_id, status, notes, metadata)
         return pb.FinishWorkerRunResponse(run=convert.worker_run_to_pb(run))
@@ -363,7 +363,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     # -- operators ----------------------------------------------------------------------------
 
     @translated
-    async def MarkStaleJobs(self, request, context):  # type: ignore[no-untyped-def]
+    async def MarkStaleJobs(self, request, context):
         threshold = requests.stale_threshold(request, self._settings.stale_threshold)
         recovered = await self._store.jobs_recover(started_before=self._store.clock() - threshold)
         return pb.MarkStaleJobsResponse(
@@ -373,7 +373,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def GetDiagnostics(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDiagnostics(self, request, context):
         limit = requests.recent_limit(request.recent_limit, default=10)
         snapshot = await self._store.reader.diagnostics_snapshot(
             now=self._store.clock(),
@@ -384,12 +384,12 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return convert.diagnostics_to_pb(build_diagnostics(snapshot, self._thresholds))
 
     @translated
-    async def GetSyncSchedule(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetSyncSchedule(self, request, context):
         schedule = await self._store.schedules.schedule_get(requests.schedule_get_request(request))
         return pb.GetSyncScheduleResponse(schedule=convert.schedule_to_pb(schedule))
 
     @translated
-    async def SetSyncSchedule(self, request, context):  # type: ignore[no-untyped-def]
+    async def SetSyncSchedule(self, request, context):
         account_id, change = requests.schedule_set_request(request)
         schedule = await self._store.schedules.schedule_set(
             account_id, change, self._schedule_defaults

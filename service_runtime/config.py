@@ -6,6 +6,7 @@ it accepts, rather than a traceback minutes later.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from collections.abc import Mapping
@@ -29,7 +30,10 @@ def parse_duration(name: str, raw: str) -> timedelta:
 
 
 class Env:
-    """Typed access to a mapping of environment variables (os.environ by default)."""
+    """Typed access to a mapping of environment variables (os.environ by default).
+
+    (Below `Env.str`, the class body's `str` is that method: annotations say `builtins.str`.)
+    """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
@@ -38,7 +42,7 @@ class Env:
         value = self._environ.get(name, "")
         return value if value.strip() else default
 
-    def int(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    def int(self, name: builtins.str, default: int, *, minimum: int, maximum: int) -> int:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -50,7 +54,7 @@ class Env:
             raise ConfigError(f"{name}={value} is out of range ({minimum}..{maximum})")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+    def float(self, name: builtins.str, default: float, *, minimum: float, maximum: float) -> float:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -63,7 +67,7 @@ class Env:
         return value
 
     def duration(
-        self, name: str, default: timedelta, *, minimum: timedelta, maximum: timedelta
+        self, name: builtins.str, default: timedelta, *, minimum: timedelta, maximum: timedelta
     ) -> timedelta:
         raw = self._environ.get(name, "").strip()
         if not raw:
@@ -73,7 +77,7 @@ class Env:
             raise ConfigError(f"{name}={raw} is out of range ({minimum}..{maximum})")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: bool) -> bool:
         raw = self._environ.get(name, "").strip().lower()
         if not raw:
             return default

@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from service_runtime.errors import InvalidArgument
 
 
+@overload
+def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp: ...
+@overload
+def to_timestamp(value: None) -> None: ...
+@overload
+def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None: ...
+
+
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp of `value` (None for None)."""
     if value is None:
         return None
     stamp = timestamp_pb2.Timestamp()

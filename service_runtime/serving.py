@@ -15,9 +15,9 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -76,7 +76,7 @@ class ServiceRegistration:
     add_to_server: Callable[[grpc.aio.Server], None]
 
 
-BackgroundTask = Callable[[], Awaitable[None]]
+BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 HealthProbe = Callable[[], Awaitable[bool]]
 
 
@@ -102,7 +102,11 @@ class BurstLog:
             return
         quiet = self._quiet.pop(key, 0)
         self._last[key] = now
-        suffix = f" ({quiet} more like it in the last {now - last:.0f} s)" if quiet else ""
+        suffix = (
+            f" ({quiet} more like it in the last {now - last:.0f} s)"
+            if quiet and last is not None
+            else ""
+        )
         self._log.warning(message + suffix, *args)
 
 
@@ -123,7 +127,13 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         self._burst = BurstLog(log)
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -136,7 +146,12 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         return guarded
 
     def _guard(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        behavior = handler.unary_unary
+        # grpc's stubs describe the synchronous server's handlers; under grpc.aio a unary
+        # behaviour is a coroutine function of the request and an aio context.
+        behavior = cast(
+            Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+            handler.unary_unary,
+        )
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -295,7 +310,8 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 class _Settings(Protocol):
-    log_level: str
+    @property
+    def log_level(self) -> str: ...
 
 
 SettingsT = TypeVar("SettingsT", bound=_Settings)

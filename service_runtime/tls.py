@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 from cryptography import x509
@@ -138,9 +140,11 @@ class ServerTls:
     def server_credentials(self) -> grpc.ServerCredentials:
         """Credentials that pick up changed files at the next handshake after the change."""
         reloader = _Reloader(self)
+        # gRPC documents a fetcher's None as "no change"; its type stubs leave None out.
+        fetch = cast(Callable[[], grpc.ServerCertificateConfiguration], reloader.fetch)
         return grpc.dynamic_ssl_server_credentials(
             reloader.initial(),
-            reloader.fetch,
+            fetch,
             require_client_authentication=self.mutual,
         )
 

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from service_runtime.config import ConfigError, Env, parse_duration
 from service_runtime.tls import ClientTls
@@ -155,14 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _convert(label: str, setting: _Setting, raw: str) -> object:
     if setting.kind == "str":
         return raw.strip()
+    # An int or a timedelta, compared with bounds of the same kind.
+    value: Any
     if setting.kind == "int":
         try:
-            value: object = int(raw)
+            value = int(raw)
         except ValueError:
             raise ConfigError(f"{label}={raw!r} is not a whole number") from None
     else:
         value = parse_duration(label, raw)
-    if not setting.minimum <= value <= setting.maximum:  # type: ignore[operator]
+    if not setting.minimum <= value <= setting.maximum:
         low, high = setting.minimum, setting.maximum
         if isinstance(low, timedelta) and isinstance(high, timedelta):
             low, high = f"{low.total_seconds():g}s", f"{high.total_seconds():g}s"
@@ -193,7 +196,10 @@ def load_config(
     """Parses flags over the environment. Raises ConfigError naming the bad setting."""
     environ = os.environ if environ is None else environ
     flags = build_parser().parse_args(argv)
-    values = {dest: _lookup(dest, s, flags, environ) for dest, s in _SETTINGS.items()}
+    # Each value has its field's type: _convert made it by the setting's kind.
+    values: dict[str, Any] = {
+        dest: _lookup(dest, s, flags, environ) for dest, s in _SETTINGS.items()
+    }
 
     once_raw = environ.get("WORKER_ONCE", "").strip().lower()
     if flags.once:
@@ -225,7 +231,7 @@ def load_config(
     values["log_level"] = level
 
     tls = ClientTls.from_env(Env(environ))
-    config = WorkerConfig(  # type: ignore[arg-type]
+    config = WorkerConfig(
         trigger_secret=secret, worker_id=str(worker_id), once=once, tls=tls, **values
     )
     if once and config.worker_timeout <= config.job_timeout:

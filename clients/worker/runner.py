@@ -233,6 +233,8 @@ class Worker:
 
     async def _pick_loop(self) -> None:
         config, loop = self.config, asyncio.get_running_loop()
+        # --once: when the run must end (set by run()); without --once, never.
+        run_deadline = self._run_deadline if self._run_deadline is not None else float("inf")
         backoff = Backoff()
         gathered = False
         while not self._stopping.is_set():
@@ -244,7 +246,7 @@ class Worker:
             wanted = self._free_slots()
             if config.once:
                 wanted = min(wanted, config.max_jobs_per_run - self._summary.picked)
-                time_left = self._run_deadline - loop.time()  # type: ignore[operator]
+                time_left = run_deadline - loop.time()
                 if self._summary.picked >= config.max_jobs_per_run:
                     self._stop_reason = f"--once: {self._summary.picked} job(s) picked"
                     return
@@ -259,7 +261,7 @@ class Worker:
                 # Open breaker (or a probe still out): jobs stay pending, spending nothing.
                 pause = max(self.breaker.seconds_until_probe(), 0.1)
                 if config.once and loop.time() + pause + config.job_timeout.total_seconds() >= (
-                    self._run_deadline  # type: ignore[operator]
+                    run_deadline
                 ):
                     # No job could start after the pause: end the run now, not after it.
                     self._stop_reason = "--once: circuit breaker open until the run's end" + (
@@ -443,7 +445,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*leftovers, return_exceptions=True)
 
-    async def _finish_run(self, status: int) -> None:
+    async def _finish_run(self, status: WorkerRunStatus.ValueType) -> None:
         outcomes = dict(self._summary.outcomes)
         notes = self._summary.stop_reason
         backoff = Backoff(initial=0.5, maximum=2.0)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.util.types import AttributeValue
 
 from clients.queue import Job
 
@@ -42,7 +43,7 @@ def producer_link(trace_context: Mapping[str, str]) -> trace.Link | None:
 def job_span(job: Job, worker_id: str) -> Iterator[trace.Span]:
     """A CONSUMER span for running `job`, the root of a trace of its own, linked to its producer."""
     link = producer_link(job.trace_context)
-    attributes = {
+    attributes: dict[str, AttributeValue] = {
         "messaging.system": "gmbsync",
         "messaging.operation.type": "process",
         "messaging.operation.name": "process",
