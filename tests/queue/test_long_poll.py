@@ -106,7 +106,7 @@ async def test_shutdown_releases_waiting_pickers_at_once(any_db_url, auth_settin
     assert list(response.jobs) == []
 
 
-async def _until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+async def _until(condition, what: str) -> None:
     for _ in range(200):
         if condition():
             return
@@ -120,7 +120,7 @@ async def test_new_jobs_wake_as_many_waiting_pickers_as_there_are_jobs(any_db_ur
     picks = 0
     pick = store.job_pick
 
-    async def counted_pick(**kwargs):  # type: ignore[no-untyped-def]
+    async def counted_pick(**kwargs):
         nonlocal picks
         picks += 1
         return await pick(**kwargs)
