@@ -10,7 +10,7 @@ export DATABASE_URL ?= sqlite:///./var/gmbsync.db
 # Tests and benchmarks need a real PostgreSQL; each test session makes its own database in it.
 export TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
-.PHONY: help install protos protos-check lint format typecheck test bench run migrate postgres clean
+.PHONY: help install protos protos-check lint format typecheck test chaos bench run migrate postgres clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ postgres:  ## Start the local PostgreSQL if it is not accepting connections.
 
 test: $(STAMP) postgres  ## Run the whole test suite against PostgreSQL (and SQLite where it applies).
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+chaos: $(STAMP) postgres  ## Only the chaos suite (CHAOS_JOBS=1000 for a larger run; docs/chaos.md).
+	$(PY) -m pytest tests/chaos $(PYTEST_ARGS)
 
 bench: $(STAMP) postgres  ## Every queue/worker figure beside PostgreSQL's own limit (BENCH_ARGS=--quick).
 	$(PY) -m benchmarks $(BENCH_ARGS)

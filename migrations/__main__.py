@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from alembic import command
 
 from migrations import alembic_config, downgrade, upgrade
+from service_runtime.cli import DATABASE_VARIABLE, parser_with_environment
 from service_runtime.database import database_url_from_env, sync_url
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m migrations", description=__doc__)
+    parser = parser_with_environment(
+        "python -m migrations", __doc__ or "", [DATABASE_VARIABLE, ("LOG_LEVEL", "INFO")]
+    )
     sub = parser.add_subparsers(dest="action")
     up = sub.add_parser("upgrade", help="upgrade to REV (default: head)")
     up.add_argument("revision", nargs="?", default="head")

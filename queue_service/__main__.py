@@ -5,13 +5,31 @@ With QUEUE_PROCESSES=N (PostgreSQL), N processes serve the same address under a 
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from queue_service.app import QueueApp
 from queue_service.settings import QueueSettings
+from service_runtime.cli import (
+    DATABASE_VARIABLE,
+    TRACING_VARIABLES,
+    parser_with_environment,
+    variables_read,
+)
 from service_runtime.serving import service_main
 
+
+def parser() -> argparse.ArgumentParser:
+    """No options: `--help` lists the environment variables, and nothing is served."""
+    return parser_with_environment(
+        "python -m queue_service",
+        __doc__ or "",
+        [DATABASE_VARIABLE, *variables_read(QueueSettings.from_env), *TRACING_VARIABLES],
+    )
+
+
 if __name__ == "__main__":
+    parser().parse_args()
     sys.exit(
         service_main(
             "queue_service",

@@ -12,6 +12,7 @@ from queue_service.drivers.base import JobListener
 from queue_service.lifecycle import RetryPolicy
 from queue_service.maintenance import Maintenance
 from queue_service.notifier import JobSignal
+from queue_service.retention import RetentionPolicy
 from queue_service.scheduler import ScheduleConfig, Scheduler
 from queue_service.servicer import POLICY, SERVICE_NAME, QueueServicer
 from queue_service.settings import QueueSettings
@@ -48,7 +49,12 @@ class QueueApp:
         self.maintenance = Maintenance(
             self.store,
             interval=settings.reaper_interval,
-            retention=settings.job_retention,
+            retention=RetentionPolicy(
+                jobs=settings.job_retention,
+                worker_runs=settings.worker_run_retention,
+                batch_size=settings.prune_batch_size,
+            ),
+            prune_every=settings.prune_interval,
             scheduler=self.scheduler,
         )
         background = [self.maintenance.run]

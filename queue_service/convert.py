@@ -159,6 +159,10 @@ def diagnostics_to_pb(diag: Diagnostics) -> pb.GetDiagnosticsResponse:
         recent_worker_runs=[worker_run_to_pb(r) for r in diag.recent_worker_runs],
         alerts=[alert_to_pb(a) for a in diag.alerts],
         generated_at=to_timestamp(diag.generated_at),
+        queue_dead_tuples=diag.vacuum.queue_dead_tuples,
+        oldest_transaction_age=to_duration(diag.vacuum.oldest_transaction_age),
+        oldest_transaction_state=diag.vacuum.oldest_transaction_state,
+        oldest_transaction_application=diag.vacuum.oldest_transaction_application,
     )
 
 

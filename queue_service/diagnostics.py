@@ -2,7 +2,8 @@
 
 Alerts are warnings (the queue is degraded but working) except `google_api_disabled`, which is
 critical: Google refuses every call of the Cloud project until someone enables the API, so no
-retry or backoff will ever make those syncs succeed.
+retry or backoff will ever make those syncs succeed. `long_transaction` says that an open
+transaction (typically an idle reader holding a snapshot) keeps vacuum from cleaning the queue.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from queue_service.models import Alert, AlertSeverity, ApiDisabled, Diagnostics, JobStatus
+from queue_service.models import (
+    Alert,
+    AlertSeverity,
+    ApiDisabled,
+    Diagnostics,
+    JobStatus,
+    VacuumHealth,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,8 @@ class AlertThresholds:
     pending_backlog: int = 50
     # How far back an `api_disabled` row of error_logs raises google_api_disabled.
     api_disabled_window: timedelta = timedelta(minutes=15)
+    # An open transaction older than this holds back vacuum long enough to say so.
+    transaction_age: timedelta = timedelta(minutes=5)
 
 
 def _rate(part: int, whole: int) -> float:
@@ -95,6 +105,9 @@ def build_diagnostics(snapshot: dict[str, Any], thresholds: AlertThresholds) -> 
     disabled: list[ApiDisabled] = snapshot.get("api_disabled", [])
     if disabled:
         alerts.append(_api_disabled_alert(disabled, thresholds.api_disabled_window))
+    vacuum: VacuumHealth = snapshot.get("vacuum", VacuumHealth())
+    if vacuum.oldest_transaction_age > thresholds.transaction_age:
+        alerts.append(_long_transaction_alert(vacuum, thresholds.transaction_age))
     return Diagnostics(
         stats=stats,
         oldest_pending_age=oldest_age,
@@ -110,6 +123,22 @@ def build_diagnostics(snapshot: dict[str, Any], thresholds: AlertThresholds) -> 
         recent_worker_runs=snapshot["recent_worker_runs"],
         alerts=alerts,
         generated_at=now,
+        vacuum=vacuum,
+    )
+
+
+def _long_transaction_alert(vacuum: VacuumHealth, threshold: timedelta) -> Alert:
+    who = vacuum.oldest_transaction_application or "a session without application_name"
+    return Alert(
+        name="long_transaction",
+        message=(
+            f"a transaction of {who} ({vacuum.oldest_transaction_state or 'unknown state'}) has "
+            f"been open for {vacuum.oldest_transaction_age} (threshold {threshold}): vacuum "
+            f"cannot remove the queue's dead rows newer than its snapshot "
+            f"({vacuum.queue_dead_tuples} dead now), and every scan of the queue grows with them"
+        ),
+        value=vacuum.oldest_transaction_age.total_seconds(),
+        threshold=threshold.total_seconds(),
     )
 
 

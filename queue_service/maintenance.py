@@ -1,5 +1,8 @@
 """Background work of the queue: the lease reaper, the pruner and the scheduler, run by one leader.
 
+The pruner runs a round (`queue_service.retention`) every `prune_every`, beside the reaper; a
+round that fails (the database blipped) is tried again one reaper interval later.
+
 Leadership is the driver's (`QueueDriver.leader_session`): on PostgreSQL a session-level
 advisory lock on a dedicated connection, which another replica takes at its next attempt once
 that connection drops; with SQLite there is one process, and it leads.
@@ -13,32 +16,32 @@ import logging
 from datetime import timedelta
 
 from queue_service.drivers.base import LeaderSession
+from queue_service.retention import RetentionPolicy
 from queue_service.scheduler import Scheduler
 from queue_service.store import JobStore
 
 log = logging.getLogger(__name__)
 
-PRUNE_EVERY = timedelta(hours=1)
-
 
 class Maintenance:
-    """Recovers expired leases every `interval` and prunes old finished jobs hourly; while
-    leading, also runs the scheduler of periodic syncs, if there is one."""
+    """Recovers expired leases every `interval` and prunes old finished jobs and worker runs
+    every `prune_every`; while leading, also runs the scheduler of periodic syncs, if any."""
 
     def __init__(
         self,
         store: JobStore,
         *,
         interval: timedelta,
-        retention: timedelta | None,
+        retention: RetentionPolicy | None,
+        prune_every: timedelta = timedelta(hours=1),
         scheduler: Scheduler | None = None,
     ) -> None:
         self._store = store
         self._interval = interval.total_seconds()
-        self._retention = retention
+        self._retention = retention if retention is not None and retention.enabled else None
+        self._prune_every = prune_every.total_seconds()
         self.scheduler = scheduler
         self.is_leader = asyncio.Event()
-        self._last_prune: float | None = None
 
     async def run(self) -> None:
         """Bids for leadership every interval; leads (passes, scheduler) while elected."""
@@ -63,44 +66,49 @@ class Maintenance:
     async def _lead(self, session: LeaderSession) -> None:
         """Runs passes until cancelled; raises when the leader session is lost.
 
-        The scheduler runs beside the passes and stops with them, so it runs only while this
-        replica holds the lock (give or take one reaper interval after losing it, which its
-        row locks make harmless).
+        The scheduler and the pruner run beside the passes and stop with them, so they run
+        only while this replica holds the lock (give or take one reaper interval after losing
+        it, which their row locks and fixed cuts make harmless). A long pruning round never
+        delays the reaper.
         """
-        scheduling = (
-            asyncio.create_task(self.scheduler.run(), name="scheduler")
-            if self.scheduler is not None
-            else None
-        )
+        companions = []
+        if self.scheduler is not None:
+            companions.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        if self._retention is not None:
+            companions.append(asyncio.create_task(self._prune_rounds(), name="pruner"))
         try:
             await self._maintain(session)
         finally:
-            if scheduling is not None:
-                scheduling.cancel()
+            for task in companions:
+                task.cancel()
+            for task in companions:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await scheduling
+                    await task
 
     async def _maintain(self, session: LeaderSession) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await session.confirm()
             try:
                 await self.run_pass()
-                if self._retention is not None and (
-                    self._last_prune is None
-                    or loop.time() - self._last_prune >= PRUNE_EVERY.total_seconds()
-                ):
-                    self._last_prune = loop.time()
-                    pruned = await self._store.jobs_prune(
-                        finished_before=self._store.clock() - self._retention
-                    )
-                    if pruned:
-                        log.info("pruned %d finished jobs older than %s", pruned, self._retention)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database blipped; the next pass tries again
                 log.warning("maintenance pass failed: %s", exc)
             await asyncio.sleep(self._interval)
+
+    async def _prune_rounds(self) -> None:
+        """A pruning round at once, then every `prune_every`; a failed one is tried again
+        after one reaper interval."""
+        while True:
+            try:
+                await self.prune()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database blipped: try again soon
+                log.warning("pruning round failed: %s", exc)
+                await asyncio.sleep(self._interval)
+                continue
+            await asyncio.sleep(self._prune_every)
 
     async def run_pass(self) -> None:
         """One reaper pass."""
@@ -110,4 +118,18 @@ class Maintenance:
                 "recovered jobs of lost workers: %d requeued, %d failed",
                 len(recovered.requeued),
                 len(recovered.failed),
+            )
+
+    async def prune(self) -> None:
+        """One retention round (nothing when retention is off)."""
+        if self._retention is None:
+            return
+        pruned = await self._store.prune(self._retention)
+        if pruned.jobs or pruned.worker_runs:
+            log.info(
+                "pruned %d finished jobs (older than %s) and %d worker runs (older than %s)",
+                pruned.jobs,
+                self._retention.jobs,
+                pruned.worker_runs,
+                self._retention.worker_runs,
             )

@@ -225,6 +225,18 @@ class Diagnostics:
     recent_worker_runs: list[WorkerRun]
     alerts: list[Alert]
     generated_at: datetime
+    vacuum: VacuumHealth = field(default_factory=lambda: VacuumHealth())
+
+
+@dataclass(frozen=True, slots=True)
+class VacuumHealth:
+    """What keeps vacuum from cleaning the queue table (PostgreSQL; zeros on SQLite)."""
+
+    queue_dead_tuples: int = 0
+    # The oldest open transaction of another session: its age, state and application name.
+    oldest_transaction_age: timedelta = timedelta(0)
+    oldest_transaction_state: str = ""
+    oldest_transaction_application: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from queue_service.models import (
     JobStatus,
     PageCursor,
     QueueStats,
+    VacuumHealth,
     WorkerRun,
     WorkerRunStatus,
 )
@@ -183,6 +184,7 @@ class QueueReader:
                 )
             ).scalar_one()
             api_disabled = await _api_disabled(conn, since=now - api_disabled_window)
+            vacuum = await _vacuum_health(conn)
         return {
             "now": now,
             "stats": stats,
@@ -195,6 +197,7 @@ class QueueReader:
             "recent_worker_runs": recent_runs,
             "failed_worker_runs_24h": failed_runs,
             "api_disabled": api_disabled,
+            "vacuum": vacuum,
         }
 
 
@@ -284,3 +287,36 @@ async def _api_disabled(conn: AsyncConnection, *, since: datetime) -> list[ApiDi
         )
         for name, n_accounts, n_errors, activation_url, last_seen in rows
     ]
+
+
+# The oldest open transaction of another session on this database. `clock_timestamp()`, not
+# `now()`: the diagnostics snapshot itself began a moment ago, and age is measured to the present.
+_OLDEST_TRANSACTION = sa.text(
+    "SELECT clock_timestamp() - xact_start AS age, coalesce(state, '') AS state,"
+    " coalesce(application_name, '') AS application"
+    " FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    " AND xact_start IS NOT NULL"
+    " ORDER BY xact_start LIMIT 1"
+)
+_QUEUE_DEAD_TUPLES = sa.text(
+    "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE relid = 'sync_queue'::regclass"
+)
+
+
+async def _vacuum_health(conn: AsyncConnection) -> VacuumHealth:
+    """Dead tuples of the queue table and the oldest open transaction (PostgreSQL's statistics
+    views; SQLite has no vacuum to hold back, so zeros). Sessions of other database users show
+    their transaction start only to a superuser or a member of pg_read_all_stats."""
+    if conn.dialect.name != "postgresql":
+        return VacuumHealth()
+    dead = (await conn.execute(_QUEUE_DEAD_TUPLES)).scalar_one()
+    oldest = (await conn.execute(_OLDEST_TRANSACTION)).one_or_none()
+    if oldest is None:
+        return VacuumHealth(queue_dead_tuples=int(dead))
+    return VacuumHealth(
+        queue_dead_tuples=int(dead),
+        oldest_transaction_age=max(oldest.age, timedelta(0)),
+        oldest_transaction_state=oldest.state,
+        oldest_transaction_application=oldest.application,
+    )

@@ -129,6 +129,11 @@ def _enqueue_message(duplicate: bool) -> str:
     return "Sync job enqueued successfully"
 
 
+# A long poll answers this long before the caller's deadline, so that its answer (maybe jobs
+# leased to the caller) arrives while the caller still waits for it.
+PICK_DEADLINE_MARGIN = timedelta(milliseconds=500)
+
+
 class QueueServicer(pb_grpc.QueueServiceServicer):
     def __init__(self, store: JobStore, signal: JobSignal, settings: QueueSettings) -> None:
         self._store = store
@@ -139,6 +144,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             processing_age=settings.alert_processing_age,
             pending_backlog=settings.alert_pending_backlog,
             api_disabled_window=settings.alert_api_disabled_window,
+            transaction_age=settings.alert_transaction_age,
         )
         self._schedule_defaults = ScheduleDefaults(
             incremental_interval=settings.schedule_incremental_interval,
@@ -250,7 +256,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         # Never hold a job past the caller's deadline: it would be leased to nobody.
         remaining = context.time_remaining()
         if remaining is not None:
-            wait = min(wait, max(timedelta(0), timedelta(seconds=remaining - 0.5)))
+            wait = min(wait, max(timedelta(0), timedelta(seconds=remaining) - PICK_DEADLINE_MARGIN))
         jobs = await pick_with_wait(
             self._store,
             self._signal,

@@ -47,9 +47,16 @@ class QueueSettings:
     alert_pending_backlog: int = 50
     # `api_disabled` rows of error_logs this recent raise the critical google_api_disabled alert.
     alert_api_disabled_window: timedelta = timedelta(minutes=15)
+    # An open transaction older than this raises long_transaction (it holds back vacuum).
+    alert_transaction_age: timedelta = timedelta(minutes=5)
     grace_period: timedelta = timedelta(seconds=10)
     # Finished jobs older than this are deleted by the leader; None keeps them forever.
     job_retention: timedelta | None = timedelta(days=30)
+    # Finished worker runs older than this are deleted too; None keeps them forever.
+    worker_run_retention: timedelta | None = timedelta(days=30)
+    # How often the leader prunes, and how many rows each DELETE of a round removes.
+    prune_interval: timedelta = timedelta(hours=1)
+    prune_batch_size: int = 1000
     log_level: str = "INFO"
     # Periodic syncs, enqueued by the leader (see docs/scheduler.md).
     scheduler_enabled: bool = True
@@ -134,6 +141,12 @@ class QueueSettings:
                 minimum=timedelta(minutes=1),
                 maximum=timedelta(days=7),
             ),
+            alert_transaction_age=env.duration(
+                "ALERT_TRANSACTION_AGE",
+                cls.alert_transaction_age,
+                minimum=timedelta(0),
+                maximum=timedelta(days=7),
+            ),
             grace_period=env.duration(
                 "GRACE_PERIOD",
                 cls.grace_period,
@@ -147,6 +160,22 @@ class QueueSettings:
                 maximum=timedelta(days=3650),
             )
             or None,
+            worker_run_retention=env.duration(
+                "WORKER_RUN_RETENTION",
+                timedelta(days=30),
+                minimum=timedelta(0),
+                maximum=timedelta(days=3650),
+            )
+            or None,
+            prune_interval=env.duration(
+                "PRUNE_INTERVAL",
+                cls.prune_interval,
+                minimum=timedelta(seconds=1),
+                maximum=timedelta(days=7),
+            ),
+            prune_batch_size=env.int(
+                "PRUNE_BATCH_SIZE", cls.prune_batch_size, minimum=1, maximum=100_000
+            ),
             log_level=env.str("LOG_LEVEL", cls.log_level),
             scheduler_enabled=env.bool("SCHEDULER_ENABLED", cls.scheduler_enabled),
             schedule_incremental_interval=env.duration(

@@ -44,6 +44,7 @@ from queue_service.models import (
 )
 from queue_service.readmodel import QueueReader
 from queue_service.reconnect import retried_on_disconnect
+from queue_service.retention import Pruned, RetentionPolicy, prune
 from queue_service.schedule_store import ScheduleStore
 
 
@@ -211,10 +212,10 @@ class JobStore:
             moment=self.moment(), started_before=started_before
         )
 
-    @retried_on_disconnect
-    async def jobs_prune(self, *, finished_before: datetime, limit: int = 5000) -> int:
-        """Deletes finished jobs older than the retention period, a bounded batch at a time."""
-        return await self.driver.job_delete_finished(finished_before=finished_before, limit=limit)
+    async def prune(self, policy: RetentionPolicy) -> Pruned:
+        """Deletes every finished job and worker run older than its retention period, in
+        batches (see `queue_service.retention`)."""
+        return await prune(self.driver, policy, now=self.clock())
 
 
 def _accepted(acks: list[ResultAck]) -> tuple[Job, bool]:

@@ -7,6 +7,7 @@ so that `gmbsync.queue.v1` imports as the .proto package reads. Run it through `
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +19,11 @@ PROTO_DIR = ROOT / "protos"
 OUT_PACKAGE = ROOT / "gmbsync"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    # No options; `--help` says what this does and touches nothing.
+    argparse.ArgumentParser(prog="python scripts/gen_protos.py", description=__doc__).parse_args(
+        argv
+    )
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     if OUT_PACKAGE.exists():
         shutil.rmtree(OUT_PACKAGE)

@@ -4,7 +4,9 @@ Applies the schema to DATABASE_URL (the embedded SQLite file by default, Postgre
 keeps development secrets in ./var/dev-secrets.env, starts the Google emulator with demo data,
 QueueService, SyncService and one worker as child processes, connects the emulator's demo
 accounts, and prints grpcurl commands (with a development token) to enqueue a sync and watch it
-finish. Ctrl-C or SIGTERM stops the children in reverse order and exits 0.
+finish. Ctrl-C or SIGTERM stops the children in reverse order and exits 0, also under
+`make run` (this script takes the terminal's foreground, so make never sees the Ctrl-C) and
+when stdout is a pipe whose reader died (`make run | tee run.log`).
 
 `python -m scripts.run_local --connect-only` does only the last two steps, against running
 services at QUEUE_ADDR / SYNC_ADDR (the `demo` service of docker-compose.yml uses it).
@@ -27,6 +29,7 @@ import signal
 import socket
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +51,76 @@ STOP_TIMEOUT = 20.0
 START_TIMEOUT = 60.0
 
 
+def _say(text: str) -> None:
+    """Writes to stdout, which may be a pipe whose reader is gone (`make run | tee run.log`
+    after Ctrl-C killed tee): then the rest of the output goes nowhere, and the children are
+    still stopped. Python ignores SIGPIPE, so a dead pipe is an OSError here, never a kill."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so that no later write, nor Python's flush at exit (which
+    would turn the exit code into 120), meets the dead pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+
+
 def _log(message: str) -> None:
-    print(f"[run] {message}", flush=True)
+    _say(f"[run] {message}\n")
+
+
+@contextlib.contextmanager
+def terminal_foreground() -> Iterator[None]:
+    """Makes this process the terminal's foreground process group while it runs.
+
+    Ctrl-C then interrupts this script alone: not `make`, which would report "Interrupt" and
+    exit 130 however cleanly the script stops, and not `tee` in `make run | tee run.log`, which
+    keeps logging the shutdown. Ctrl-Z is ignored (stopping this group alone would leave the
+    shell waiting on make). Without a controlling terminal, or when not in the foreground,
+    nothing changes.
+    """
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        yield
+        return
+    original = os.getpgrp()
+    moved = False
+    try:
+        if os.tcgetpgrp(tty) == original:
+            with contextlib.suppress(OSError):  # a session leader cannot move: stay put
+                os.setpgid(0, 0)
+                try:
+                    _set_foreground(tty, os.getpgrp())
+                    moved = True
+                except OSError:
+                    os.setpgid(0, original)
+        previous_tstp = signal.signal(signal.SIGTSTP, signal.SIG_IGN) if moved else None
+        yield
+    finally:
+        if moved:
+            with contextlib.suppress(OSError):  # the old group may be gone
+                _set_foreground(tty, original)
+            signal.signal(signal.SIGTSTP, previous_tstp)
+        os.close(tty)
+
+
+def _set_foreground(tty: int, group: int) -> None:
+    # A process outside the foreground group that sets it is sent SIGTTOU unless it ignores it.
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(tty, group)
+    finally:
+        signal.signal(signal.SIGTTOU, previous)
 
 
 def load_dev_secrets(environ: dict[str, str], path: Path = SECRETS_FILE) -> dict[str, str]:
@@ -109,11 +180,12 @@ class Child:
         self._pump = asyncio.create_task(self._forward_output())
 
     async def _forward_output(self) -> None:
+        # Reads to the end even when stdout is gone: a child whose output pipe fills up would
+        # block on its next log line and never stop.
         assert self.process is not None and self.process.stdout is not None
         prefix = f"[{self.name}] "
         async for line in self.process.stdout:
-            sys.stdout.write(prefix + line.decode(errors="replace"))
-            sys.stdout.flush()
+            _say(prefix + line.decode(errors="replace"))
 
     @property
     def running(self) -> bool:
@@ -287,9 +359,16 @@ async def run_system(environ: dict[str, str]) -> int:
     )
     env.setdefault("SHUTDOWN_GRACE", "10s")
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
     _log(f"applying the schema to {env['DATABASE_URL'].split('@')[-1]}")
     migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "migrations", env=env)
     if await migrate.wait() != 0:
+        if stop.is_set():
+            return 0
         _log("migrations failed")
         return 1
 
@@ -305,12 +384,6 @@ async def run_system(environ: dict[str, str]) -> int:
     )
     worker = Child("worker", [python, "-m", "clients.worker"], {**env, "OTEL_SERVICE_NAME": "gmbsync-worker"})  # fmt: skip
     started: list[Child] = []
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
     exit_code = 0
     try:
         for child, ready in (
@@ -329,9 +402,7 @@ async def run_system(environ: dict[str, str]) -> int:
         if not stop.is_set():
             ids = await connect_demo_accounts(sync_addr, env["TRIGGER_SECRET"], demo_accounts, tls)
             transport = grpcurl_transport(env)
-            print(
-                instructions(queue_addr, sync_addr, env["JWT_SECRET"], ids, transport), flush=True
-            )
+            _say(instructions(queue_addr, sync_addr, env["JWT_SECRET"], ids, transport) + "\n")
             # Run until Ctrl-C, or until a child dies on its own (then stop the rest).
             waits = [asyncio.ensure_future(c.process.wait()) for c in started if c.process]
             stopper = asyncio.ensure_future(stop.wait())
@@ -346,9 +417,17 @@ async def run_system(environ: dict[str, str]) -> int:
         _log(f"start-up failed: {exc}")
         exit_code = 1
     finally:
-        _log("stopping")
+        # Stopping comes first and nothing may interrupt it: a child left running would keep
+        # its port after this script is gone.
+        if started:
+            _log("stopping")
         for child in reversed(started):
-            await child.stop()
+            try:
+                await child.stop()
+            except Exception as exc:
+                _log(f"stopping {child.name} failed ({exc}): killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()  # type: ignore[union-attr]
     return exit_code
 
 
@@ -385,7 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     environ = dict(os.environ)
     if args.connect_only:
         return asyncio.run(connect_only(environ))
-    return asyncio.run(run_system(environ))
+    with terminal_foreground():
+        try:
+            return asyncio.run(run_system(environ))
+        except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+            return 0
 
 
 if __name__ == "__main__":

@@ -136,6 +136,10 @@ def recover_from_disconnects(engine: Engine) -> None:
             context.is_disconnect = True
 
 
+# Longer than any transaction of the services lasts; a session idle inside one this long is lost.
+IDLE_IN_TRANSACTION_TIMEOUT = timedelta(seconds=60)
+
+
 @dataclass(frozen=True)
 class PoolSettings:
     """The connection pool of a service's database engine.
@@ -150,6 +154,10 @@ class PoolSettings:
     # as `size`.
     max_overflow: int | None = None
     timeout: timedelta = timedelta(seconds=5)
+    # PostgreSQL ends a session of ours left idle inside a transaction this long (its
+    # `idle_in_transaction_session_timeout`): a forgotten transaction would hold a snapshot
+    # and keep vacuum from cleaning the queue. None leaves the server's setting.
+    idle_in_transaction_timeout: timedelta | None = IDLE_IN_TRANSACTION_TIMEOUT
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> PoolSettings:
@@ -163,6 +171,12 @@ class PoolSettings:
                 cls.timeout,
                 minimum=timedelta(milliseconds=10),
                 maximum=timedelta(minutes=5),
+            ),
+            idle_in_transaction_timeout=env.duration(
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+                minimum=timedelta(milliseconds=100),
+                maximum=timedelta(days=1),
             ),
         )
 
@@ -181,9 +195,14 @@ def create_engine_async(url: str | URL, *, pool: PoolSettings | None = None) -> 
         engine = create_async_engine(target, **sizing)
         configure_sqlite(engine.sync_engine)
         return engine
+    connect_args = {}
+    if pool.idle_in_transaction_timeout is not None:
+        timeout_ms = max(1, int(pool.idle_in_transaction_timeout.total_seconds() * 1000))
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
     engine = create_async_engine(
         target,
         **sizing,
+        connect_args=connect_args,
         pool_recycle=POOL_RECYCLE_SECONDS,
         pool_use_lifo=True,
     )

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from service_runtime.config import ConfigError
+from service_runtime.log_throttle import throttle_exporter_logs
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def configure_tracing(default_service_name: str) -> TracerProvider | None:
         log.info("tracing off: no OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT")
         return None
     trace.set_tracer_provider(provider)
+    throttle_exporter_logs()  # a collector that is down: one line now and then, not a flood
     log.info(
         "tracing on for %s, sampled by %s",
         provider.resource.attributes.get(SERVICE_NAME),

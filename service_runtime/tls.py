@@ -201,6 +201,16 @@ class _Reloader:
             return material.configuration()
 
 
+# The client settings, for help texts: all unset means plain text.
+CLIENT_TLS_VARIABLES = (
+    "GRPC_TLS",
+    "GRPC_TLS_CA_FILE",
+    "GRPC_TLS_CERT_FILE",
+    "GRPC_TLS_KEY_FILE",
+    "GRPC_TLS_SERVER_NAME",
+)
+
+
 @dataclass(frozen=True)
 class ClientTls:
     """How a client dials with TLS: the CA bundle it trusts and the certificate it presents.

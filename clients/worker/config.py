@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from service_runtime.cli import TRACING_VARIABLES, environment_epilog, format_default
 from service_runtime.config import ConfigError, Env, parse_duration
-from service_runtime.tls import ClientTls
+from service_runtime.tls import CLIENT_TLS_VARIABLES, ClientTls
 
 _MAX_WORKER_ID = 200
 
@@ -138,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m clients.worker",
         description="Runs sync jobs of QueueService through SyncService. Every flag has an "
         "environment variable (shown in brackets); flags win. Durations: 500ms, 45s, 10m, 1h.",
+        epilog=environment_epilog(
+            [
+                ("TRIGGER_SECRET", "(required: the worker authenticates with it)"),
+                ("WORKER_ONCE", "false"),
+                *((s.env, format_default(s.default)) for s in _SETTINGS.values()),
+                *((name, "") for name in CLIENT_TLS_VARIABLES),
+                *TRACING_VARIABLES,
+            ]
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--once",

@@ -235,3 +235,7 @@ class QueueDriver(Protocol):
     ) -> WorkerRun:
         """Finishes a running run (metadata merged); WorkerRunNotFound, or IllegalTransition
         when it already finished."""
+
+    async def worker_run_delete_finished(self, *, finished_before: datetime, limit: int) -> int:
+        """Deletes up to `limit` finished (completed or failed) worker runs that finished before
+        `finished_before`; returns how many. Running runs are kept, however old."""

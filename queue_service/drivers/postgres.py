@@ -319,6 +319,10 @@ SELECT c.*, a.account_name,
 FROM changed c LEFT JOIN gmb_accounts a ON a.id = c.account_id
 """  # noqa: S608
 
+# A request asks for an earlier start than its account's pending job has: an explicit
+# `scheduled_at` before the job's, or none (now) while the job waits for a later time.
+_EARLIER = "q.scheduled_at > coalesce(a.scheduled_at, %(now)s::timestamptz)"
+
 INSERT_SQL = f"""
 WITH request AS (
     SELECT *
@@ -359,11 +363,13 @@ upgraded AS (
     UPDATE sync_queue q
     SET sync_type = CASE WHEN a.sync_type = 'full' THEN 'full' ELSE q.sync_type END,
         priority = greatest(q.priority, a.priority),
+        scheduled_at = CASE WHEN {_EARLIER} THEN a.scheduled_at ELSE q.scheduled_at END,
         updated_at = %(now)s::timestamptz
     FROM allowed a
     WHERE q.account_id = a.account_id
       AND q.status = 'pending'
-      AND (q.priority < a.priority OR (a.sync_type = 'full' AND q.sync_type <> 'full'))
+      AND (q.priority < a.priority OR (a.sync_type = 'full' AND q.sync_type <> 'full')
+           OR {_EARLIER})
       AND a.account_id NOT IN (SELECT account_id FROM inserted)
     RETURNING {Q_JOB_FIELDS}
 ),
@@ -383,8 +389,16 @@ job AS (
 )
 SELECT acc.n, acc.account_id AS requested_account_id, acc.visible, acc.is_active,
        job.*, g.account_name,
-       (SELECT pg_notify('{NOTIFY_CHANNEL}', count(*)::text) FROM inserted
-        WHERE scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz
+       (SELECT pg_notify('{NOTIFY_CHANNEL}', count(*)::text) FROM (
+            SELECT id FROM inserted
+            WHERE scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz
+            -- Pending jobs an earlier schedule made due now (`before` is this statement's
+            -- snapshot, from before the upgrade).
+            UNION ALL
+            SELECT u.id FROM upgraded u JOIN sync_queue before ON before.id = u.id
+            WHERE before.scheduled_at > %(now)s::timestamptz
+              AND (u.scheduled_at IS NULL OR u.scheduled_at <= %(now)s::timestamptz)
+        ) ready
         HAVING count(*) > 0) AS notified
 FROM account acc
 LEFT JOIN job ON job.account_id = acc.account_id

@@ -165,7 +165,8 @@ async def job_get_visible(conn: AsyncConnection, job_id: uuid.UUID, caller: Call
 
 def merge_by_account(requests: Sequence[EnqueueRequest]) -> dict[uuid.UUID, EnqueueRequest]:
     """Each account's requests as one, in order of first appearance: the first request, upgraded
-    as its successors would upgrade a pending job (to a full sync, to the highest priority)."""
+    as its successors would upgrade a pending job (to a full sync, to the highest priority, to
+    the earliest `scheduled_at`, where unset means now and so wins)."""
     merged: dict[uuid.UUID, EnqueueRequest] = {}
     for request in requests:
         first = merged.get(request.account_id)
@@ -178,6 +179,9 @@ def merge_by_account(requests: Sequence[EnqueueRequest]) -> dict[uuid.UUID, Enqu
             if SyncType.FULL in (first.sync_type, request.sync_type)
             else first.sync_type,
             priority=max(first.priority, request.priority),
+            scheduled_at=None
+            if first.scheduled_at is None or request.scheduled_at is None
+            else min(first.scheduled_at, request.scheduled_at),
         )
     return merged
 
@@ -512,6 +516,24 @@ class SharedDriver:
         )
         async with self.transaction() as conn:
             result = await conn.execute(sa.delete(q).where(q.c.id.in_(victims)))
+        return result.rowcount or 0
+
+    async def worker_run_delete_finished(self, *, finished_before: datetime, limit: int) -> int:
+        """See `QueueDriver.worker_run_delete_finished`."""
+        victims = (
+            sa.select(runs.c.id)
+            .where(
+                runs.c.status != WorkerRunStatus.RUNNING.value,
+                runs.c.finished_at < finished_before,
+                # Implied by the line above (a run finishes after it starts); it lets the
+                # database walk the started_at index instead of the whole table.
+                runs.c.started_at < finished_before,
+            )
+            .limit(limit)
+            .scalar_subquery()
+        )
+        async with self.transaction() as conn:
+            result = await conn.execute(sa.delete(runs).where(runs.c.id.in_(victims)))
         return result.rowcount or 0
 
     async def worker_run_insert(

@@ -140,11 +140,13 @@ class SqliteDriver(SharedDriver):
             )
             inserted = {row["account_id"]: job_from_row(row) for row in rows}
             active: dict[uuid.UUID, Job] = {}
+            ready = sum(is_ready(job, moment.now) for job in inserted.values())
             for account, request in merged.items():
                 if account not in inserted:
                     # Writers are serialised, so the job the INSERT met is still there.
-                    active[account] = await self._upgrade_active(tx, request, moment.now)
-            ready = sum(is_ready(job, moment.now) for job in inserted.values())
+                    job, made_due = await self._upgrade_active(tx, request, moment.now)
+                    active[account] = job
+                    ready += made_due
             if ready:
                 await self._announce(tx, ready)
         return enqueue_results(requests, inserted, active)
@@ -184,9 +186,24 @@ class SqliteDriver(SharedDriver):
 
     async def _upgrade_active(
         self, conn: AsyncConnection, request: EnqueueRequest, now: datetime
-    ) -> Job:
-        """Upgrades the account's pending job to a full sync or a higher priority if asked;
-        returns the account's active job."""
+    ) -> tuple[Job, bool]:
+        """Upgrades the account's pending job to a full sync, a higher priority or an earlier
+        schedule if asked; returns the account's active job, and whether the upgrade made it
+        due now (it waited for a later time)."""
+        # Unset means now; a job scheduled later than the request asks is moved up.
+        earlier = q.c.scheduled_at > (request.scheduled_at or now)
+        made_due = False
+        if request.scheduled_at is None or request.scheduled_at <= now:
+            # A pending job waiting for a later time is about to be due: announce it.
+            waits_until = (
+                await conn.execute(
+                    sa.select(q.c.scheduled_at).where(
+                        q.c.account_id == request.account_id,
+                        q.c.status == status(JobStatus.PENDING),
+                    )
+                )
+            ).scalar_one_or_none()
+            made_due = waits_until is not None and waits_until > now
         upgraded_type = (
             sa.literal(SyncType.FULL.value) if request.sync_type is SyncType.FULL else q.c.sync_type
         )
@@ -199,6 +216,7 @@ class SqliteDriver(SharedDriver):
                 sa.literal(request.sync_type.value) == SyncType.FULL.value,
                 q.c.sync_type != SyncType.FULL.value,
             ),
+            earlier,
         )
         row = (
             (
@@ -209,7 +227,15 @@ class SqliteDriver(SharedDriver):
                         q.c.status == status(JobStatus.PENDING),
                         needs_upgrade,
                     )
-                    .values(sync_type=upgraded_type, priority=upgraded_priority, updated_at=now)
+                    .values(
+                        sync_type=upgraded_type,
+                        priority=upgraded_priority,
+                        scheduled_at=sa.case(
+                            (earlier, sa.literal(request.scheduled_at, q.c.scheduled_at.type)),
+                            else_=q.c.scheduled_at,
+                        ),
+                        updated_at=now,
+                    )
                     .returning(*JOB_COLUMNS)
                 )
             )
@@ -229,7 +255,7 @@ class SqliteDriver(SharedDriver):
                 .mappings()
                 .one()
             )
-        return job_from_row(row)
+        return job_from_row(row), made_due
 
     # -- pick ---------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 
+from service_runtime.cli import environment_epilog
 from service_runtime.config import ConfigError, Env
 from sync_service.emulator.faults import Api
 from sync_service.emulator.server import EmulatorServer
@@ -26,7 +27,22 @@ log = logging.getLogger("sync_service.emulator")
 def _parser(env: Env) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sync_service.emulator",
-        description="A local emulator of Google's Business Profile APIs.",
+        description="A local emulator of Google's Business Profile APIs. Each option also "
+        "reads its environment variable; an option on the command line wins.",
+        epilog=environment_epilog(
+            [
+                ("EMULATOR_HOST", "127.0.0.1"),
+                ("EMULATOR_PORT", "8085"),
+                ("EMULATOR_SEED", "1"),
+                ("EMULATOR_ACCOUNTS", "3"),
+                ("EMULATOR_LOCATIONS", "5"),
+                ("EMULATOR_REVIEWS", "50"),
+                ("EMULATOR_QUOTA_PER_MINUTE", "300"),
+                ("EMULATOR_API_QUOTAS", "api=n,api=n"),
+                ("EMULATOR_MESSY", "false"),
+            ]
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default=env.str("EMULATOR_HOST", "127.0.0.1"))
     parser.add_argument(

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -46,8 +46,10 @@ def _free_port() -> int:
 class PrivatePostgres:
     """One private cluster: start, restart (fast), terminate the backends of a database, stop."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, settings: Mapping[str, str] | None = None) -> None:
         self.bin_dir = bin_dir
+        # Server settings (`-c name=value`) beyond the defaults.
+        self.settings = dict(settings or {})
         self.port = _free_port()
         self.root = Path(tempfile.mkdtemp(prefix="gmbsync-pg-"))
         self.data = self.root / "data"
@@ -81,6 +83,7 @@ class PrivatePostgres:
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=100"
         )
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
 
     def restart(self) -> float:
@@ -111,13 +114,15 @@ class PrivatePostgres:
 
 
 @contextlib.contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
+def private_postgres(**settings: str) -> Iterator[PrivatePostgres]:
+    """A started private server (skips the test without PostgreSQL's binaries); `settings` are
+    server settings, e.g. `synchronous_commit="off"`."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         import pytest
 
         pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
-    server = PrivatePostgres(bin_dir)
+    server = PrivatePostgres(bin_dir, settings)
     try:
         server.start()
         yield server

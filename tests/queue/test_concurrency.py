@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from google.protobuf import duration_pb2
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from queue_service.tables import sync_queue
+from service_runtime.database import create_engine_async
 from sync_service.tables import gmb_accounts
 from tests.conftest import WORKER_METADATA
 from tests.queue.conftest import queue_settings, start_queue, stop_queue
@@ -134,33 +136,135 @@ async def test_fifty_concurrent_enqueues_for_one_account_make_exactly_one_job(pg
     assert count == 1
 
 
-async def test_concurrent_completion_and_recovery_leave_one_outcome(pg_queue):
-    """Late holders' completions and the reaper race: the leases have expired, so the
-    completions are all refused whoever comes first, and the reaper recovers every job."""
+# Which side of the race a task is on: the holder's completion or the reaper. Each side gets its
+# own instant of the injected clock (a contextvar, as asyncio tasks copy their context).
+_SIDE: contextvars.ContextVar[str] = contextvars.ContextVar("race_side", default="holder")
+
+
+def _race_clock(jobs: list[pb.Job]):  # type: ignore[no-untyped-def]
+    """The instant a lease runs out, seen from both sides: a holder's completion is judged just
+    before the earliest expiry (so it is still valid), the reaper just after the latest one (so
+    every lease is expired to it). Fixed instants, so the outcome never hangs on how fast the
+    machine is between the pick and the race."""
+    expiries = [j.lease_expires_at.ToDatetime(tzinfo=UTC) for j in jobs]
+    holder = min(expiries) - timedelta(milliseconds=1)
+    reaper = max(expiries) + timedelta(milliseconds=1)
+    return lambda: reaper if _SIDE.get() == "reaper" else holder
+
+
+async def _complete_or_code(queue, job):  # type: ignore[no-untyped-def]
+    try:
+        return await queue.complete(job)
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+
+
+async def _lock_waiters(engine, count: int) -> None:  # type: ignore[no-untyped-def]
+    """Returns once `count` sessions wait on a row lock (pg_stat_activity): the completions are
+    inside their statements, blocked by the lock, not still on their way."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND query ILIKE '%sync_queue%'"
+    )
+    while True:
+        async with engine.connect() as conn:
+            if (await conn.execute(query)).scalar_one() >= count:
+                return
+        assert loop.time() < deadline, f"the completions never waited on the lock ({count})"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_completion_and_the_reaper_racing_at_expiry_leave_one_outcome(pg_queue):
+    """At the instant a lease runs out its holder's completion and the reaper race for the job.
+    The interleaving is forced, each way for half of the jobs: completions already inside their
+    statements (holding up on a row lock, as when they lock the row first) for the first half,
+    the reaper first for the second. The reaper must skip rows an in-flight statement holds and
+    the completion must then win; a completion arriving after the reaper must be refused.
+    Both outcomes occur, and every job has exactly one."""
+    accounts = [await pg_queue.add_account() for _ in range(16)]
+    for account in accounts:
+        await pg_queue.enqueue(account)
+    lease = duration_pb2.Duration()
+    lease.FromTimedelta(timedelta(seconds=5))
+    jobs = await pg_queue.pick(max_jobs=16, lease_duration=lease)
+    pg_queue.app.store.clock = _race_clock(jobs)
+    # Fewer blocked completions than the service's pool holds connections, so the reaper and the
+    # late completions still get one; the test's own lock and probe use an engine of their own.
+    held, late = jobs[:8], jobs[8:]
+    engine = create_engine_async(pg_queue.database_url)
+
+    async def reap():  # type: ignore[no-untyped-def]
+        _SIDE.set("reaper")
+        return await pg_queue.app.store.jobs_recover()
+
+    async with engine.connect() as locker:
+        transaction = await locker.begin()
+        await locker.execute(
+            sa.select(sync_queue.c.id)
+            .where(sync_queue.c.id.in_([uuid.UUID(j.id) for j in held]))
+            .with_for_update()
+        )
+        first = [asyncio.ensure_future(_complete_or_code(pg_queue, j)) for j in held]
+        await _lock_waiters(engine, len(held))
+        # The completions of `held` are mid-statement; the reaper runs now, past every expiry.
+        recovered = await asyncio.wait_for(reap(), timeout=30)
+        await transaction.commit()
+    held_results = await asyncio.gather(*first)
+    late_results = [await _complete_or_code(pg_queue, j) for j in late]
+
+    recovered_ids = {str(i) for i in recovered.requeued} | {str(i) for i in recovered.failed}
+    completed_ids = {
+        r.id for r in [*held_results, *late_results] if not isinstance(r, grpc.StatusCode)
+    }
+    # Both outcomes, each where the interleaving put it.
+    assert completed_ids == {j.id for j in held}
+    assert recovered_ids == {j.id for j in late}
+    assert late_results == [grpc.StatusCode.FAILED_PRECONDITION] * len(late)
+    # Exactly one outcome per job, and the rows say the same.
+    async with engine.connect() as conn:
+        rows = dict((await conn.execute(sa.select(sync_queue.c.id, sync_queue.c.status))).all())
+    await engine.dispose()
+    assert {str(i) for i, s in rows.items() if s == "succeeded"} == completed_ids
+    assert {str(i) for i, s in rows.items() if s == "pending"} == recovered_ids
+
+
+async def test_completions_and_the_reaper_released_at_once_leave_one_outcome(pg_queue):
+    """The same race left to the scheduler: a barrier releases forty completions (judged just
+    before expiry) and the reaper (just after) at the same instant. Whoever locks a job first
+    acts; whatever the interleaving, each job has exactly one outcome and the rows agree."""
     accounts = [await pg_queue.add_account() for _ in range(40)]
     for account in accounts:
         await pg_queue.enqueue(account)
     lease = duration_pb2.Duration()
     lease.FromTimedelta(timedelta(seconds=5))
     jobs = await pg_queue.pick(max_jobs=40, lease_duration=lease)
-    pg_queue.advance_clock(timedelta(seconds=6))
+    pg_queue.app.store.clock = _race_clock(jobs)
+    barrier = asyncio.Barrier(len(jobs) + 1)
 
-    async def complete(job):
-        try:
-            return await pg_queue.complete(job)
-        except grpc.aio.AioRpcError as err:
-            return err.code()
+    async def complete(job):  # type: ignore[no-untyped-def]
+        await barrier.wait()
+        return await _complete_or_code(pg_queue, job)
 
-    results = await asyncio.gather(pg_queue.app.store.jobs_recover(), *(complete(j) for j in jobs))
-    recovered, completions = results[0], results[1:]
+    async def reap():  # type: ignore[no-untyped-def]
+        _SIDE.set("reaper")
+        await barrier.wait()
+        return await pg_queue.app.store.jobs_recover()
+
+    recovered, *completions = await asyncio.gather(reap(), *(complete(j) for j in jobs))
 
     refusals = [c for c in completions if isinstance(c, grpc.StatusCode)]
     assert set(refusals) <= {grpc.StatusCode.FAILED_PRECONDITION}
-    recovered_ids = {str(i) for i in recovered.requeued}
+    recovered_ids = {str(i) for i in recovered.requeued} | {str(i) for i in recovered.failed}
     completed_ids = {c.id for c in completions if not isinstance(c, grpc.StatusCode)}
     assert recovered_ids.isdisjoint(completed_ids)
     assert recovered_ids | completed_ids == {j.id for j in jobs}
-    assert completed_ids == set()  # an expired lease is never honoured
+    assert len(refusals) == len(recovered_ids)
+    async with pg_queue.app.engine.connect() as conn:
+        rows = dict((await conn.execute(sa.select(sync_queue.c.id, sync_queue.c.status))).all())
+    assert {str(i) for i, s in rows.items() if s == "succeeded"} == completed_ids
+    assert {str(i) for i, s in rows.items() if s == "pending"} == recovered_ids
 
 
 @pytest.mark.parametrize("replicas", [3])

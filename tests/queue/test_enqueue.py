@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from tests.conftest import WORKER_METADATA, bearer
@@ -68,6 +69,45 @@ async def test_a_full_or_higher_priority_request_upgrades_a_pending_duplicate(qu
 
     assert upgraded.duplicate and upgraded.job.id == first.id
     assert (upgraded.job.sync_type, upgraded.job.priority) == (pb.SYNC_TYPE_FULL, 20)
+
+
+async def test_enqueueing_now_brings_a_pending_duplicate_scheduled_later_forward(queue):
+    account = await queue.add_account()
+    in_an_hour = timestamp_pb2.Timestamp()
+    in_an_hour.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+    delayed = await queue.enqueue(account, scheduled_at=in_an_hour)
+    assert await queue.pick() == []
+
+    now = await queue.stub.EnqueueSync(
+        pb.EnqueueSyncRequest(account_id=str(account), sync_type=pb.SYNC_TYPE_FULL),
+        metadata=WORKER_METADATA,
+    )
+
+    assert now.duplicate and now.job.id == delayed.id
+    assert not now.job.HasField("scheduled_at")
+    assert [job.id for job in await queue.pick()] == [delayed.id]
+
+
+async def test_a_batch_item_asking_for_now_brings_a_pending_duplicate_forward(queue):
+    a, b = await queue.add_account(), await queue.add_account()
+    in_an_hour = timestamp_pb2.Timestamp()
+    in_an_hour.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+    delayed = await queue.enqueue(a, scheduled_at=in_an_hour)
+
+    response = await queue.stub.EnqueueSyncBatch(
+        pb.EnqueueSyncBatchRequest(
+            items=[
+                pb.EnqueueSyncRequest(account_id=str(b), sync_type=pb.SYNC_TYPE_FULL),
+                pb.EnqueueSyncRequest(account_id=str(a), sync_type=pb.SYNC_TYPE_FULL),
+            ]
+        ),
+        metadata=WORKER_METADATA,
+    )
+
+    assert [r.duplicate for r in response.results] == [False, True]
+    assert response.results[1].job.id == delayed.id
+    assert not response.results[1].job.HasField("scheduled_at")
+    assert len(await queue.pick(max_jobs=5)) == 2
 
 
 async def test_a_processing_duplicate_is_returned_unchanged(queue):

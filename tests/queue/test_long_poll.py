@@ -12,6 +12,7 @@ from datetime import timedelta
 from google.protobuf import duration_pb2
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
+from queue_service import servicer
 from tests.conftest import WORKER_METADATA
 from tests.queue.conftest import queue_settings, start_queue, stop_queue
 
@@ -24,9 +25,10 @@ def wait(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
-async def _wait_until_waiting(running) -> None:
-    """Gives the picker's RPC time to reach its wait (a notification before it is harmless)."""
-    await asyncio.sleep(0.3)
+async def _wait_until_waiting(running, count: int = 1) -> None:
+    """Returns once `count` pickers wait on the replica's signal: an enqueue made earlier would
+    be found by the picker's first look, and the test would not prove the wake-up."""
+    await _until(lambda: running.app.signal.waiting >= count, f"{count} picker(s) waiting")
 
 
 async def test_a_waiting_picker_is_woken_by_an_enqueue(any_db_url, auth_settings):
@@ -77,13 +79,16 @@ async def test_a_wait_with_nothing_to_do_returns_empty(queue):
     assert list(response.jobs) == []
 
 
-async def test_a_picker_never_waits_past_its_deadline(queue):
-    # wait=30s but a 1 s deadline: the server answers (empty) before the deadline, rather than
-    # leasing a job to a caller that is gone.
+async def test_a_picker_never_waits_past_its_deadline(queue, monkeypatch):
+    # wait=30s but a 3 s deadline: the server answers (empty) before the deadline, rather than
+    # leasing a job to a caller that is gone. A 2.5 s margin (the server waits 0.5 s) so that a
+    # loaded machine cannot make the answer itself late; a server that ignored the deadline
+    # would still wait 30 s and the call would end DEADLINE_EXCEEDED.
+    monkeypatch.setattr(servicer, "PICK_DEADLINE_MARGIN", timedelta(seconds=2.5))
     response = await queue.stub.PickJobs(
         pb.PickJobsRequest(worker_id="hurried", wait=wait(30)),
         metadata=WORKER_METADATA,
-        timeout=1.5,
+        timeout=3.0,
     )
     assert list(response.jobs) == []
 
@@ -95,7 +100,7 @@ async def test_shutdown_releases_waiting_pickers_at_once(any_db_url, auth_settin
             pb.PickJobsRequest(worker_id="waiter", wait=wait(25)), metadata=WORKER_METADATA
         )
     )
-    await asyncio.sleep(0.3)
+    await _wait_until_waiting(running)
 
     # A 20 s grace period: the picker must be answered long before it, not cut off after.
     stopping = asyncio.ensure_future(running.app.stop(grace=20))
@@ -106,12 +111,14 @@ async def test_shutdown_releases_waiting_pickers_at_once(any_db_url, auth_settin
     assert list(response.jobs) == []
 
 
-async def _until(condition, what: str) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"never: {what}")
+async def _until(condition, what: str, timeout: float = 10.0) -> None:
+    """Polls `condition` until it holds; fails after `timeout` seconds (a deadline, not a wait)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"never: {what}")
+        await asyncio.sleep(0.01)
 
 
 async def test_new_jobs_wake_as_many_waiting_pickers_as_there_are_jobs(any_db_url, auth_settings):

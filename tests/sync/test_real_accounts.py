@@ -181,8 +181,15 @@ async def test_reconnecting_during_a_sync_is_not_undone_by_the_old_grants_failur
     new_grant = harness.state.add_grant(["accounts/1"])
     harness.state.inject("latency", endpoint="token", latency=1.0, count=1)
 
+    token_requests = harness.state.stats.requests["token"]
     sync = asyncio.create_task(harness.sync_error(account.id))
-    await asyncio.sleep(0.3)  # the sync waits on the token endpoint with the old grant
+    # The sync's token request, with the old grant, has reached the emulator (counted as it
+    # arrives, before its latency): only now is the account reconnected.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while harness.state.stats.requests["token"] == token_requests:
+        assert loop.time() < deadline, "the sync never asked for a token"
+        await asyncio.sleep(0.01)
     await harness.connect(1, refresh_token=new_grant)
     error = await sync
 

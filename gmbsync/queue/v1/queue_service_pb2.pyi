@@ -1389,7 +1389,7 @@ class Alert(_message.Message):
     SEVERITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Stable name: `high_failure_rate`, `stale_processing_jobs`, `queue_backlog`,
-    `failed_worker_runs`, `google_api_disabled`.
+    `failed_worker_runs`, `google_api_disabled`, `long_transaction`.
     """
     message: _builtins.str
     """What is wrong, for a person."""
@@ -1434,12 +1434,26 @@ class GetDiagnosticsResponse(_message.Message):
     ALERTS_FIELD_NUMBER: _builtins.int
     FINISHED_LAST_HOUR_FIELD_NUMBER: _builtins.int
     GENERATED_AT_FIELD_NUMBER: _builtins.int
+    QUEUE_DEAD_TUPLES_FIELD_NUMBER: _builtins.int
+    OLDEST_TRANSACTION_AGE_FIELD_NUMBER: _builtins.int
+    OLDEST_TRANSACTION_STATE_FIELD_NUMBER: _builtins.int
+    OLDEST_TRANSACTION_APPLICATION_FIELD_NUMBER: _builtins.int
     failure_rate_last_hour: _builtins.float
     """Failed jobs / finished (succeeded or failed) jobs over the last hour, 0..1."""
     success_rate_7d: _builtins.float
     """Succeeded jobs / finished (succeeded or failed) jobs over the last 7 days, 0..1."""
     finished_last_hour: _builtins.int
     """Jobs succeeded or failed in the last hour (denominator of the failure rate)."""
+    queue_dead_tuples: _builtins.int
+    """Vacuum health (PostgreSQL; zero and empty on SQLite). Field numbers from 20.
+    Dead row versions of the queue table not yet vacuumed (pg_stat_user_tables.n_dead_tup):
+    every pick, completion and retry leaves one, and an open transaction keeps vacuum from
+    removing those newer than its snapshot.
+    """
+    oldest_transaction_state: _builtins.str
+    """That session's state, e.g. `idle in transaction` (a reader holding a snapshot)."""
+    oldest_transaction_application: _builtins.str
+    """That session's application_name, to find who holds it."""
     @_builtins.property
     def stats(self) -> Global___QueueStats:
         """Counts by status, all users."""
@@ -1476,6 +1490,12 @@ class GetDiagnosticsResponse(_message.Message):
     def generated_at(self) -> _timestamp_pb2.Timestamp:
         """When these figures were computed."""
 
+    @_builtins.property
+    def oldest_transaction_age(self) -> _duration_pb2.Duration:
+        """Age of the oldest open transaction of another session on this database
+        (pg_stat_activity.xact_start); zero when none.
+        """
+
     def __init__(
         self,
         *,
@@ -1491,10 +1511,14 @@ class GetDiagnosticsResponse(_message.Message):
         alerts: _abc.Iterable[Global___Alert] | None = ...,
         finished_last_hour: _builtins.int = ...,
         generated_at: _timestamp_pb2.Timestamp | None = ...,
+        queue_dead_tuples: _builtins.int = ...,
+        oldest_transaction_age: _duration_pb2.Duration | None = ...,
+        oldest_transaction_state: _builtins.str = ...,
+        oldest_transaction_application: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["avg_duration", b"avg_duration", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "p95_duration", b"p95_duration", "stats", b"stats"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["avg_duration", b"avg_duration", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "oldest_transaction_age", b"oldest_transaction_age", "p95_duration", b"p95_duration", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "avg_duration", b"avg_duration", "failure_rate_last_hour", b"failure_rate_last_hour", "finished_last_hour", b"finished_last_hour", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "p95_duration", b"p95_duration", "recent_failures", b"recent_failures", "recent_worker_runs", b"recent_worker_runs", "stale_jobs", b"stale_jobs", "stats", b"stats", "success_rate_7d", b"success_rate_7d"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "avg_duration", b"avg_duration", "failure_rate_last_hour", b"failure_rate_last_hour", "finished_last_hour", b"finished_last_hour", "generated_at", b"generated_at", "oldest_pending_age", b"oldest_pending_age", "oldest_transaction_age", b"oldest_transaction_age", "oldest_transaction_application", b"oldest_transaction_application", "oldest_transaction_state", b"oldest_transaction_state", "p95_duration", b"p95_duration", "queue_dead_tuples", b"queue_dead_tuples", "recent_failures", b"recent_failures", "recent_worker_runs", b"recent_worker_runs", "stale_jobs", b"stale_jobs", "stats", b"stats", "success_rate_7d", b"success_rate_7d"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

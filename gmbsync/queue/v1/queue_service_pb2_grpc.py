@@ -148,8 +148,8 @@ class QueueServiceServicer:
 
     def EnqueueSync(self, request, context):
         """Enqueues a sync of one account. At most one pending or processing job exists per account:
-        a duplicate returns the existing job (upgraded to a full sync or a higher priority while it
-        is still pending) with `duplicate` set.
+        a duplicate returns the existing job (upgraded to a full sync, a higher priority or an
+        earlier `scheduled_at`, unset meaning now, while it is still pending) with `duplicate` set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

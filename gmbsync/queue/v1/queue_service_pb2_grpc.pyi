@@ -41,8 +41,8 @@ class QueueServiceStub:
     def __new__(cls, channel: _aio.Channel) -> QueueServiceAsyncStub: ...
     EnqueueSync: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.EnqueueSyncRequest, _queue_service_pb2.EnqueueSyncResponse]
     """Enqueues a sync of one account. At most one pending or processing job exists per account:
-    a duplicate returns the existing job (upgraded to a full sync or a higher priority while it
-    is still pending) with `duplicate` set.
+    a duplicate returns the existing job (upgraded to a full sync, a higher priority or an
+    earlier `scheduled_at`, unset meaning now, while it is still pending) with `duplicate` set.
     """
     EnqueueSyncBatch: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.EnqueueSyncBatchRequest, _queue_service_pb2.EnqueueSyncBatchResponse]
     """Enqueues many syncs in one transaction. Each item is answered in request order; one item's
@@ -114,8 +114,8 @@ class QueueServiceAsyncStub(QueueServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     EnqueueSync: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.EnqueueSyncRequest, _queue_service_pb2.EnqueueSyncResponse]  # type: ignore[assignment]
     """Enqueues a sync of one account. At most one pending or processing job exists per account:
-    a duplicate returns the existing job (upgraded to a full sync or a higher priority while it
-    is still pending) with `duplicate` set.
+    a duplicate returns the existing job (upgraded to a full sync, a higher priority or an
+    earlier `scheduled_at`, unset meaning now, while it is still pending) with `duplicate` set.
     """
     EnqueueSyncBatch: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.EnqueueSyncBatchRequest, _queue_service_pb2.EnqueueSyncBatchResponse]  # type: ignore[assignment]
     """Enqueues many syncs in one transaction. Each item is answered in request order; one item's
@@ -190,8 +190,8 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.EnqueueSyncResponse, _abc.Awaitable[_queue_service_pb2.EnqueueSyncResponse]]:
         """Enqueues a sync of one account. At most one pending or processing job exists per account:
-        a duplicate returns the existing job (upgraded to a full sync or a higher priority while it
-        is still pending) with `duplicate` set.
+        a duplicate returns the existing job (upgraded to a full sync, a higher priority or an
+        earlier `scheduled_at`, unset meaning now, while it is still pending) with `duplicate` set.
         """
 
     @_abc_1.abstractmethod

@@ -46,8 +46,11 @@ async def test_one_enqueue_is_announced_once(db: DriverUnderTest, heard: Heard):
 async def test_duplicates_and_later_jobs_are_not_announced(db: DriverUnderTest, heard: Heard):
     account = await db.add_account()
     await db.insert(account, scheduled_at=T0 + timedelta(minutes=5))
+    # A duplicate that leaves the job waiting (it asks for no earlier time) wakes nobody.
     await db.driver.job_insert_many(
-        [request(account, priority=5)], caller=Caller.everyone(), moment=Moment(T0)
+        [request(account, priority=5, scheduled_at=T0 + timedelta(minutes=10))],
+        caller=Caller.everyone(),
+        moment=Moment(T0),
     )
 
     assert await heard.settled() == []

@@ -208,3 +208,85 @@ async def test_an_insert_inside_a_transaction_is_undone_with_it(db: DriverUnderT
 async def test_an_empty_request_list_writes_nothing(db: DriverUnderTest):
     assert await db.driver.job_insert_many([], caller=Caller.everyone(), moment=Moment(T0)) == []
     assert await db.count_jobs() == 0
+
+
+# -- an earlier schedule upgrades a pending duplicate --------------------------------------------
+
+HOUR = timedelta(hours=1)
+
+
+async def test_enqueueing_now_moves_a_pending_job_scheduled_later_to_now(db: DriverUnderTest):
+    account = await db.add_account()
+    delayed = await db.insert(account, scheduled_at=T0 + HOUR)
+
+    [now] = await db.driver.job_insert_many(
+        [request(account)], caller=Caller.everyone(), moment=Moment(now=T0)
+    )
+
+    assert now.duplicate and now.job.id == delayed.id
+    assert now.job.scheduled_at is None
+    assert (await db.row(delayed.id))["scheduled_at"] is None
+    assert [job.id for job in await db.pick(at=T0)] == [delayed.id]
+
+
+async def test_an_earlier_scheduled_at_moves_a_pending_job_and_a_later_one_does_not(
+    db: DriverUnderTest,
+):
+    account = await db.add_account()
+    delayed = await db.insert(account, scheduled_at=T0 + 2 * HOUR)
+
+    [earlier] = await db.driver.job_insert_many(
+        [request(account, scheduled_at=T0 + HOUR)], caller=Caller.everyone(), moment=Moment(T0)
+    )
+    [later] = await db.driver.job_insert_many(
+        [request(account, scheduled_at=T0 + 3 * HOUR)], caller=Caller.everyone(), moment=Moment(T0)
+    )
+
+    assert earlier.job.scheduled_at == later.job.scheduled_at == T0 + HOUR
+    assert (await db.row(delayed.id))["scheduled_at"] == T0 + HOUR
+
+
+async def test_a_job_already_due_keeps_its_place_when_enqueued_again(db: DriverUnderTest):
+    account = await db.add_account()
+    due = await db.insert(account)  # scheduled_at unset: as soon as possible
+
+    [again] = await db.driver.job_insert_many(
+        [request(account, scheduled_at=T0 + HOUR)], caller=Caller.everyone(), moment=Moment(T0)
+    )
+
+    assert again.duplicate and again.job.id == due.id and again.job.scheduled_at is None
+
+
+async def test_a_batch_moves_a_pending_job_to_the_earliest_schedule_it_asks_for(
+    db: DriverUnderTest,
+):
+    a, b = await db.add_account(), await db.add_account()
+    delayed = await db.insert(a, scheduled_at=T0 + 2 * HOUR)
+
+    results = await db.driver.job_insert_many(
+        [
+            request(a, scheduled_at=T0 + HOUR),
+            request(b, scheduled_at=T0 + 3 * HOUR),
+            request(b),
+            request(a, scheduled_at=T0 + timedelta(minutes=30)),
+        ],
+        caller=Caller.everyone(),
+        moment=Moment(now=T0),
+    )
+
+    assert [r.duplicate for r in results] == [True, False, True, True]
+    assert (await db.row(delayed.id))["scheduled_at"] == T0 + timedelta(minutes=30)
+    # `b`'s second request (now) upgrades the job its first request made, as consecutive calls.
+    assert (await db.row(results[1].job.id))["scheduled_at"] is None
+
+
+async def test_a_pending_job_moved_to_now_is_announced(db: DriverUnderTest, heard):  # type: ignore[no-untyped-def]
+    account = await db.add_account()
+    await db.insert(account, scheduled_at=T0 + HOUR)
+    await heard.settled()
+
+    await db.driver.job_insert_many(
+        [request(account)], caller=Caller.everyone(), moment=Moment(now=T0)
+    )
+
+    assert await heard.settled() == [1]
