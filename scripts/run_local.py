@@ -427,7 +427,8 @@ async def run_system(environ: dict[str, str]) -> int:
             except Exception as exc:
                 _log(f"stopping {child.name} failed ({exc}): killing it")
                 with contextlib.suppress(ProcessLookupError):
-                    child.process.kill()  # type: ignore[union-attr]
+                    if child.process is not None:  # a started child has its process
+                        child.process.kill()
     return exit_code
 
 
