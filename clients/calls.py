@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
@@ -144,6 +144,26 @@ class ServiceClient:
             delay = policy.backoff(attempt, error)
             log.debug("%s failed (%s); retry %d in %.2f s", method, error.code.name, attempt, delay)
             await asyncio.sleep(delay)
+
+    async def _stream(
+        self,
+        method: str,
+        rpc: Callable[..., Any],
+        request: Any,
+        *,
+        timeout: float | None,
+    ) -> AsyncIterator[Any]:
+        """The messages of a server-streaming `rpc`, with credentials and an optional deadline
+        (None: the stream may last as long as the server sends). Never retried here: what a
+        repeat should resume from is the caller's to say."""
+        call = rpc(request, timeout=timeout, metadata=self._credentials.metadata)
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, method=f"{self.service_name}.{method}") from None
+        finally:
+            call.cancel()  # the caller stopped reading early: hang up rather than leak it
 
 
 def to_duration(value: float | timedelta | None) -> duration_pb2.Duration | None:

@@ -119,6 +119,15 @@ class DeadlineExceeded(ClientError):
     retryable = True
 
 
+class JobWaitTimeout(DeadlineExceeded):
+    """`wait_for_job` gave up: the job did not finish in time. `job` is its last state seen."""
+
+    def __init__(self, message: str, *, job: object = None, method: str = "") -> None:
+        super().__init__(message, code=grpc.StatusCode.DEADLINE_EXCEEDED, method=method)
+        #: The job as last seen (a gmbsync.queue.v1.Job), or None if none was read.
+        self.job = job
+
+
 class Aborted(ClientError):
     """The call was aborted by a conflict; trying again may succeed."""
 
@@ -199,6 +208,7 @@ __all__ = [
     "FieldViolation",
     "Internal",
     "InvalidArgument",
+    "JobWaitTimeout",
     "LeaseLost",
     "NotFound",
     "PermissionDenied",

@@ -13,17 +13,26 @@ Which calls are retried on UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED
   knows what it already reported, retries them itself), Cancel/Retry and worker runs.
 
 Lease calls raise `LeaseLost` (a FailedPrecondition) when the lease is no longer held.
+
+`watch_job` streams a job's changes (WatchJob); `wait_for_job` waits for a job to finish, and
+watches again when a stream breaks on a retryable error (a server restarting, a replica going
+away) until its own timeout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clients.calls import ServiceClient, sync_type_value, to_duration, to_struct, to_timestamp
+from clients.errors import ClientError, DeadlineExceeded, JobWaitTimeout, Unavailable
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 # PickJobs long-polls for up to `wait`; its deadline must outlast the wait by this much.
 _PICK_DEADLINE_MARGIN = 10.0
@@ -33,9 +42,16 @@ JobResult = pb.JobResult
 JobResultAck = pb.JobResultAck
 JobStatus = pb.JobStatus
 JobView = pb.JobView
+SyncResult = pb.SyncResult
+SyncSchedule = pb.SyncSchedule
 SyncType = pb.SyncType
 WorkerRun = pb.WorkerRun
 WorkerRunStatus = pb.WorkerRunStatus
+
+#: The statuses a job does not leave by itself (RetryJob may still put it back to pending).
+FINISHED_STATUSES = frozenset(
+    {pb.JOB_STATUS_SUCCEEDED, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED}
+)
 
 
 class QueueClient(ServiceClient):
@@ -127,6 +143,70 @@ class QueueClient(ServiceClient):
         request = pb.RetryJobRequest(job_id=job_id)
         response = await self._unary("RetryJob", self._stub.RetryJob, request, timeout=timeout)
         return response.job
+
+    async def watch_job(
+        self, job_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[pb.Job]:
+        """The job now, then again at each change, ending after the job is finished.
+
+        `timeout` bounds the whole stream (None: as long as the job takes); on running out
+        the iteration raises DeadlineExceeded.
+        """
+        request = pb.WatchJobRequest(job_id=job_id)
+        async for response in self._stream(
+            "WatchJob", self._stub.WatchJob, request, timeout=timeout
+        ):
+            yield response.job
+
+    async def wait_for_job(self, job_id: str, timeout: float | None) -> pb.Job:
+        """Waits until the job is finished (succeeded, failed or cancelled) and returns it.
+
+        Raises JobWaitTimeout (a DeadlineExceeded, with the last state seen as `job`) when it
+        is not finished within `timeout` seconds (None: no limit), and the call's ClientError
+        when the job cannot be watched (NotFound, InvalidArgument, PermissionDenied...). A stream
+        broken by a retryable error is watched again after a backoff, up to the retry policy's
+        `attempts` breaks in a row without the job changing.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        last: pb.Job | None = None
+        broken = 0
+        while True:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise self._wait_timeout(job_id, timeout, last)
+            try:
+                async for job in self.watch_job(job_id, timeout=remaining):
+                    if job != last:  # progress: breaks before it do not count against this one
+                        last, broken = job, 0
+                    if job.status in FINISHED_STATUSES:
+                        return job
+                # A stream that ends before the job is finished (a proxy's idle cut): again.
+                error: ClientError = Unavailable(
+                    "the watch ended before the job finished", method="QueueService.WatchJob"
+                )
+            except DeadlineExceeded:
+                raise self._wait_timeout(job_id, timeout, last) from None
+            except ClientError as exc:
+                error = exc
+            broken += 1
+            if not error.retryable or broken >= self._retry.attempts:
+                raise error
+            delay = self._retry.backoff(broken, error)
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - loop.time()))
+            log.debug("WatchJob %s broke (%s); watching again in %.2f s", job_id, error, delay)
+            await asyncio.sleep(delay)
+
+    def _wait_timeout(
+        self, job_id: str, timeout: float | None, last: pb.Job | None
+    ) -> JobWaitTimeout:
+        state = JobStatus.Name(last.status) if last is not None else "unknown"
+        return JobWaitTimeout(
+            f"job {job_id} not finished after {timeout or 0:g} s (last seen {state})",
+            job=last,
+            method=f"{self.service_name}.WatchJob",
+        )
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -304,6 +384,46 @@ class QueueClient(ServiceClient):
         return await self._unary(
             "GetDiagnostics", self._stub.GetDiagnostics, request, timeout=timeout, idempotent=True
         )
+
+    async def get_sync_schedule(
+        self, account_id: str, *, timeout: float | None = None
+    ) -> pb.SyncSchedule:
+        """One account's periodic syncs: overrides, opt-out, and when the next ones fall."""
+        request = pb.GetSyncScheduleRequest(account_id=account_id)
+        response = await self._unary(
+            "GetSyncSchedule",
+            self._stub.GetSyncSchedule,
+            request,
+            timeout=timeout,
+            idempotent=True,
+        )
+        return response.schedule
+
+    async def set_sync_schedule(
+        self,
+        account_id: str,
+        *,
+        incremental_interval: float | timedelta | None = None,
+        full_interval: float | timedelta | None = None,
+        enabled: bool | None = None,
+        timeout: float | None = None,
+    ) -> pb.SyncSchedule:
+        """Changes one account's periodic syncs; None leaves a setting as it is, an interval of
+        0 returns it to the service default. Setting the same values again changes nothing."""
+        request = pb.SetSyncScheduleRequest(
+            account_id=account_id,
+            incremental_interval=to_duration(incremental_interval),
+            full_interval=to_duration(full_interval),
+            enabled=enabled,
+        )
+        response = await self._unary(
+            "SetSyncSchedule",
+            self._stub.SetSyncSchedule,
+            request,
+            timeout=timeout,
+            idempotent=True,
+        )
+        return response.schedule
 
 
 # --- results for ReportResults -------------------------------------------------------------

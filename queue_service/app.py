@@ -73,7 +73,7 @@ class QueueApp:
             health_probe=self.store.ping,
             tls=settings.tls,
             background=background,
-            on_shutdown=[self.signal.close],
+            on_shutdown=[self.signal.close, servicer.close_watches],
         )
 
     async def start(self) -> int:

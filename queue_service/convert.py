@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import datetime, timedelta
+from typing import Any
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from queue_service.models import (
@@ -65,6 +67,9 @@ def job_to_pb(job: Job, *, with_lease_token: bool = False) -> pb.Job:
             getattr(message, field).CopyFrom(to_timestamp(value))
     if job.result is not None:
         message.result.CopyFrom(to_struct(job.result))
+        typed = sync_result_to_pb(job.result)
+        if typed is not None:
+            message.sync_result.CopyFrom(typed)
     for entry in job.errors:
         error = message.errors.add(
             attempt=int(entry.get("attempt", 0)),
@@ -75,6 +80,67 @@ def job_to_pb(job: Job, *, with_lease_token: bool = False) -> pb.Job:
         if entry.get("failed_at"):
             error.failed_at.CopyFrom(to_timestamp(datetime.fromisoformat(entry["failed_at"])))
     return message
+
+
+# The integer counts a worker stores in a job's result (clients/worker/job.py `sync_result`).
+SYNC_RESULT_COUNTS = (
+    "locations_synced",
+    "locations_removed",
+    "reviews_added",
+    "reviews_updated",
+    "reviews_removed",
+    "api_calls",
+    "locations_skipped",
+    "locations_deletions_deferred",
+)
+
+
+_INT64_MAX = 2**63 - 1
+# A sync's duration longer than this is not a duration a worker measured.
+_DURATION_MAX_SECONDS = 10**9
+
+
+def _whole(value: Any) -> int | None:
+    """A count as an integer: a JSON result gives every number back as a float (3.0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if -_INT64_MAX <= value <= _INT64_MAX else None
+
+
+def sync_result_to_pb(result: dict[str, Any]) -> pb.SyncResult | None:
+    """The typed view of a job's result: the keys it knows, each of the right type; None when
+    the result has none of them (a result some other producer wrote). A value of the wrong
+    type is left out rather than failing the whole reply: the Struct still carries it."""
+    message = pb.SyncResult()
+    known = False
+    for name in SYNC_RESULT_COUNTS:
+        count = _whole(result.get(name))
+        if count is not None:
+            setattr(message, name, count)
+            known = True
+    seconds = result.get("duration_seconds")
+    if (
+        isinstance(seconds, int | float)
+        and not isinstance(seconds, bool)
+        and 0 <= seconds < _DURATION_MAX_SECONDS
+    ):
+        message.duration.CopyFrom(to_duration(timedelta(seconds=seconds)))
+        known = True
+    if isinstance(result.get("resumed"), bool):
+        message.resumed = result["resumed"]
+        known = True
+    skipped = result.get("skipped_locations")
+    if isinstance(skipped, list):
+        for entry in skipped:
+            if isinstance(entry, dict):
+                message.skipped_locations.add(
+                    location_id=str(entry.get("location_id", "")),
+                    reason=str(entry.get("reason", "")),
+                )
+        known = True
+    return message if known else None
 
 
 def job_to_worker_pb(job: Job) -> pb.Job:

@@ -7,10 +7,12 @@ auth interceptor before a handler runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -33,6 +35,7 @@ from queue_service.errors import (
 from queue_service.models import (
     Caller,
     Job,
+    JobStatus,
     PageCursor,
     Release,
     ResultAck,
@@ -70,6 +73,7 @@ _RPC_ROLES = {
     "GetDiagnostics": OPERATOR,
     "GetSyncSchedule": OPERATOR,
     "SetSyncSchedule": OPERATOR,
+    "WatchJob": USER,
 }
 POLICY: dict[str, frozenset[Role]] = {
     f"/{SERVICE_NAME}/{rpc}": roles for rpc, roles in _RPC_ROLES.items()
@@ -123,6 +127,14 @@ def _caller() -> Caller:
     return Caller.user(principal.user_id)
 
 
+FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def _job_version(job: Job) -> tuple[object, ...]:
+    """What tells a watcher that a job changed: any state change moves one of these."""
+    return (job.status, job.attempts, job.updated_at, len(job.errors), job.scheduled_at)
+
+
 def _enqueue_message(duplicate: bool) -> str:
     if duplicate:
         return "Sync job already queued for this account"
@@ -150,6 +162,12 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             incremental_interval=settings.schedule_incremental_interval,
             full_interval=settings.schedule_full_interval,
         )
+        # Set at shutdown: open WatchJob streams end at once instead of holding the drain.
+        self._closing = asyncio.Event()
+
+    def close_watches(self) -> None:
+        """Ends every WatchJob stream (UNAVAILABLE: the client watches again elsewhere)."""
+        self._closing.set()
 
     # -- users --------------------------------------------------------------------------------
 
@@ -402,6 +420,45 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
         log.info("schedule of account %s changed: %s", account_id, change)
         return pb.SetSyncScheduleResponse(schedule=convert.schedule_to_pb(schedule))
+
+    # -- watchers -----------------------------------------------------------------------------
+
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchJobResponse]:
+        # A server-streaming handler is an async generator: `translated` cannot wrap it.
+        try:
+            job_id = requests.job_id(request)
+        except errors.InvalidArgument as exc:
+            await errors.abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), violations=exc.violations
+            )
+        caller = _caller()
+        interval = self._settings.watch_poll_interval.total_seconds()
+        seen: tuple[object, ...] | None = None
+        while True:
+            try:
+                job = await self._store.reader.job_get(job_id, caller)
+            except QueueError as exc:
+                await errors.abort(context, status_of(exc), str(exc))
+            finished = job.status in FINISHED_STATUSES
+            version = _job_version(job)
+            if version != seen:
+                seen = version
+                yield pb.WatchJobResponse(job=convert.job_to_pb(job), finished=finished)
+            if finished:
+                return
+            # Completions are not signalled across replicas (only ready jobs are), so the
+            # watch reads the job again every interval: one primary-key read per watcher.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), interval)
+            if self._closing.is_set():
+                await errors.abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the server is shutting down; watch the job again",
+                    retry_delay_seconds=1,
+                )
 
 
 __all__ = ["POLICY", "SERVICE_NAME", "QueueServicer"]

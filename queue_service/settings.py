@@ -68,6 +68,8 @@ class QueueSettings:
     # The Google quota SyncService works within: GBP_QUOTA_PER_MINUTE per GBP_QUOTA_WINDOW.
     gbp_quota_per_window: int = 300
     gbp_quota_window: timedelta = timedelta(minutes=1)
+    # How often a WatchJob stream reads its job again to see whether it changed.
+    watch_poll_interval: timedelta = timedelta(seconds=1)
     # QUEUE_TLS_CERT_FILE, QUEUE_TLS_KEY_FILE, QUEUE_TLS_CLIENT_CA_FILE; None: plain text.
     tls: ServerTls | None = None
 
@@ -210,6 +212,12 @@ class QueueSettings:
                 cls.gbp_quota_window,
                 minimum=timedelta(milliseconds=100),
                 maximum=timedelta(hours=1),
+            ),
+            watch_poll_interval=env.duration(
+                "WATCH_POLL_INTERVAL",
+                cls.watch_poll_interval,
+                minimum=timedelta(milliseconds=50),
+                maximum=timedelta(minutes=1),
             ),
             tls=ServerTls.from_env(env, "QUEUE"),
         )

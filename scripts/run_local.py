@@ -28,7 +28,6 @@ import shlex
 import signal
 import socket
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +40,11 @@ from clients.healthcheck import check_health
 from service_runtime.auth import Role, issue_token
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import DEFAULT_DATABASE_URL
+from service_runtime.dev_tokens import DEMO_USER_ID
 from service_runtime.tls import ClientTls
 
 VAR = Path("var")
 SECRETS_FILE = VAR / "dev-secrets.env"
-DEMO_USER_ID = uuid.UUID("00000000-0000-4000-8000-00000000de01")
 # How long a child gets to stop on SIGTERM before it is killed.
 STOP_TIMEOUT = 20.0
 START_TIMEOUT = 60.0

@@ -253,6 +253,7 @@ class Job(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     WORKER_RUN_ID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    SYNC_RESULT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Job id (UUID)."""
     user_id: _builtins.str
@@ -319,6 +320,12 @@ class Job(_message.Message):
     def result(self) -> _struct_pb2.Struct:
         """What the successful sync reported (counts), from CompleteJob."""
 
+    @_builtins.property
+    def sync_result(self) -> Global___SyncResult:
+        """`result` with its counts typed, filled by the server from the keys it knows; unset when
+        the job has no result or none of those keys.
+        """
+
     def __init__(
         self,
         *,
@@ -345,10 +352,11 @@ class Job(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         worker_run_id: _builtins.str = ...,
         result: _struct_pb2.Struct | None = ...,
+        sync_result: Global___SyncResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "metadata", b"metadata", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "metadata", b"metadata", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "sync_result", b"sync_result", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_name", b"account_name", "attempts", b"attempts", "completed_at", b"completed_at", "created_at", b"created_at", "errors", b"errors", "id", b"id", "last_error", b"last_error", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "max_attempts", b"max_attempts", "metadata", b"metadata", "priority", b"priority", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "sync_type", b"sync_type", "trace_context", b"trace_context", "updated_at", b"updated_at", "user_id", b"user_id", "worker_id", b"worker_id", "worker_run_id", b"worker_run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_name", b"account_name", "attempts", b"attempts", "completed_at", b"completed_at", "created_at", b"created_at", "errors", b"errors", "id", b"id", "last_error", b"last_error", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "max_attempts", b"max_attempts", "metadata", b"metadata", "priority", b"priority", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "sync_result", b"sync_result", "sync_type", b"sync_type", "trace_context", b"trace_context", "updated_at", b"updated_at", "user_id", b"user_id", "worker_id", b"worker_id", "worker_run_id", b"worker_run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1827,3 +1835,147 @@ class SetSyncScheduleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetSyncScheduleResponse: _TypeAlias = SetSyncScheduleResponse  # noqa: Y015
+
+@_typing.final
+class SkippedLocation(_message.Message):
+    """SkippedLocation is a location whose reviews a sync could not read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    """The location's id (`locations/123`)."""
+    reason: _builtins.str
+    """Why it was skipped."""
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkippedLocation: _TypeAlias = SkippedLocation  # noqa: Y015
+
+@_typing.final
+class SyncResult(_message.Message):
+    """SyncResult is what a successful sync reported, with integer counts (a Struct carries every
+    number as a double).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATIONS_SYNCED_FIELD_NUMBER: _builtins.int
+    LOCATIONS_REMOVED_FIELD_NUMBER: _builtins.int
+    REVIEWS_ADDED_FIELD_NUMBER: _builtins.int
+    REVIEWS_UPDATED_FIELD_NUMBER: _builtins.int
+    REVIEWS_REMOVED_FIELD_NUMBER: _builtins.int
+    API_CALLS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    LOCATIONS_SKIPPED_FIELD_NUMBER: _builtins.int
+    SKIPPED_LOCATIONS_FIELD_NUMBER: _builtins.int
+    LOCATIONS_DELETIONS_DEFERRED_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
+    locations_synced: _builtins.int
+    """Locations seen in the sync."""
+    locations_removed: _builtins.int
+    """Locations removed because Google no longer returns them (full sync only)."""
+    reviews_added: _builtins.int
+    """Reviews stored for the first time."""
+    reviews_updated: _builtins.int
+    """Reviews whose content or reply changed."""
+    reviews_removed: _builtins.int
+    """Reviews removed because Google no longer returns them (full sync only)."""
+    api_calls: _builtins.int
+    """HTTP calls made to Google."""
+    locations_skipped: _builtins.int
+    """Locations whose reviews could not be read; the rest of the account was synced."""
+    locations_deletions_deferred: _builtins.int
+    """Full-sync locations whose deletions wait for the next full sync."""
+    resumed: _builtins.bool
+    """True when the sync resumed a pass an earlier attempt began."""
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long the sync took."""
+
+    @_builtins.property
+    def skipped_locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkippedLocation]:
+        """The skipped locations and why."""
+
+    def __init__(
+        self,
+        *,
+        locations_synced: _builtins.int = ...,
+        locations_removed: _builtins.int = ...,
+        reviews_added: _builtins.int = ...,
+        reviews_updated: _builtins.int = ...,
+        reviews_removed: _builtins.int = ...,
+        api_calls: _builtins.int = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        locations_skipped: _builtins.int = ...,
+        skipped_locations: _abc.Iterable[Global___SkippedLocation] | None = ...,
+        locations_deletions_deferred: _builtins.int = ...,
+        resumed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_calls", b"api_calls", "duration", b"duration", "locations_deletions_deferred", b"locations_deletions_deferred", "locations_removed", b"locations_removed", "locations_skipped", b"locations_skipped", "locations_synced", b"locations_synced", "resumed", b"resumed", "reviews_added", b"reviews_added", "reviews_removed", b"reviews_removed", "reviews_updated", b"reviews_updated", "skipped_locations", b"skipped_locations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncResult: _TypeAlias = SyncResult  # noqa: Y015
+
+@_typing.final
+class WatchJobRequest(_message.Message):
+    """WatchJobRequest names the job to watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Job id (UUID)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
+
+@_typing.final
+class WatchJobResponse(_message.Message):
+    """WatchJobResponse is the job as it is now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    finished: _builtins.bool
+    """True on the last message: the job is finished and the stream ends."""
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        finished: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobResponse: _TypeAlias = WatchJobResponse  # noqa: Y015

@@ -135,6 +135,11 @@ class QueueServiceStub:
                 request_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.FinishWorkerRunRequest.SerializeToString,
                 response_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.FinishWorkerRunResponse.FromString,
                 _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/gmbsync.queue.v1.QueueService/WatchJob',
+                request_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer:
@@ -292,6 +297,17 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJob(self, request, context):
+        """Streams one job: its current state at once, then the job again each time it changes
+        (picked, retried, released, finished), and ends after sending it finished (succeeded,
+        failed or cancelled). A job already finished is sent once. The server looks for changes
+        every WATCH_POLL_INTERVAL; a client bounds the wait with its deadline. A job of another
+        user's account is NOT_FOUND, as with GetJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -389,6 +405,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.FinishWorkerRun,
                     request_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.FinishWorkerRunRequest.FromString,
                     response_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.FinishWorkerRunResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobRequest.FromString,
+                    response_serializer=gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -910,6 +931,33 @@ class QueueService:
             '/gmbsync.queue.v1.QueueService/FinishWorkerRun',
             gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.FinishWorkerRunRequest.SerializeToString,
             gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.FinishWorkerRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gmbsync.queue.v1.QueueService/WatchJob',
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobRequest.SerializeToString,
+            gmbsync_dot_queue_dot_v1_dot_queue__service__pb2.WatchJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

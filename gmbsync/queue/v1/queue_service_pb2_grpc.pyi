@@ -100,6 +100,13 @@ class QueueServiceStub:
     """Records the end of a worker run. Its job counts are kept by the server as jobs are picked
     and reported, so they are exact even for a worker that crashed. Worker only.
     """
+    WatchJob: _grpc.UnaryStreamMultiCallable[_queue_service_pb2.WatchJobRequest, _queue_service_pb2.WatchJobResponse]
+    """Streams one job: its current state at once, then the job again each time it changes
+    (picked, retried, released, finished), and ends after sending it finished (succeeded,
+    failed or cancelled). A job already finished is sent once. The server looks for changes
+    every WATCH_POLL_INTERVAL; a client bounds the wait with its deadline. A job of another
+    user's account is NOT_FOUND, as with GetJob.
+    """
 
 @_typing.type_check_only
 class QueueServiceAsyncStub(QueueServiceStub):
@@ -172,6 +179,13 @@ class QueueServiceAsyncStub(QueueServiceStub):
     FinishWorkerRun: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.FinishWorkerRunRequest, _queue_service_pb2.FinishWorkerRunResponse]  # type: ignore[assignment]
     """Records the end of a worker run. Its job counts are kept by the server as jobs are picked
     and reported, so they are exact even for a worker that crashed. Worker only.
+    """
+    WatchJob: _aio.UnaryStreamMultiCallable[_queue_service_pb2.WatchJobRequest, _queue_service_pb2.WatchJobResponse]  # type: ignore[assignment]
+    """Streams one job: its current state at once, then the job again each time it changes
+    (picked, retried, released, finished), and ends after sending it finished (succeeded,
+    failed or cancelled). A job already finished is sent once. The server looks for changes
+    every WATCH_POLL_INTERVAL; a client bounds the wait with its deadline. A job of another
+    user's account is NOT_FOUND, as with GetJob.
     """
 
 class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -356,6 +370,19 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_queue_service_pb2.FinishWorkerRunResponse, _abc.Awaitable[_queue_service_pb2.FinishWorkerRunResponse]]:
         """Records the end of a worker run. Its job counts are kept by the server as jobs are picked
         and reported, so they are exact even for a worker that crashed. Worker only.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchJob(
+        self,
+        request: _queue_service_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_queue_service_pb2.WatchJobResponse], _abc.AsyncIterator[_queue_service_pb2.WatchJobResponse]]:
+        """Streams one job: its current state at once, then the job again each time it changes
+        (picked, retried, released, finished), and ends after sending it finished (succeeded,
+        failed or cancelled). A job already finished is sent once. The server looks for changes
+        every WATCH_POLL_INTERVAL; a client bounds the wait with its deadline. A job of another
+        user's account is NOT_FOUND, as with GetJob.
         """
 
 def add_QueueServiceServicer_to_server(servicer: QueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
