@@ -10,7 +10,7 @@ export DATABASE_URL ?= sqlite:///./var/gmbsync.db
 # Tests and benchmarks need a real PostgreSQL; each test session makes its own database in it.
 export TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
-.PHONY: help install protos protos-check lint format test chaos bench run migrate postgres clean check-alerts
+.PHONY: help install protos protos-check lint format typecheck test chaos bench run migrate postgres clean check-alerts
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ lint: $(STAMP) $(BUF)  ## ruff (lint and format) and buf lint.
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	cd protos && ../$(BUF) lint
+
+typecheck: $(STAMP)  ## mypy over the project's packages (settings in pyproject.toml).
+	$(VENV)/bin/mypy
 
 format: $(STAMP)  ## Apply ruff's fixes and formatting.
 	$(VENV)/bin/ruff check --fix .

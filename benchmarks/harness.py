@@ -388,16 +388,18 @@ async def wait_for_port(port: int, child: Child, timeout: float = START_TIMEOUT)
 async def wait_for_health(address: str, child: Child, timeout: float = START_TIMEOUT) -> None:
     """Waits until the gRPC health service at `address` says SERVING."""
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2
+
+    from clients.healthcheck import health_check_rpc
 
     deadline = time.monotonic() + timeout
     async with grpc.aio.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        check = health_check_rpc(channel)
         while time.monotonic() < deadline:
             if not child.running:
                 raise RuntimeError(f"{child.name} exited during start-up:\n{child.tail()}")
             with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                reply = await check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             await asyncio.sleep(0.1)

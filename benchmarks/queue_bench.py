@@ -220,7 +220,7 @@ class QueueBench:
         self._monitor: psycopg.AsyncConnection[Any] | None = None
         self._admin: psycopg.AsyncConnection[Any] | None = None
         self._channel: grpc.aio.Channel | None = None
-        self._stub: pb_grpc.QueueServiceStub | None = None
+        self._stub: pb_grpc.QueueServiceAsyncStub | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -263,7 +263,7 @@ class QueueBench:
                 await conn.close()
 
     @property
-    def stub(self) -> pb_grpc.QueueServiceStub:
+    def stub(self) -> pb_grpc.QueueServiceAsyncStub:
         assert self._stub is not None
         return self._stub
 

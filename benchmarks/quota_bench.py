@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -294,7 +295,7 @@ async def _run(database_url: str, workload: Workload) -> dict[str, Any]:
                     [python, "-m", "sync_service"],
                     {**sync_env, "SYNC_LISTEN_ADDR": addr},
                 ),
-                lambda c, addr=addr: _wait_for_health(addr, c),
+                functools.partial(_wait_for_health, addr),
             )
         _progress(f"connecting {workload.accounts} accounts")
         account_ids = await connect_demo_accounts(sync_addrs[0], trigger, workload.accounts)

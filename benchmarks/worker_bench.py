@@ -30,15 +30,15 @@ from typing import Any
 
 import grpc
 import sqlalchemy as sa
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from clients.channel import Credentials
+from clients.healthcheck import health_check_rpc
 from clients.queue import QueueClient
 from clients.worker import Worker, WorkerConfig
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from gmbsync.sync.v1 import sync_service_pb2 as sync_pb
-from gmbsync.sync.v1 import sync_service_pb2_grpc as sync_grpc
 from migrations.scratch import scratch_database
 from sync_service.tables import gmb_accounts
 
@@ -54,18 +54,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class InstantSync(sync_grpc.SyncServiceServicer):
+async def instant_sync(
+    request: sync_pb.SyncAccountRequest, _context: grpc.aio.ServicerContext[Any, Any]
+) -> sync_pb.SyncAccountResponse:
     """Answers every SyncAccount at once with a success."""
-
-    async def SyncAccount(self, request, context):  # type: ignore[no-untyped-def]
-        return sync_pb.SyncAccountResponse(
-            account_id=request.account_id, sync_type=request.sync_type, locations_synced=1
-        )
+    return sync_pb.SyncAccountResponse(
+        account_id=request.account_id, sync_type=request.sync_type, locations_synced=1
+    )
 
 
 async def serve_instant_sync(port: int) -> None:
+    """A SyncService that serves only SyncAccount, answering at once."""
     server = grpc.aio.server()
-    sync_grpc.add_SyncServiceServicer_to_server(InstantSync(), server)
+    sync_account = grpc.unary_unary_rpc_method_handler(
+        instant_sync,
+        request_deserializer=sync_pb.SyncAccountRequest.FromString,
+        response_serializer=sync_pb.SyncAccountResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "gmbsync.sync.v1.SyncService", {"SyncAccount": sync_account}
+            ),
+        )
+    )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -73,10 +85,10 @@ async def serve_instant_sync(port: int) -> None:
 
 async def _wait_healthy(address: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        check = health_check_rpc(channel)
         for _ in range(300):
             try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                reply = await check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:
@@ -181,7 +193,7 @@ class _CountingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self) -> None:
         self.calls: collections.Counter[str] = collections.Counter()
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
         method = client_call_details.method
         name = method.decode() if isinstance(method, bytes) else method
         self.calls[name.rsplit("/", 1)[-1]] += 1

@@ -14,11 +14,13 @@ from clients.channel import Credentials, create_channel
 from clients.errors import ClientError
 from clients.queue import QueueClient
 from clients.sync import SyncClient
+from service_runtime.tls import ClientTls
 
 __all__ = [
     "BlockingQueueClient",
     "BlockingSyncClient",
     "ClientError",
+    "ClientTls",
     "Credentials",
     "QueueClient",
     "RetryPolicy",

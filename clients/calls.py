@@ -13,17 +13,23 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import grpc
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from clients.channel import Credentials, create_channel
 from clients.errors import ClientError, Unavailable, translate
+from service_runtime.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
 Response = TypeVar("Response")
+# The number type of one protobuf enum (mypy-protobuf's `Enum.ValueType`; an int at run time).
+EnumValue = TypeVar("EnumValue", bound=int)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +83,12 @@ class ServiceClient:
         retry: RetryPolicy = RetryPolicy(),
         tracing: bool | None = None,
         trace_filter: Callable[[Any], bool] | None = None,
+        tls: ClientTls | None = None,
     ) -> Self:
-        """A client on a channel of its own to `host:port`, closed by `close()`; its calls
-        are traced when this process records spans, unless `tracing` says otherwise."""
-        channel = create_channel(target, tracing=tracing, trace_filter=trace_filter)
+        """A client on a channel of its own to `host:port` (TLS with `tls`), closed by
+        `close()`; its calls are traced when this process records spans, unless `tracing` says
+        otherwise."""
+        channel = create_channel(target, tracing=tracing, trace_filter=trace_filter, tls=tls)
         return cls(channel, credentials, timeout=timeout, retry=retry, owns_channel=True)
 
     @property
@@ -191,10 +199,11 @@ def to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
     return struct
 
 
-def sync_type_value(enum: Any, value: int | str) -> int:
+def sync_type_value(enum: _EnumTypeWrapper[EnumValue], value: int | str) -> EnumValue:
     """The number of a SyncType of `enum`: SYNC_TYPE_FULL, 'full' and 'SYNC_TYPE_FULL' all
     name the same type. Both services declare SyncType alike, each in its own package."""
     if isinstance(value, str):
         name = value.upper()
         return enum.Value(name if name.startswith("SYNC_TYPE_") else f"SYNC_TYPE_{name}")
-    return value
+    # A number goes as it is: the server, not the client, judges an unknown one.
+    return cast(EnumValue, value)

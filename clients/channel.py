@@ -1,8 +1,9 @@
-"""Channels to the gmbsync services: keepalive, fast reconnects, tracing and credentials.
+"""Channels to the gmbsync services: keepalive, fast reconnects, tracing, TLS and credentials.
 
 Every client of the project dials through `create_channel`, so they all behave the same when a
 server restarts (the channel reconnects by itself within a couple of seconds), keep idle
-connections alive through NATs and load balancers, and carry W3C trace context on every call.
+connections alive through NATs and load balancers, carry W3C trace context on every call, and
+speak TLS (presenting a client certificate for mutual TLS) when given a `ClientTls`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from service_runtime.telemetry import tracing_enabled
+from service_runtime.tls import ClientTls
 
 # Keepalive: ping every 20 s even when idle, so a dead peer or a silently dropped connection is
 # noticed within ~30 s. The servers permit pings down to 10 s (service_runtime/serving.py).
@@ -70,22 +72,29 @@ def create_channel(
     tracing: bool | None = None,
     trace_filter: TraceFilter | None = None,
     options: Sequence[tuple[str, Any]] = (),
+    tls: ClientTls | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure aio channel to `host:port` with the project's options and interceptors.
+    """An aio channel to `host:port` with the project's options and interceptors.
 
     `tracing` None (the default) traces the channel's calls when this process records spans
     (`tracing_enabled()` when the channel is made): with tracing off, OpenTelemetry's client
     interceptor would still run on every call, for spans nobody records.
 
     `trace_filter` (from opentelemetry.instrumentation.grpc.filters) selects the calls that get
-    a client span; the others still carry no span of their own. TLS is terminated in front of
-    the services (a mesh or a load balancer), as the servers listen in plain text.
+    a client span; the others still carry no span of their own. With `tls` the channel speaks
+    TLS (see `ClientTls.from_env` for the settings); without it, plain text.
     """
     if tracing is None:
         tracing = tracing_enabled()
     interceptors = aio_client_interceptors(filter_=trace_filter) if tracing else None
     merged = dict(CHANNEL_OPTIONS)
+    if tls is not None:
+        merged.update(dict(tls.channel_options()))
     merged.update(dict(options))
-    return grpc.aio.insecure_channel(
-        target, options=list(merged.items()), interceptors=interceptors
+    if tls is None:
+        return grpc.aio.insecure_channel(
+            target, options=list(merged.items()), interceptors=interceptors
+        )
+    return grpc.aio.secure_channel(
+        target, tls.channel_credentials(), options=list(merged.items()), interceptors=interceptors
     )

@@ -109,7 +109,7 @@ class QueueClient(ServiceClient):
     async def list_jobs(
         self,
         *,
-        status: int = pb.JOB_STATUS_UNSPECIFIED,
+        status: pb.JobStatus.ValueType = pb.JOB_STATUS_UNSPECIFIED,
         account_id: str = "",
         user_id: str = "",
         page_size: int = 0,
@@ -220,7 +220,7 @@ class QueueClient(ServiceClient):
         wait: float | timedelta = 0.0,
         lease_duration: float | timedelta | None = None,
         worker_run_id: str = "",
-        view: int = pb.JOB_VIEW_UNSPECIFIED,
+        view: pb.JobView.ValueType = pb.JOB_VIEW_UNSPECIFIED,
     ) -> list[pb.Job]:
         """Leases up to `max_jobs` ready jobs, long-polling up to `wait` for the first one.
 
@@ -355,7 +355,7 @@ class QueueClient(ServiceClient):
         self,
         run_id: str,
         *,
-        status: int = pb.WORKER_RUN_STATUS_COMPLETED,
+        status: pb.WorkerRunStatus.ValueType = pb.WORKER_RUN_STATUS_COMPLETED,
         notes: str = "",
         metadata: Mapping[str, Any] | None = None,
         timeout: float | None = None,

@@ -76,6 +76,7 @@ class QueueApp:
             ],
             interceptors=[AuthInterceptor(settings.auth, POLICY)],
             health_probe=self.store.ping,
+            tls=settings.tls,
             background=background,
             on_shutdown=[self.signal.close, servicer.close_watches],
         )

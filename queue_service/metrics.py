@@ -181,7 +181,7 @@ class MeteredJobStore(JobStore):
         _count_enqueued([result])
         return result
 
-    async def job_pick(self, **kwargs) -> list[Job]:  # type: ignore[no-untyped-def,override]
+    async def job_pick(self, **kwargs) -> list[Job]:
         jobs = await super().job_pick(**kwargs)
         if jobs:
             PICKED.inc(len(jobs))
@@ -196,12 +196,12 @@ class MeteredJobStore(JobStore):
         SUCCEEDED.inc()
         return job
 
-    async def job_fail(self, failure: Failure):  # type: ignore[no-untyped-def]
+    async def job_fail(self, failure: Failure):
         outcome = await super().job_fail(failure)
         (RETRIED if outcome.will_retry else FAILED).inc()
         return outcome
 
-    async def job_release(self, *args, **kwargs) -> Job:  # type: ignore[no-untyped-def]
+    async def job_release(self, *args, **kwargs) -> Job:
         job = await super().job_release(*args, **kwargs)
         RELEASED.inc()
         return job

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from queue_service.models import Job
 from queue_service.notifier import JobSignal
@@ -16,10 +17,11 @@ async def pick_with_wait(
     *,
     wait: timedelta,
     fallback_interval: timedelta,
-    **pick: object,
+    **pick: Any,
 ) -> list[Job]:
     """Picks; if nothing is ready, sleeps until a notification or the process's shared fallback
     check wakes it (see `notifier`), repeats until jobs or the end of `wait`.
+    `pick` holds JobStore.job_pick's arguments (requests.pick_request's answer, less the wait).
 
     The picker subscribes before its first pick, so a job enqueued between an empty pick and
     the sleep still wakes it at once.
@@ -31,7 +33,7 @@ async def pick_with_wait(
     fallback = fallback_interval.total_seconds()
     with signal.subscribe() as ticket:
         while True:
-            jobs = await store.job_pick(**pick)  # type: ignore[arg-type]
+            jobs = await store.job_pick(**pick)
             if jobs and ticket.by_fallback:
                 signal.pass_on()
             remaining = deadline - loop.time()

@@ -178,7 +178,7 @@ def clean_text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
-def _sync_type(violations: Violations, field: str, value: int) -> SyncType | None:
+def _sync_type(violations: Violations, field: str, value: pb.SyncType.ValueType) -> SyncType | None:
     if value == pb.SYNC_TYPE_UNSPECIFIED:
         violations.add(field, "is required: SYNC_TYPE_FULL or SYNC_TYPE_INCREMENTAL")
         return None

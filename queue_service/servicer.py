@@ -224,7 +224,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             )
 
     @translated
-    async def EnqueueSync(self, request, context):  # type: ignore[no-untyped-def]
+    async def EnqueueSync(self, request, context):
         parsed = requests.enqueue_request(
             request,
             now=self._store.clock(),
@@ -241,7 +241,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def EnqueueSyncBatch(self, request, context):  # type: ignore[no-untyped-def]
+    async def EnqueueSyncBatch(self, request, context):
         parsed = requests.enqueue_batch(
             request,
             now=self._store.clock(),
@@ -268,12 +268,12 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetJob(self, request, context):
         job = await self._store.reader.job_get(requests.job_id(request), _caller())
         return pb.GetJobResponse(job=convert.job_to_pb(job))
 
     @translated
-    async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListJobs(self, request, context):
         job_filter, size, cursor = requests.list_request(request)
         caller = _caller()
         if (
@@ -300,7 +300,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def GetQueueStatus(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetQueueStatus(self, request, context):
         limit = requests.recent_limit(request.recent_limit, default=20)
         caller = _caller()
         stats, recent = await self._store.reader.queue_status(caller, limit=limit)
@@ -312,19 +312,19 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def CancelJob(self, request, context):
         job = await self._store.job_cancel(requests.job_id(request), _caller())
         return pb.CancelJobResponse(job=convert.job_to_pb(job))
 
     @translated
-    async def RetryJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def RetryJob(self, request, context):
         job = await self._store.job_retry(requests.job_id(request), _caller())
         return pb.RetryJobResponse(job=convert.job_to_pb(job))
 
     # -- workers ------------------------------------------------------------------------------
 
     @translated
-    async def PickJobs(self, request, context):  # type: ignore[no-untyped-def]
+    async def PickJobs(self, request, context):
         pick = requests.pick_request(request, default_lease=self._settings.default_lease)
         wait = pick.pop("wait")
         worker_view = request.view == pb.JOB_VIEW_WORKER
@@ -344,7 +344,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return pb.PickJobsResponse(jobs=[convert.job_to_pb(j, with_lease_token=True) for j in jobs])
 
     @translated
-    async def ExtendLease(self, request, context):  # type: ignore[no-untyped-def]
+    async def ExtendLease(self, request, context):
         job, token, lease = requests.extend_request(
             request, default_lease=self._settings.default_lease
         )
@@ -354,21 +354,21 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return response
 
     @translated
-    async def CompleteJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def CompleteJob(self, request, context):
         completion = requests.completion(request)
         assert completion is not None
         job = await self._store.job_complete(completion)
         return pb.CompleteJobResponse(job=convert.job_to_pb(job))
 
     @translated
-    async def FailJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def FailJob(self, request, context):
         failure = requests.failure(request)
         assert failure is not None
         outcome = await self._store.job_fail(failure)
         return pb.FailJobResponse(job=convert.job_to_pb(outcome.job), will_retry=outcome.will_retry)
 
     @translated
-    async def ReleaseJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReleaseJob(self, request, context):
         release = requests.release_request(request)
         assert release is not None
         job = await self._release(release)
@@ -387,7 +387,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return job
 
     @translated
-    async def ReportResults(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReportResults(self, request, context):
         results = requests.report_request(request)
         outcomes = [r for r in results if not isinstance(r, Release)]
         by_job: dict[uuid.UUID, ResultAck] = {}
@@ -432,13 +432,13 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return response
 
     @translated
-    async def StartWorkerRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def StartWorkerRun(self, request, context):
         worker_id, metadata = requests.start_run_request(request)
         run = await self._store.worker_run_start(worker_id, metadata)
         return pb.StartWorkerRunResponse(run=convert.worker_run_to_pb(run))
 
     @translated
-    async def FinishWorkerRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def FinishWorkerRun(self, request, context):
         run_id, status, notes, metadata = requests.finish_run_request(request)
         run = await self._store.worker_run_finish(run_id, status, notes, metadata)
         return pb.FinishWorkerRunResponse(run=convert.worker_run_to_pb(run))
@@ -446,7 +446,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     # -- operators ----------------------------------------------------------------------------
 
     @translated
-    async def MarkStaleJobs(self, request, context):  # type: ignore[no-untyped-def]
+    async def MarkStaleJobs(self, request, context):
         threshold = requests.stale_threshold(request, self._settings.stale_threshold)
         recovered = await self._store.jobs_recover(started_before=self._store.clock() - threshold)
         return pb.MarkStaleJobsResponse(
@@ -456,7 +456,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def GetDiagnostics(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDiagnostics(self, request, context):
         limit = requests.recent_limit(request.recent_limit, default=10)
         snapshot = await self._store.reader.diagnostics_snapshot(
             now=self._store.clock(),
@@ -467,12 +467,12 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         return convert.diagnostics_to_pb(build_diagnostics(snapshot, self._thresholds))
 
     @translated
-    async def GetSyncSchedule(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetSyncSchedule(self, request, context):
         schedule = await self._store.schedules.schedule_get(requests.schedule_get_request(request))
         return pb.GetSyncScheduleResponse(schedule=convert.schedule_to_pb(schedule))
 
     @translated
-    async def SetSyncSchedule(self, request, context):  # type: ignore[no-untyped-def]
+    async def SetSyncSchedule(self, request, context):
         account_id, change = requests.schedule_set_request(request)
         schedule = await self._store.schedules.schedule_set(
             account_id, change, self._schedule_defaults
@@ -482,7 +482,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
 
     # -- watchers -----------------------------------------------------------------------------
 
-    async def WatchJob(  # type: ignore[override]
+    async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobResponse]:
         # A server-streaming handler is an async generator: `translated` cannot wrap it.
@@ -520,7 +520,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
                 )
 
     @translated
-    async def PauseQueue(self, request, context):  # type: ignore[no-untyped-def]
+    async def PauseQueue(self, request, context):
         user_id, reason = requests.pause_request(request)
         paused_by = _who()
         pause = await self._store.queue_pause(user_id, reason, paused_by)
@@ -534,7 +534,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
 
     @translated
-    async def ResumeQueue(self, request, context):  # type: ignore[no-untyped-def]
+    async def ResumeQueue(self, request, context):
         user_id, reason = requests.pause_request(request)
         resumed = await self._store.queue_resume(user_id)
         if resumed:

@@ -12,6 +12,7 @@ from queue_service.tables import SCHEDULE_INTERVAL_MIN as _INTERVAL_MIN_SECONDS
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
+from service_runtime.tls import ServerTls
 
 SCHEDULE_INTERVAL_MIN = timedelta(seconds=_INTERVAL_MIN_SECONDS)
 SCHEDULE_INTERVAL_MAX = timedelta(seconds=_INTERVAL_MAX_SECONDS)
@@ -76,6 +77,8 @@ class QueueSettings:
     metrics_addr: tuple[str, int] | None = None
     # How often the leader reads the queue's state gauges from the database.
     metrics_refresh: timedelta = timedelta(seconds=15)
+    # QUEUE_TLS_CERT_FILE, QUEUE_TLS_KEY_FILE, QUEUE_TLS_CLIENT_CA_FILE; None: plain text.
+    tls: ServerTls | None = None
 
     @property
     def gbp_quota_per_minute(self) -> float:
@@ -236,6 +239,7 @@ class QueueSettings:
                 minimum=timedelta(milliseconds=100),
                 maximum=timedelta(minutes=10),
             ),
+            tls=ServerTls.from_env(env, "QUEUE"),
         )
 
 

@@ -12,6 +12,9 @@ when stdout is a pipe whose reader died (`make run | tee run.log`).
 services at QUEUE_ADDR / SYNC_ADDR (the `demo` service of docker-compose.yml uses it).
 
 Ports: QUEUE_PORT (50051), SYNC_PORT (50052), EMULATOR_PORT (8085); DEMO_ACCOUNTS (3).
+TLS: the services' and the clients' TLS settings (QUEUE_TLS_*, SYNC_TLS_*, GRPC_TLS_*; see
+docs/tls.md) pass through to the children, and this script dials and prints grpcurl commands
+with the client's.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from clients import Credentials, SyncClient
 from clients.errors import ClientError
 from clients.healthcheck import check_health
 from service_runtime.auth import Role, issue_token
+from service_runtime.config import ConfigError, Env
 from service_runtime.database import DEFAULT_DATABASE_URL
 from service_runtime.dev_tokens import DEMO_USER_ID
+from service_runtime.tls import ClientTls
 
 VAR = Path("var")
 SECRETS_FILE = VAR / "dev-secrets.env"
@@ -216,22 +221,25 @@ async def _wait_for_port(host: str, port: int, child: Child) -> None:
     raise RuntimeError(f"{child.name} is not listening on {host}:{port}")
 
 
-async def _wait_for_health(target: str, child: Child) -> None:
+async def _wait_for_health(target: str, child: Child, tls: ClientTls | None = None) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT
     while loop.time() < deadline:
         if not child.running:
             raise RuntimeError(f"{child.name} exited during start-up")
-        if await check_health(target, timeout=1.0):
+        if await check_health(target, timeout=1.0, tls=tls):
             return
         await asyncio.sleep(0.3)
     raise RuntimeError(f"{child.name} at {target} did not become healthy")
 
 
-async def connect_demo_accounts(sync_addr: str, trigger_secret: str, count: int) -> list[str]:
+async def connect_demo_accounts(
+    sync_addr: str, trigger_secret: str, count: int, tls: ClientTls | None = None
+) -> list[str]:
     """Connects the emulator's accounts/1..count to the demo user; returns their ids."""
     ids: list[str] = []
-    async with SyncClient.connect(sync_addr, Credentials.trigger_secret(trigger_secret)) as sync:
+    credentials = Credentials.trigger_secret(trigger_secret)
+    async with SyncClient.connect(sync_addr, credentials, tls=tls) as sync:
         for n in range(1, count + 1):
             response = await sync.connect_account(
                 user_id=str(DEMO_USER_ID),
@@ -250,12 +258,31 @@ def grpcurl_path() -> str:
     return str(beside) if beside.exists() else "grpcurl"
 
 
-def instructions(queue_addr: str, sync_addr: str, jwt_secret: str, account_ids: list[str]) -> str:
-    """Ready-to-paste shell commands: enqueue a sync as the demo user, then watch it finish."""
+def grpcurl_transport(environ: dict[str, str]) -> str:
+    """grpcurl's flags for the client TLS settings: `-plaintext`, or the CA, certificate and
+    key files to use (an empty string: TLS with the system's roots)."""
+    env = Env(environ)
+    ca, cert, key = (env.str(f"GRPC_TLS_{n}_FILE", "") for n in ("CA", "CERT", "KEY"))
+    server_name = env.str("GRPC_TLS_SERVER_NAME", "")
+    if not env.bool("GRPC_TLS", bool(ca or cert)):
+        return "-plaintext"
+    flags = [("-cacert", ca), ("-cert", cert), ("-key", key), ("-servername", server_name)]
+    return " ".join(f"{flag} {shlex.quote(value)}" for flag, value in flags if value)
+
+
+def instructions(
+    queue_addr: str,
+    sync_addr: str,
+    jwt_secret: str,
+    account_ids: list[str],
+    transport: str = "-plaintext",
+) -> str:
+    """Ready-to-paste shell commands: enqueue a sync as the demo user, then watch it finish.
+    `transport` is grpcurl's `-plaintext` or its TLS flags (`grpcurl_transport`)."""
     token = issue_token(
         jwt_secret, user_id=DEMO_USER_ID, role=Role.AUTHENTICATED, ttl_seconds=12 * 3600
     )
-    grpcurl = shlex.quote(grpcurl_path())
+    grpcurl = " ".join(part for part in (shlex.quote(grpcurl_path()), transport) if part)
     auth = '-H "authorization: Bearer $TOKEN"'
     enqueue = f'{{"account_id": "{account_ids[0]}", "sync_type": "SYNC_TYPE_FULL", "priority": 10}}'
     lines = [
@@ -266,20 +293,20 @@ def instructions(queue_addr: str, sync_addr: str, jwt_secret: str, account_ids: 
         f"export TOKEN={token}",
         "",
         "# enqueue a full sync of the first demo account",
-        f"{grpcurl} -plaintext {auth} -d '{enqueue}' \\",
+        f"{grpcurl} {auth} -d '{enqueue}' \\",
         f"    {queue_addr} gmbsync.queue.v1.QueueService/EnqueueSync",
         "",
         "# watch it finish: the job (paste its id), the queue, the account's sync status",
-        f'{grpcurl} -plaintext {auth} -d \'{{"job_id": "JOB_ID"}}\' \\',
+        f'{grpcurl} {auth} -d \'{{"job_id": "JOB_ID"}}\' \\',
         f"    {queue_addr} gmbsync.queue.v1.QueueService/GetJob",
-        f"watch -n 1 \"{grpcurl} -plaintext -H 'authorization: Bearer $TOKEN' "
+        f"watch -n 1 \"{grpcurl} -H 'authorization: Bearer $TOKEN' "
         f"-d '{{\\\"recent_limit\\\": 5}}' {queue_addr} "
         f'gmbsync.queue.v1.QueueService/GetQueueStatus"',
-        f'{grpcurl} -plaintext {auth} -d \'{{"account_id": "{account_ids[0]}"}}\' \\',
+        f'{grpcurl} {auth} -d \'{{"account_id": "{account_ids[0]}"}}\' \\',
         f"    {sync_addr} gmbsync.sync.v1.SyncService/GetSyncStatus",
         "",
         "# list the services (reflection needs no token)",
-        f"{grpcurl} -plaintext {queue_addr} list",
+        f"{grpcurl} {queue_addr} list",
         "",
         f"Demo accounts: {', '.join(account_ids)}",
         "Stop everything with Ctrl-C.",
@@ -311,6 +338,10 @@ async def run_system(environ: dict[str, str]) -> int:
                        "EMULATOR_PORT")):  # fmt: skip
         _check_free(port, name)
 
+    try:
+        tls = ClientTls.from_env(Env(environ))
+    except ConfigError as exc:
+        raise SystemExit(f"run_local: {exc}") from None
     env = dict(environ)
     env.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
     env.update(load_dev_secrets(environ))
@@ -356,8 +387,8 @@ async def run_system(environ: dict[str, str]) -> int:
     try:
         for child, ready in (
             (emulator, lambda c: _wait_for_port("127.0.0.1", emulator_port, c)),
-            (queue, lambda c: _wait_for_health(queue_addr, c)),
-            (sync, lambda c: _wait_for_health(sync_addr, c)),
+            (queue, lambda c: _wait_for_health(queue_addr, c, tls)),
+            (sync, lambda c: _wait_for_health(sync_addr, c, tls)),
             (worker, None),
         ):
             if stop.is_set():
@@ -368,8 +399,9 @@ async def run_system(environ: dict[str, str]) -> int:
             if ready is not None:
                 await ready(child)
         if not stop.is_set():
-            ids = await connect_demo_accounts(sync_addr, env["TRIGGER_SECRET"], demo_accounts)
-            _say(instructions(queue_addr, sync_addr, env["JWT_SECRET"], ids) + "\n")
+            ids = await connect_demo_accounts(sync_addr, env["TRIGGER_SECRET"], demo_accounts, tls)
+            transport = grpcurl_transport(env)
+            _say(instructions(queue_addr, sync_addr, env["JWT_SECRET"], ids, transport) + "\n")
             # Run until Ctrl-C, or until a child dies on its own (then stop the rest).
             waits = [asyncio.ensure_future(c.process.wait()) for c in started if c.process]
             stopper = asyncio.ensure_future(stop.wait())
@@ -394,7 +426,8 @@ async def run_system(environ: dict[str, str]) -> int:
             except Exception as exc:
                 _log(f"stopping {child.name} failed ({exc}): killing it")
                 with contextlib.suppress(ProcessLookupError):
-                    child.process.kill()  # type: ignore[union-attr]
+                    if child.process is not None:  # a started child has its process
+                        child.process.kill()
     return exit_code
 
 
@@ -406,11 +439,17 @@ async def connect_only(environ: dict[str, str]) -> int:
         print("run_local: TRIGGER_SECRET and JWT_SECRET must be set", file=sys.stderr)
         return 2
     count = int(environ.get("DEMO_ACCOUNTS", "3") or 3)
-    ids = await connect_demo_accounts(sync_addr, trigger, count)
+    try:
+        tls = ClientTls.from_env(Env(environ))
+    except ConfigError as exc:
+        print(f"run_local: {exc}", file=sys.stderr)
+        return 2
+    ids = await connect_demo_accounts(sync_addr, trigger, count, tls)
     # Commands are for the host, where the compose file publishes the ports.
     shown_queue = environ.get("PUBLIC_QUEUE_ADDR", queue_addr)
     shown_sync = environ.get("PUBLIC_SYNC_ADDR", sync_addr)
-    print(instructions(shown_queue, shown_sync, jwt_secret, ids), flush=True)
+    transport = grpcurl_transport(environ)
+    print(instructions(shown_queue, shown_sync, jwt_secret, ids, transport), flush=True)
     return 0
 
 

@@ -38,8 +38,9 @@ from pathlib import Path
 
 import grpc
 import sqlalchemy as sa
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from clients.healthcheck import health_check_rpc
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from migrations.scratch import scratch_database
@@ -153,10 +154,10 @@ def server_process(
 
 async def wait_serving(address: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        check = health_check_rpc(channel)
         for _ in range(300):
             try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                reply = await check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:

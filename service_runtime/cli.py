@@ -10,6 +10,7 @@ later shows up without anyone remembering to document it here.
 from __future__ import annotations
 
 import argparse
+import builtins
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -59,23 +60,26 @@ class RecordingEnv(Env):
     def _note(self, name: str, default: object) -> None:
         self.read.setdefault(name, format_default(default))
 
-    def str(self, name: str, default: str) -> str:  # type: ignore[override]
+    # The same signatures as Env's (`builtins.str`: below `str`, the name is the method).
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         self._note(name, default)
         return super().str(name, default)
 
-    def int(self, name: str, default: int, **bounds: int) -> int:  # type: ignore[override]
+    def int(self, name: builtins.str, default: int, *, minimum: int, maximum: int) -> int:
         self._note(name, default)
-        return super().int(name, default, **bounds)
+        return super().int(name, default, minimum=minimum, maximum=maximum)
 
-    def float(self, name: str, default: float, **bounds: float) -> float:  # type: ignore[override]
+    def float(self, name: builtins.str, default: float, *, minimum: float, maximum: float) -> float:
         self._note(name, default)
-        return super().float(name, default, **bounds)
+        return super().float(name, default, minimum=minimum, maximum=maximum)
 
-    def duration(self, name: str, default: timedelta, **bounds: timedelta) -> timedelta:  # type: ignore[override]
+    def duration(
+        self, name: builtins.str, default: timedelta, *, minimum: timedelta, maximum: timedelta
+    ) -> timedelta:
         self._note(name, default)
-        return super().duration(name, default, **bounds)
+        return super().duration(name, default, minimum=minimum, maximum=maximum)
 
-    def bool(self, name: str, default: bool) -> bool:  # type: ignore[override]
+    def bool(self, name: builtins.str, default: bool) -> bool:
         self._note(name, default)
         return super().bool(name, default)
 

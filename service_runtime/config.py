@@ -6,6 +6,7 @@ it accepts, rather than a traceback minutes later.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -72,6 +73,8 @@ class Env:
     `read` records every setting asked for and its kind (text, int, float, duration, bool,
     address, log_level, url, or a kind named by `parsed`), so that tests can walk every
     setting a process has without a list kept by hand.
+
+    (Below `Env.str`, the class body's `str` is that method: annotations say `builtins.str`.)
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -87,33 +90,40 @@ class Env:
         value = self._raw(name, "text")
         return value if value.strip() else default
 
-    def parsed(self, name: str, default: T, *, kind: str, parse: Callable[[str], T]) -> T:
+    def parsed(
+        self,
+        name: builtins.str,
+        default: T,
+        *,
+        kind: builtins.str,
+        parse: Callable[[builtins.str], T],
+    ) -> T:
         """A value checked by `parse`, which raises ConfigError naming `name` (never echoing a
         secret); `default` when unset."""
         raw = self._raw(name, kind).strip()
         return parse(raw) if raw else default
 
-    def address(self, name: str, default: str) -> str:
+    def address(self, name: builtins.str, default: builtins.str) -> builtins.str:
         return self.parsed(name, default, kind="address", parse=lambda r: parse_address(name, r))
 
-    def log_level(self, name: str, default: str) -> str:
-        def parse(raw: str) -> str:
+    def log_level(self, name: builtins.str, default: builtins.str) -> builtins.str:
+        def parse(raw: builtins.str) -> builtins.str:
             if raw.upper() not in LOG_LEVELS:
                 raise ConfigError(f"{name}={raw!r}: use one of {', '.join(LOG_LEVELS)}")
             return raw.upper()
 
         return self.parsed(name, default, kind="log_level", parse=parse)
 
-    def metrics_address(self, name: str) -> tuple[str, int] | None:
+    def metrics_address(self, name: builtins.str) -> tuple[builtins.str, int] | None:
         """`host:port` of a metrics endpoint (port 0: any free port); None when empty or off."""
         return self.parsed(
             name, None, kind="metrics_address", parse=lambda r: parse_metrics_addr(name, r)
         )
 
-    def url(self, name: str, default: str) -> str:
+    def url(self, name: builtins.str, default: builtins.str) -> builtins.str:
         """An http:// or https:// URL, without a trailing slash."""
 
-        def parse(raw: str) -> str:
+        def parse(raw: builtins.str) -> builtins.str:
             scheme, sep, rest = raw.partition("://")
             if scheme not in ("http", "https") or not sep or not rest.strip("/"):
                 raise ConfigError(f"{name}={raw!r} must be an http:// or https:// URL")
@@ -121,7 +131,7 @@ class Env:
 
         return self.parsed(name, default, kind="url", parse=parse)
 
-    def int(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    def int(self, name: builtins.str, default: int, *, minimum: int, maximum: int) -> int:
         raw = self._raw(name, "int").strip()
         if not raw:
             return default
@@ -133,7 +143,7 @@ class Env:
             raise ConfigError(f"{name}={value} is out of range ({minimum}..{maximum})")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+    def float(self, name: builtins.str, default: float, *, minimum: float, maximum: float) -> float:
         raw = self._raw(name, "float").strip()
         if not raw:
             return default
@@ -146,7 +156,7 @@ class Env:
         return value
 
     def duration(
-        self, name: str, default: timedelta, *, minimum: timedelta, maximum: timedelta
+        self, name: builtins.str, default: timedelta, *, minimum: timedelta, maximum: timedelta
     ) -> timedelta:
         raw = self._raw(name, "duration").strip()
         if not raw:
@@ -156,7 +166,7 @@ class Env:
             raise ConfigError(f"{name}={raw} is out of range ({minimum}..{maximum})")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: bool) -> bool:
         raw = self._raw(name, "bool").strip().lower()
         if not raw:
             return default

@@ -121,7 +121,7 @@ def configure_sqlite(engine: Engine) -> None:
     """
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -131,7 +131,7 @@ def configure_sqlite(engine: Engine) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection):  # type: ignore[no-untyped-def]
+    def _on_begin(connection):
         # Reads of `read_engine` run without a transaction: in WAL mode they never wait for
         # the write lock, which BEGIN IMMEDIATE would make them do.
         if not connection.get_execution_options().get(READS_ONLY_OPTION):
@@ -282,7 +282,7 @@ def database_trouble(error: BaseException) -> DatabaseTrouble | None:
     ) or (isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated)
     if not unavailable:
         return None
-    cause = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
+    cause = (error.orig or error) if isinstance(error, sqlalchemy.exc.DBAPIError) else error
     if isinstance(cause, sqlite3.OperationalError) and not any(
         sign in str(cause).lower() for sign in _SQLITE_PASSING
     ):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -169,9 +170,16 @@ async def abort(
     )
 
 
+def _status_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status | None:
+    """The google.rpc.Status a server sent with an error, if any (client side)."""
+    # from_call reads only code(), details() and trailing_metadata(): an AioRpcError has them,
+    # as does the grpc.Call that a synchronous call raises; its stubs ask for a grpc.Call.
+    return rpc_status.from_call(cast(grpc.Call, error))
+
+
 def field_violations(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[FieldViolation]:
     """The BadRequest field violations a server sent with an error (client side)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = _status_of(error)
     if status is None:
         return []
     found: list[FieldViolation] = []
@@ -187,7 +195,7 @@ def field_violations(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[FieldV
 
 def retry_delay(error: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
     """The RetryInfo delay in seconds a server sent with an error, if any (client side)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = _status_of(error)
     if status is None:
         return None
     for detail in status.details:
@@ -200,7 +208,7 @@ def retry_delay(error: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
 
 def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> ErrorInfo | None:
     """The ErrorInfo a server sent with an error, if any (client side)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = _status_of(error)
     if status is None:
         return None
     for detail in status.details:

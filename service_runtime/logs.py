@@ -73,7 +73,11 @@ class BurstLog:
             return
         quiet = self._quiet.pop(key, 0)
         self._last[key] = now
-        suffix = f" ({quiet} more like it in the last {now - last:.0f} s)" if quiet else ""
+        suffix = (
+            f" ({quiet} more like it in the last {now - last:.0f} s)"
+            if quiet and last is not None
+            else ""
+        )
         self._log.log(level, message + suffix, *args)
 
 

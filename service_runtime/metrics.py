@@ -242,7 +242,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         # shows up, without a line per call.
         self._refusals = BurstLog(log)
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -258,6 +258,8 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary
+        if behavior is None:
+            return handler
         service, name = _split_method(method)
         observe = RPC_SECONDS.labels(service, name).observe
         handled: dict[grpc.StatusCode, LoopCounter.Child] = {}
@@ -269,7 +271,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 child = handled[code] = RPC_HANDLED.labels(service, name, code.name)
             child.value += 1
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def observed(request: Any, context: Any) -> Any:
             started = _clock()
             try:
                 response = await behavior(request, context)

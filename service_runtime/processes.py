@@ -84,6 +84,7 @@ def supervise(
         _signal_all((p for _, p in running.values()), signum)
 
     while running:
+        info: signal.struct_siginfo | None
         if deadline is None:
             info = signal.sigwaitinfo(_WATCHED)
         else:

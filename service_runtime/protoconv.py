@@ -6,13 +6,21 @@ import json
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from service_runtime.errors import InvalidArgument
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@overload
+def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp: ...
+@overload
+def to_timestamp(value: None) -> None: ...
+@overload
+def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None: ...
 
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -11,13 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 
 class MethodAwareReflectionServicer(ReflectionServicer):
+    # Set by grpc's base servicer; its published stubs leave private members out.
+    _pool: DescriptorPool
+
+    def _base_lookup(self, request: Any, symbol: str) -> Any:
+        # The stock lookup this class overrides (private, so absent from the stubs as well).
+        base: Any = super()
+        return base._file_containing_symbol(request, symbol)
+
     def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
-        response = super()._file_containing_symbol(request, fully_qualified_name)
+        response = self._base_lookup(request, fully_qualified_name)
         if not response.HasField("error_response"):
             return response
         service_name, _, method_name = fully_qualified_name.rpartition(".")
@@ -27,7 +36,7 @@ class MethodAwareReflectionServicer(ReflectionServicer):
             return response
         if method_name not in service.methods_by_name:
             return response
-        return super()._file_containing_symbol(request, service_name)
+        return self._base_lookup(request, service_name)
 
 
 def enable_reflection(service_names: list[str], server: grpc.aio.Server) -> None:

@@ -13,9 +13,9 @@ import logging
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -31,6 +31,7 @@ from service_runtime.metrics import RpcMetricsInterceptor
 from service_runtime.processes import is_supervised, supervise
 from service_runtime.reflection import enable_reflection
 from service_runtime.telemetry import configure_tracing, shutdown_tracing, tracing_enabled
+from service_runtime.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class ServiceRegistration:
     add_to_server: Callable[[grpc.aio.Server], None]
 
 
-BackgroundTask = Callable[[], Awaitable[None]]
+BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 HealthProbe = Callable[[], Awaitable[bool]]
 
 
@@ -97,7 +98,13 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         self._burst = BurstLog(log)
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -110,7 +117,12 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         return guarded
 
     def _guard(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        behavior = handler.unary_unary
+        # grpc's stubs describe the synchronous server's handlers; under grpc.aio a unary
+        # behaviour is a coroutine function of the request and an aio context.
+        behavior = cast(
+            Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+            handler.unary_unary,
+        )
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, UndecodableRequest):
@@ -202,6 +214,8 @@ class GrpcServer:
     tracing: bool | None = None
     # Count and time every RPC (service_runtime.metrics), and log rejected input.
     rpc_metrics: bool = True
+    # TLS (mutual TLS when it has a client CA); None serves plain text.
+    tls: ServerTls | None = None
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
@@ -223,7 +237,10 @@ class GrpcServer:
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection([s.name for s in self.services] + ["grpc.health.v1.Health"], server)
-        self.port = server.add_insecure_port(self.listen_addr)
+        if self.tls is None:
+            self.port = server.add_insecure_port(self.listen_addr)
+        else:
+            self.port = server.add_secure_port(self.listen_addr, self.tls.server_credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {self.listen_addr}")
         await server.start()
@@ -292,7 +309,8 @@ class GrpcServer:
 
 
 class _Settings(Protocol):
-    log_level: str
+    @property
+    def log_level(self) -> str: ...
 
 
 SettingsT = TypeVar("SettingsT", bound=_Settings)

@@ -62,6 +62,7 @@ class SyncApp:
             ],
             interceptors=[AuthInterceptor(settings.auth, POLICY)],
             health_probe=self.store.ping,
+            tls=settings.tls,
         )
         return self.server
 

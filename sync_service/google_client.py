@@ -22,7 +22,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -213,7 +213,8 @@ def classify_api_error(response: httpx.Response) -> GoogleError:
     status = response.status_code
     url = str(response.request.url.copy_with(query=None)) if response.request else None
     body = _json_object(response) or {}
-    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    raw_error = body.get("error")
+    error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
     google_message = str(error.get("message") or response.reason_phrase or "no message")[:500]
     reason: str | None = error.get("status")
     quota_limit_value: str | None = None
@@ -674,7 +675,7 @@ class GoogleSession:
         params: dict[str, Any] | None = None,
         *,
         body: dict[str, Any] | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Every page of a list call, following nextPageToken to the end. A page token that
         Google no longer accepts restarts the listing once: the consumer sees the first pages
         again and must tolerate repeats (every consumer keys rows by Google's id)."""
@@ -724,7 +725,7 @@ class GoogleSession:
             locations.extend(page.get("locations") or ())
         return locations
 
-    def review_pages(self, account: str, location: str) -> AsyncIterator[dict[str, Any]]:
+    def review_pages(self, account: str, location: str) -> AsyncGenerator[dict[str, Any], None]:
         """reviews.list pages, newest update first; the caller may stop early.
 
         `location` is `locations/{id}`; the v4 API wants `accounts/{a}/locations/{l}`.
@@ -735,7 +736,7 @@ class GoogleSession:
 
     def batch_review_pages(
         self, account: str, locations: Sequence[str]
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """locations:batchGetReviews pages over up to 50 locations at once, newest update first
         across all of them; each item is `{"name": "accounts/a/locations/l", "review": {...}}`.
         The caller may stop early."""

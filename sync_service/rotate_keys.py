@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row, make_url
@@ -58,6 +58,9 @@ MAX_LISTED = 100
 
 _t = oauth_tokens
 _COLUMNS = (_t.c.account_id, _t.c.refresh_token_encrypted, _t.c.access_token_encrypted)
+if TYPE_CHECKING:
+    # A row of the three _COLUMNS (SQLAlchemy 2.1 types a row by each of its columns).
+    _TokenRow = Row[Any, Any, Any]
 
 
 @dataclass
@@ -136,7 +139,7 @@ class TokenRotator:
                 on_batch(report)
         return report
 
-    def read_batch(self, conn: Connection, after: uuid.UUID | None) -> Sequence[Row[Any]]:
+    def read_batch(self, conn: Connection, after: uuid.UUID | None) -> Sequence[_TokenRow]:
         """The next batch after account id `after` (keyset: no OFFSET, so it stays fast and no
         row is skipped when others are added or deleted meanwhile). Read without locks: the
         write's compare-and-set, not a lock, keeps token refreshes from waiting on this."""
@@ -146,14 +149,14 @@ class TokenRotator:
         return conn.execute(query).all()
 
     def rotate_rows(
-        self, conn: Connection, rows: Sequence[Row[Any]], report: RotationReport
+        self, conn: Connection, rows: Sequence[_TokenRow], report: RotationReport
     ) -> None:
         """Rewrites what needs it among `rows` (read earlier in `conn`'s transaction)."""
         for row in rows:
             report.scanned += 1
             self._rotate_row(conn, row, report)
 
-    def _rotate_row(self, conn: Connection, row: Row[Any] | None, report: RotationReport) -> None:
+    def _rotate_row(self, conn: Connection, row: _TokenRow | None, report: RotationReport) -> None:
         raced = False
         for _ in range(MAX_TRIES):
             if row is None:  # deleted since it was read: nothing left to re-encrypt
@@ -193,7 +196,7 @@ class TokenRotator:
 
     @staticmethod
     def _compare_and_set(
-        conn: Connection, row: Row[Any], refresh: str | None, access: str | None
+        conn: Connection, row: _TokenRow, refresh: str | None, access: str | None
     ) -> bool:
         """Writes the new ciphertexts only if both columns still hold what was read."""
         values = {}

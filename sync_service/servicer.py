@@ -125,7 +125,7 @@ def location_pb(location: LocationStatusRecord) -> pb.LocationStatus:
     return message
 
 
-def _sync_type(value: int) -> SyncType:
+def _sync_type(value: pb.SyncType.ValueType) -> SyncType:
     try:
         return _SYNC_TYPES[value]
     except KeyError:

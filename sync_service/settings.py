@@ -14,6 +14,7 @@ from pathlib import Path
 from service_runtime.auth import AuthSettings
 from service_runtime.config import ConfigError, Env
 from service_runtime.database import PoolSettings, database_url_from_env
+from service_runtime.tls import ServerTls
 from sync_service.crypto import TokenCipher
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
@@ -114,6 +115,8 @@ class SyncSettings:
     log_level: str = "INFO"
     # Prometheus metrics endpoint (host, port); None: none (see docs/observability.md).
     metrics_addr: tuple[str, int] | None = None
+    # SYNC_TLS_CERT_FILE, SYNC_TLS_KEY_FILE, SYNC_TLS_CLIENT_CA_FILE; None: plain text.
+    tls: ServerTls | None = None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> SyncSettings:
@@ -186,7 +189,9 @@ class SyncSettings:
                 maximum=timedelta(minutes=30),
             ),
         )
-        keys = env.parsed("TOKEN_ENCRYPTION_KEY", (), kind="fernet_keys", parse=_fernet_keys)
+        keys: tuple[str, ...] = env.parsed(
+            "TOKEN_ENCRYPTION_KEY", (), kind="fernet_keys", parse=_fernet_keys
+        )
         return cls(
             listen_addr=env.address("SYNC_LISTEN_ADDR", cls.listen_addr),
             database_url=database_url_from_env(env),
@@ -224,6 +229,7 @@ class SyncSettings:
             ),
             log_level=env.log_level("LOG_LEVEL", cls.log_level),
             metrics_addr=env.metrics_address("SYNC_METRICS_ADDR"),
+            tls=ServerTls.from_env(env, "SYNC"),
         )
 
 

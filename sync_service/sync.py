@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -179,7 +180,7 @@ class Syncer:
         try:
             context = await self._store.sync_context(account_id)
         except TokenDecryptError as exc:
-            failure = CredentialsUnreadable(str(exc))
+            failure: SyncError = CredentialsUnreadable(str(exc))
             await record(failure, 0)
             raise failure from None
         if context is None:
@@ -368,10 +369,10 @@ class Syncer:
                     read = (
                         run.read_full if sync_type is SyncType.FULL else run.read_whole_incremental
                     )
-                    group.create_task(limited(lambda loc=location, r=read: run.location(loc, r)))
+                    group.create_task(limited(functools.partial(run.location, location, read)))
                 for chunk in _chunks(known, BATCH_REVIEWS_MAX_LOCATIONS):
                     assert cutoff is not None
-                    group.create_task(limited(lambda c=chunk, at=cutoff: run.batch(c, at)))
+                    group.create_task(limited(functools.partial(run.batch, chunk, cutoff)))
         except BaseExceptionGroup as group_error:
             # One failure cancels the other reads; the first real error is the one to report.
             raise _first_error(group_error) from None

@@ -52,6 +52,7 @@ def _int64_as_numbers(message: Message, data: dict[str, Any]) -> None:
             data[field.name] = [int(v) for v in value] if repeated else int(value)
         elif (
             field.type == FieldDescriptor.TYPE_MESSAGE
+            and field.message_type is not None
             and field.message_type.full_name not in _OPAQUE
             and not field.message_type.GetOptions().map_entry
         ):

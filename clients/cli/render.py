@@ -17,7 +17,7 @@ def job_status(job: Job) -> Text:
     return status_text(enum_label(JobStatus.Name(job.status), "JOB_STATUS_"))
 
 
-def sync_type(value: int) -> str:
+def sync_type(value: SyncType.ValueType) -> str:
     return enum_label(SyncType.Name(value), "SYNC_TYPE_")
 
 
@@ -103,7 +103,7 @@ def job_detail(out: Output, job: Job) -> None:
             out.line(f"  skipped {skipped.location_id}: {skipped.reason}")
 
 
-def run_status(value: int) -> Text:
+def run_status(value: WorkerRunStatus.ValueType) -> Text:
     label = enum_label(WorkerRunStatus.Name(value), "WORKER_RUN_STATUS_")
     style = {"running": "blue", "completed": "green", "failed": "red"}.get(label, "")
     return Text(label, style=style)

@@ -13,9 +13,11 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from service_runtime.cli import TRACING_VARIABLES, environment_epilog, format_default
-from service_runtime.config import ConfigError, parse_duration, parse_metrics_addr
+from service_runtime.config import ConfigError, Env, parse_duration, parse_metrics_addr
+from service_runtime.tls import CLIENT_TLS_VARIABLES, ClientTls
 
 _MAX_WORKER_ID = 200
 
@@ -62,6 +64,8 @@ class WorkerConfig:
     log_level: str = "INFO"
     # Where the worker serves Prometheus metrics (host:port); empty: nowhere.
     metrics_addr: str = ""
+    # TLS to both services (GRPC_TLS, GRPC_TLS_CA_FILE, GRPC_TLS_CERT_FILE, ...); None: plain.
+    tls: ClientTls | None = None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -164,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                 ("TRIGGER_SECRET", "(required: the worker authenticates with it)"),
                 ("WORKER_ONCE", "false"),
                 *((s.env, format_default(s.default)) for s in _SETTINGS.values()),
+                *((name, "") for name in CLIENT_TLS_VARIABLES),
                 *TRACING_VARIABLES,
             ]
         ),
@@ -186,14 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _convert(label: str, setting: _Setting, raw: str) -> object:
     if setting.kind == "str":
         return raw.strip()
+    # An int or a timedelta, compared with bounds of the same kind.
+    value: Any
     if setting.kind == "int":
         try:
-            value: object = int(raw)
+            value = int(raw)
         except ValueError:
             raise ConfigError(f"{label}={raw!r} is not a whole number") from None
     else:
         value = parse_duration(label, raw)
-    if not setting.minimum <= value <= setting.maximum:  # type: ignore[operator]
+    if not setting.minimum <= value <= setting.maximum:
         low, high = setting.minimum, setting.maximum
         if isinstance(low, timedelta) and isinstance(high, timedelta):
             low, high = f"{low.total_seconds():g}s", f"{high.total_seconds():g}s"
@@ -224,7 +231,10 @@ def load_config(
     """Parses flags over the environment. Raises ConfigError naming the bad setting."""
     environ = os.environ if environ is None else environ
     flags = build_parser().parse_args(argv)
-    values = {dest: _lookup(dest, s, flags, environ) for dest, s in _SETTINGS.items()}
+    # Each value has its field's type: _convert made it by the setting's kind.
+    values: dict[str, Any] = {
+        dest: _lookup(dest, s, flags, environ) for dest, s in _SETTINGS.items()
+    }
 
     once_raw = environ.get("WORKER_ONCE", "").strip().lower()
     if flags.once:
@@ -256,7 +266,10 @@ def load_config(
     values["log_level"] = level
     parse_metrics_addr(_SETTINGS["metrics_addr"].env, str(values["metrics_addr"]))
 
-    config = WorkerConfig(trigger_secret=secret, worker_id=str(worker_id), once=once, **values)  # type: ignore[arg-type]
+    tls = ClientTls.from_env(Env(environ))
+    config = WorkerConfig(
+        trigger_secret=secret, worker_id=str(worker_id), once=once, tls=tls, **values
+    )
     if once and config.worker_timeout <= config.job_timeout:
         raise ConfigError(
             f"WORKER_TIMEOUT ({config.worker_timeout.total_seconds():g}s) must be longer than "

@@ -151,7 +151,7 @@ def deferral(error: ClientError) -> Deferral | None:
     Only SyncService's own rich answers count (server details, an ErrorInfo domain of ours, a
     reason that goes with the code): a bare UNAVAILABLE from the transport is never a deferral.
     """
-    if not error.server_details:
+    if not error.server_details or error.reason is None:
         return None
     reason: ErrorReason | ServiceReason
     known: tuple[float, bool] | None

@@ -6,11 +6,12 @@ finished jobs are counted, and timed from pick to outcome, as they end.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from clients.worker.circuit_breaker import BreakerState
+from clients.worker.circuit_breaker import BreakerState, CircuitBreaker
 
 if TYPE_CHECKING:
     from clients.worker.runner import Worker
@@ -48,6 +49,10 @@ BREAKER_OPENED = Gauge(
 )
 
 
+def _is_state(breaker: CircuitBreaker, state: BreakerState) -> Callable[[], float]:
+    return lambda: 1.0 if breaker.state is state else 0.0
+
+
 def watch(worker: Worker) -> None:
     """Reads `worker`'s in-flight jobs and breaker at every scrape (the newest worker wins)."""
     IN_FLIGHT.set_function(lambda: len(worker._inflight))
@@ -55,9 +60,7 @@ def watch(worker: Worker) -> None:
     CONCURRENCY.set(worker.config.concurrency)
     breaker = worker.breaker
     for state in BreakerState:
-        BREAKER_STATE.labels(state.value).set_function(
-            lambda state=state: 1.0 if breaker.state is state else 0.0
-        )
+        BREAKER_STATE.labels(state.value).set_function(_is_state(breaker, state))
     BREAKER_OPENED.set_function(lambda: breaker.times_opened)
 
 

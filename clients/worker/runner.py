@@ -97,9 +97,9 @@ class Worker:
         credentials = Credentials.trigger_secret(config.trigger_secret)
         self._owns_clients = queue is None or sync is None
         self.queue = queue or QueueClient.connect(
-            config.queue_addr, credentials, trace_filter=_QUEUE_TRACE_FILTER
+            config.queue_addr, credentials, trace_filter=_QUEUE_TRACE_FILTER, tls=config.tls
         )
-        self.sync = sync or SyncClient.connect(config.sync_addr, credentials)
+        self.sync = sync or SyncClient.connect(config.sync_addr, credentials, tls=config.tls)
         self.breaker = CircuitBreaker(
             config.circuit_breaker_threshold, config.circuit_breaker_cooldown.total_seconds()
         )
@@ -247,6 +247,8 @@ class Worker:
 
     async def _pick_loop(self) -> None:
         config, loop = self.config, asyncio.get_running_loop()
+        # --once: when the run must end (set by run()); without --once, never.
+        run_deadline = self._run_deadline if self._run_deadline is not None else float("inf")
         backoff = Backoff()
         gathered = False
         while not self._stopping.is_set():
@@ -258,7 +260,7 @@ class Worker:
             wanted = self._free_slots()
             if config.once:
                 wanted = min(wanted, config.max_jobs_per_run - self._summary.picked)
-                time_left = self._run_deadline - loop.time()  # type: ignore[operator]
+                time_left = run_deadline - loop.time()
                 if self._summary.picked >= config.max_jobs_per_run:
                     self._stop_reason = f"--once: {self._summary.picked} job(s) picked"
                     return
@@ -273,7 +275,7 @@ class Worker:
                 # Open breaker (or a probe still out): jobs stay pending, spending nothing.
                 pause = max(self.breaker.seconds_until_probe(), 0.1)
                 if config.once and loop.time() + pause + config.job_timeout.total_seconds() >= (
-                    self._run_deadline  # type: ignore[operator]
+                    run_deadline
                 ):
                     # No job could start after the pause: end the run now, not after it.
                     self._stop_reason = "--once: circuit breaker open until the run's end" + (
@@ -461,7 +463,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*leftovers, return_exceptions=True)
 
-    async def _finish_run(self, status: int) -> None:
+    async def _finish_run(self, status: WorkerRunStatus.ValueType) -> None:
         outcomes = dict(self._summary.outcomes)
         notes = self._summary.stop_reason
         backoff = Backoff(initial=0.5, maximum=2.0)

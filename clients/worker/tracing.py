@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.util.types import AttributeValue
 
 from clients.queue import Job
 
@@ -49,7 +50,7 @@ def job_span(job: Job, worker_id: str, *, recording: bool = True) -> Iterator[tr
         yield trace.INVALID_SPAN
         return
     link = producer_link(job.trace_context)
-    attributes = {
+    attributes: dict[str, AttributeValue] = {
         "messaging.system": "gmbsync",
         "messaging.operation.type": "process",
         "messaging.operation.name": "process",

@@ -19,6 +19,7 @@ change is one statement.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Insert, Table
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from queue_service.models import (
@@ -80,7 +82,7 @@ class JobListener(Protocol):
     LISTEN); `connected` is set while it listens."""
 
     @property
-    def connected(self) -> object:
+    def connected(self) -> asyncio.Event:
         """An asyncio.Event set while the listener is connected."""
 
     async def run(self) -> None:
@@ -100,8 +102,10 @@ class LeaderSession(Protocol):
 class QueueDriver(Protocol):
     """The queue's state machine on one database. See the module docstring for conventions."""
 
-    #: "postgresql" or "sqlite".
-    name: str
+    @property
+    def name(self) -> str:
+        """ "postgresql" or "sqlite"."""
+
     engine: AsyncEngine
 
     # -- connections, clock, notifications, leadership -----------------------------------------
@@ -119,7 +123,7 @@ class QueueDriver(Protocol):
     async def lease_clock_now(self) -> datetime:
         """The database's lease clock now: what a lease's expiry is compared with."""
 
-    def insert(self, table: Table) -> Insert:
+    def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """This database's INSERT construct for `table`, with its ON CONFLICT clauses."""
 
     def listener(self, signal: SignalTarget) -> JobListener | None:

@@ -164,9 +164,10 @@ def parse_args(argv: list[str] | None, env: Env) -> argparse.Namespace:
     if args.api_quota is not None:
         args.api_quotas = _api_quotas(args.api_quota)
     else:
-        args.api_quotas = env.parsed(
+        quotas: dict[str, int] = env.parsed(
             "EMULATOR_API_QUOTAS", {}, kind="api_quotas", parse=_env_api_quotas
         )
+        args.api_quotas = quotas
     return args
 
 

@@ -199,8 +199,10 @@ class EmulatorServer:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert isinstance(
+            server, asyncio.Server
+        )  # aiohttp's TCPSite serves with loop.create_server
+        self.port = server.sockets[0].getsockname()[1]
         return self.port
 
     async def stop(self) -> None:

@@ -84,7 +84,7 @@ class RunningQueue:
         return list(response.jobs)
 
 
-def queue_settings(database_url: str, auth_settings, **overrides: object) -> QueueSettings:  # type: ignore[no-untyped-def]
+def queue_settings(database_url: str, auth_settings, **overrides: object) -> QueueSettings:
     values: dict[str, object] = {
         "listen_addr": "127.0.0.1:0",
         "database_url": database_url,
@@ -119,7 +119,7 @@ async def stop_queue(running: RunningQueue) -> None:
 
 
 @pytest.fixture
-async def queue(any_db_url: str, auth_settings) -> AsyncIterator[RunningQueue]:  # type: ignore[no-untyped-def]
+async def queue(any_db_url: str, auth_settings) -> AsyncIterator[RunningQueue]:
     """QueueService on PostgreSQL and on SQLite (the test runs once for each)."""
     running = await start_queue(queue_settings(any_db_url, auth_settings))
     yield running
@@ -127,7 +127,7 @@ async def queue(any_db_url: str, auth_settings) -> AsyncIterator[RunningQueue]: 
 
 
 @pytest.fixture
-async def pg_queue(pg_url: str, auth_settings) -> AsyncIterator[RunningQueue]:  # type: ignore[no-untyped-def]
+async def pg_queue(pg_url: str, auth_settings) -> AsyncIterator[RunningQueue]:
     """QueueService on PostgreSQL only (concurrency, LISTEN/NOTIFY, leadership)."""
     running = await start_queue(queue_settings(pg_url, auth_settings))
     yield running

@@ -111,7 +111,7 @@ async def test_shutdown_releases_waiting_pickers_at_once(any_db_url, auth_settin
     assert list(response.jobs) == []
 
 
-async def _until(condition, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(condition, what: str, timeout: float = 10.0) -> None:
     """Polls `condition` until it holds; fails after `timeout` seconds (a deadline, not a wait)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -127,7 +127,7 @@ async def test_new_jobs_wake_as_many_waiting_pickers_as_there_are_jobs(any_db_ur
     picks = 0
     pick = store.job_pick
 
-    async def counted_pick(**kwargs):  # type: ignore[no-untyped-def]
+    async def counted_pick(**kwargs):
         nonlocal picks
         picks += 1
         return await pick(**kwargs)

@@ -31,7 +31,7 @@ TINY_POOL = PoolSettings(size=1, max_overflow=0, timeout=timedelta(milliseconds=
 
 
 @pytest.fixture
-async def tiny_queue(any_db_url: str, auth_settings) -> AsyncIterator[RunningQueue]:  # type: ignore[no-untyped-def]
+async def tiny_queue(any_db_url: str, auth_settings) -> AsyncIterator[RunningQueue]:
     running = await start_queue(queue_settings(any_db_url, auth_settings, db_pool=TINY_POOL))
     yield running
     await stop_queue(running)

@@ -42,7 +42,7 @@ async def leader_of(replicas: list[RunningQueue]) -> RunningQueue:
     return leaders(replicas)[0]
 
 
-async def kill_the_leaders_lock_connection(engine) -> None:  # type: ignore[no-untyped-def]
+async def kill_the_leaders_lock_connection(engine) -> None:
     """Ends the session holding the leader lock, as a crashed host or a network cut would."""
     async with engine.connect() as conn:
         await conn.execute(

@@ -58,7 +58,7 @@ async def test_health_of_an_unknown_service_is_not_found(pg_queue):
 
 
 @pytest.fixture
-async def doomed_queue(auth_settings) -> AsyncIterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
+async def doomed_queue(auth_settings) -> AsyncIterator[tuple[str, str]]:
     """(address, database url) of a QueueApp on a PostgreSQL database of its own, probing its
     health every 0.2 s."""
     with scratch_postgres_database("gmbsync_doomed") as url:

@@ -39,7 +39,7 @@ async def abandon_reflection_stream(address: str) -> None:
     await channel.close(grace=None)
 
 
-def error_records(caplog) -> list[str]:  # type: ignore[no-untyped-def]
+def error_records(caplog) -> list[str]:
     return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
 
 

@@ -47,7 +47,7 @@ def big_metadata() -> struct_pb2.Struct:
     return metadata
 
 
-async def outcome_of(call):  # type: ignore[no-untyped-def]
+async def outcome_of(call):
     """The response of a call, or its error (checked never to be UNKNOWN or a traceback)."""
     try:
         return await call

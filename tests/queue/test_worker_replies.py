@@ -34,14 +34,14 @@ def _delay(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
-async def _start_run(queue) -> pb.WorkerRun:  # type: ignore[no-untyped-def]
+async def _start_run(queue) -> pb.WorkerRun:
     response = await queue.stub.StartWorkerRun(
         pb.StartWorkerRunRequest(worker_id="batcher"), metadata=WORKER_METADATA
     )
     return response.run
 
 
-async def _finish_run(queue, run_id: str) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+async def _finish_run(queue, run_id: str) -> tuple[int, ...]:
     run = (
         await queue.stub.FinishWorkerRun(
             pb.FinishWorkerRunRequest(run_id=run_id, status=pb.WORKER_RUN_STATUS_COMPLETED),

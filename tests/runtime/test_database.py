@@ -80,7 +80,7 @@ async def test_the_pool_never_pings_a_connection_before_use(pg_url):
         dialect = engine.sync_engine.dialect
         real_ping = dialect.do_ping
 
-        def counting_ping(dbapi_connection):  # type: ignore[no-untyped-def]
+        def counting_ping(dbapi_connection):
             nonlocal pings
             pings += 1
             return real_ping(dbapi_connection)
@@ -135,7 +135,7 @@ def test_errors_that_say_the_connection_is_gone_are_disconnects(sqlstate, gone):
     assert is_disconnect_error(_Error(sqlstate)) is gone
 
 
-async def _transaction_status(conn) -> psycopg.pq.TransactionStatus:  # type: ignore[no-untyped-def]
+async def _transaction_status(conn) -> psycopg.pq.TransactionStatus:
     raw = await conn.get_raw_connection()
     return raw.driver_connection.info.transaction_status
 

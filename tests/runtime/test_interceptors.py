@@ -50,7 +50,7 @@ async def test_each_method_is_guarded_by_one_wrapper_built_at_its_first_call(
     built: list[str] = []
     guard = ErrorBoundaryInterceptor._guard
 
-    def counting_guard(self, handler, method):  # type: ignore[no-untyped-def]
+    def counting_guard(self, handler, method):
         built.append(method)
         return guard(self, handler, method)
 

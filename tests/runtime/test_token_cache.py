@@ -48,7 +48,7 @@ def verifications(monkeypatch) -> list[str]:
     seen: list[str] = []
     decode = jwt.decode
 
-    def counting(raw, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def counting(raw, *args, **kwargs):
         seen.append(raw)
         return decode(raw, *args, **kwargs)
 

@@ -52,7 +52,7 @@ def traced_call_metadata() -> tuple[tuple[str, str], ...]:
     )
 
 
-def server_spans(spans: InMemorySpanExporter) -> list:  # type: ignore[type-arg]
+def server_spans(spans: InMemorySpanExporter) -> list:
     return [
         s for s in spans.get_finished_spans() if s.name == WHO_AM_I and s.kind is SpanKind.SERVER
     ]

@@ -69,7 +69,7 @@ class Harness:
     engine: AsyncEngine
 
     @property
-    def state(self):  # type: ignore[no-untyped-def]
+    def state(self):
         return self.emulator.state
 
     async def connect(self, n: int = 1, *, user_id: uuid.UUID = OWNER, **fields: Any) -> pb.Account:

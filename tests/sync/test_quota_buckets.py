@@ -68,12 +68,12 @@ class Backend:
     url: str
     engines: list[AsyncEngine] = field(default_factory=list)
 
-    def limiter(self, settings: GoogleSettings):  # type: ignore[no-untyped-def]
+    def limiter(self, settings: GoogleSettings):
         engine = create_engine_async(self.url)
         self.engines.append(engine)
         return quota_from_settings(settings, engine)
 
-    async def now(self, limiter) -> float:  # type: ignore[no-untyped-def]
+    async def now(self, limiter) -> float:
         """The limiter's clock: the database's on PostgreSQL, time.monotonic() otherwise."""
         if isinstance(limiter, PostgresQuota):
             async with limiter.engine.connect() as conn:

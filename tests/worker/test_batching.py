@@ -44,7 +44,7 @@ class InstantSync(sync_grpc.SyncServiceServicer):
     def __post_init__(self) -> None:
         self.gate.set()
 
-    async def SyncAccount(self, request, context):  # type: ignore[no-untyped-def]
+    async def SyncAccount(self, request, context):
         self.calls.append(request.job_id)
         await asyncio.wait_for(self.gate.wait(), WAIT)
         return sync_pb.SyncAccountResponse(
@@ -60,7 +60,7 @@ class CountingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         self.calls: collections.Counter[str] = collections.Counter()
         self.lose_answers = 0
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
         method = client_call_details.method
         name = (method.decode() if isinstance(method, bytes) else method).rsplit("/", 1)[-1]
         self.calls[name] += 1
@@ -116,7 +116,7 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(pg_url: str, auth_settings) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+async def rig(pg_url: str, auth_settings) -> AsyncIterator[Rig]:
     queue = await start_queue(queue_settings(pg_url, auth_settings))
     sync = InstantSync()
     server = grpc.aio.server()

@@ -40,19 +40,19 @@ class ScriptedQueue(pb_grpc.QueueServiceServicer):
             code, message, extra = script.pop(0)
             await abort(context, code, message, **extra)  # type: ignore[arg-type]
 
-    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetJob(self, request, context):
         await self._maybe_fail("GetJob", context)
         return pb.GetJobResponse(job=pb.Job(id=request.job_id))
 
-    async def EnqueueSync(self, request, context):  # type: ignore[no-untyped-def]
+    async def EnqueueSync(self, request, context):
         await self._maybe_fail("EnqueueSync", context)
         return pb.EnqueueSyncResponse(job=pb.Job(account_id=request.account_id))
 
-    async def CompleteJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def CompleteJob(self, request, context):
         await self._maybe_fail("CompleteJob", context)
         return pb.CompleteJobResponse(job=pb.Job(id=request.job_id))
 
-    async def ExtendLease(self, request, context):  # type: ignore[no-untyped-def]
+    async def ExtendLease(self, request, context):
         await self._maybe_fail("ExtendLease", context)
         return pb.ExtendLeaseResponse()
 
@@ -72,7 +72,7 @@ async def scripted() -> AsyncIterator[tuple[ScriptedQueue, QueueClient]]:
     await server.stop(0)
 
 
-async def test_field_violations_arrive_as_invalid_argument(scripted) -> None:  # type: ignore[no-untyped-def]
+async def test_field_violations_arrive_as_invalid_argument(scripted) -> None:
     servicer, client = scripted
     servicer.failures["EnqueueSync"] = [
         (
@@ -89,14 +89,14 @@ async def test_field_violations_arrive_as_invalid_argument(scripted) -> None:  #
     assert "QueueService.EnqueueSync" in str(caught.value)
 
 
-async def test_lost_lease_is_lease_lost(scripted) -> None:  # type: ignore[no-untyped-def]
+async def test_lost_lease_is_lease_lost(scripted) -> None:
     servicer, client = scripted
     servicer.failures["CompleteJob"] = [(grpc.StatusCode.FAILED_PRECONDITION, "lease lost", {})]
     with pytest.raises(client_errors.LeaseLost):
         await client.complete_job("job-1", "token", {"reviews_added": 1})
 
 
-async def test_reads_are_retried_and_honour_the_servers_delay(scripted) -> None:  # type: ignore[no-untyped-def]
+async def test_reads_are_retried_and_honour_the_servers_delay(scripted) -> None:
     servicer, client = scripted
     servicer.failures["GetJob"] = [
         (grpc.StatusCode.UNAVAILABLE, "restarting", {"retry_delay_seconds": 0.05}),
@@ -107,7 +107,7 @@ async def test_reads_are_retried_and_honour_the_servers_delay(scripted) -> None:
     assert servicer.calls["GetJob"] == 3
 
 
-async def test_non_idempotent_writes_are_not_retried(scripted) -> None:  # type: ignore[no-untyped-def]
+async def test_non_idempotent_writes_are_not_retried(scripted) -> None:
     servicer, client = scripted
     servicer.failures["EnqueueSync"] = [
         (grpc.StatusCode.UNAVAILABLE, "busy", {"retry_delay_seconds": 2.5})
@@ -120,7 +120,7 @@ async def test_non_idempotent_writes_are_not_retried(scripted) -> None:  # type:
     assert not caught.value.infrastructure  # the service itself answered, with RetryInfo
 
 
-async def test_retries_give_up_after_the_policys_attempts(scripted) -> None:  # type: ignore[no-untyped-def]
+async def test_retries_give_up_after_the_policys_attempts(scripted) -> None:
     servicer, client = scripted
     servicer.failures["ExtendLease"] = [(grpc.StatusCode.UNAVAILABLE, "down", {})] * 5
     with pytest.raises(client_errors.Unavailable):
@@ -128,7 +128,7 @@ async def test_retries_give_up_after_the_policys_attempts(scripted) -> None:  # 
     assert servicer.calls["ExtendLease"] == FAST_RETRY.attempts
 
 
-async def test_credentials_go_with_every_call_and_stay_out_of_repr(scripted) -> None:  # type: ignore[no-untyped-def]
+async def test_credentials_go_with_every_call_and_stay_out_of_repr(scripted) -> None:
     servicer, client = scripted
     await client.get_job("job-1")
     assert servicer.metadata[-1]["x-trigger-secret"] == "the-secret"
@@ -154,7 +154,7 @@ async def test_a_dead_server_is_an_infrastructure_unavailable() -> None:
         await client.close()
 
 
-async def test_an_error_info_arrives_as_reason_domain_and_metadata(scripted) -> None:  # type: ignore[no-untyped-def]
+async def test_an_error_info_arrives_as_reason_domain_and_metadata(scripted) -> None:
     servicer, client = scripted
     servicer.failures["EnqueueSync"] = [
         (
@@ -178,7 +178,7 @@ async def test_an_error_info_arrives_as_reason_domain_and_metadata(scripted) -> 
     assert error.server_details
 
 
-async def test_without_an_error_info_the_reason_is_none(scripted) -> None:  # type: ignore[no-untyped-def]
+async def test_without_an_error_info_the_reason_is_none(scripted) -> None:
     servicer, client = scripted
     servicer.failures["EnqueueSync"] = [
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", {"retry_delay_seconds": 3.0})

@@ -77,7 +77,7 @@ class ScriptedSync(sync_grpc.SyncServiceServicer):
     calls: list[str] = field(default_factory=list)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def SyncAccount(self, request, context):  # type: ignore[no-untyped-def]
+    async def SyncAccount(self, request, context):
         self.calls.append(request.job_id)
         if len(self.calls) >= self.hold_until:
             self._arrived.set()
@@ -125,7 +125,7 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(any_db_url: str, auth_settings) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+async def rig(any_db_url: str, auth_settings) -> AsyncIterator[Rig]:
     queue = await start_queue(queue_settings(any_db_url, auth_settings))
     sync = ScriptedSync(answer=QUOTA)
     server = grpc.aio.server()

@@ -27,7 +27,7 @@ LEASE = timedelta(seconds=5)
 
 
 @pytest.fixture
-async def queue(pg_url: str, auth_settings) -> AsyncIterator[RunningQueue]:  # type: ignore[no-untyped-def]
+async def queue(pg_url: str, auth_settings) -> AsyncIterator[RunningQueue]:
     running = await start_queue(queue_settings(pg_url, auth_settings))
     yield running
     await stop_queue(running)
@@ -55,7 +55,7 @@ def _seconds(span: timedelta) -> duration_pb2.Duration:
     return duration
 
 
-async def _until(probe, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(probe, what: str, timeout: float = 20.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not probe():

@@ -19,7 +19,7 @@ from clients.sync import Account
 AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
-def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:
     accounts = groups.add_parser(
         "accounts",
         help="list or connect Google accounts",

@@ -19,7 +19,7 @@ from gmbsync.queue.v1 import queue_service_pb2 as pb
 AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
-def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:
     for name, help_text, run in (
         ("pause", "stop picking, for the whole queue or one user", pause),
         ("resume", "restart picking, for the whole queue or one user", resume),

@@ -17,7 +17,7 @@ from gmbsync.queue.v1 import queue_service_pb2 as pb
 AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
-def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:
     diagnostics = groups.add_parser(
         "diagnostics", help="queue health: counts, rates, durations, alerts", description=__doc__
     )

@@ -29,7 +29,7 @@ AddCommon = Callable[[argparse.ArgumentParser], None]
 BATCH_SIZE = 200
 
 
-def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:
     parser = groups.add_parser(
         "enqueue",
         help="enqueue syncs of one or many accounts",

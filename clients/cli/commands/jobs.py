@@ -18,7 +18,7 @@ STATUS_NAMES = ("pending", "processing", "succeeded", "failed", "cancelled")
 MAX_PAGE = 500
 
 
-def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:
     jobs = groups.add_parser(
         "jobs", help="list jobs, show one with its attempts, wait for one", description=__doc__
     )
@@ -77,7 +77,11 @@ def list_jobs(context: Context) -> int:
     args = context.args
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    status = JobStatus.Value(f"JOB_STATUS_{args.status.upper()}") if args.status else 0
+    status = (
+        JobStatus.Value(f"JOB_STATUS_{args.status.upper()}")
+        if args.status
+        else JobStatus.Value("JOB_STATUS_UNSPECIFIED")
+    )
     queue = context.queue()
     jobs: list[Job] = []
     token = ""

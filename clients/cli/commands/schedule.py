@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Literal
 
 from clients.cli.context import Context, UsageError
 from clients.cli.exitcodes import ExitCode
@@ -21,7 +22,7 @@ from service_runtime.config import ConfigError, parse_duration
 AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
-def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:
     schedule = groups.add_parser(
         "schedule",
         help="an account's next periodic syncs; override or opt out",
@@ -81,7 +82,9 @@ def set_schedule(context: Context) -> int:
 
 
 def render(context: Context, schedules: list[SyncSchedule]) -> None:
-    def interval(schedule: SyncSchedule, field: str) -> str:
+    def interval(
+        schedule: SyncSchedule, field: Literal["incremental_interval", "full_interval"]
+    ) -> str:
         return span(schedule, field) if schedule.HasField(field) else "default"
 
     context.out.table(

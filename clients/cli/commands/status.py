@@ -15,7 +15,7 @@ from clients.sync import SyncType
 AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
-def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:
     parser = groups.add_parser("status", help="queue counts and recent jobs", description=__doc__)
     add_common(parser)
     parser.add_argument(

@@ -19,7 +19,7 @@ from service_runtime.dev_tokens import DEMO_USER_ID, find_jwt_secret, mint_dev_t
 AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
-def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:
     parser = groups.add_parser(
         "token",
         help="mint a development JWT",

@@ -217,7 +217,7 @@ async def heard(db: DriverUnderTest) -> AsyncIterator[Heard]:
         return
     task = asyncio.create_task(listener.run())
     try:
-        await asyncio.wait_for(listener.connected.wait(), 10)  # type: ignore[attr-defined]
+        await asyncio.wait_for(listener.connected.wait(), 10)
         await recorder.settled()  # drops the "look now" a listener sends when it connects
         yield recorder
     finally:

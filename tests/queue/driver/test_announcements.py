@@ -13,7 +13,7 @@ from tests.queue.driver.conftest import T0, DriverUnderTest, Heard, moment
 AT = T0 + timedelta(seconds=10)
 
 
-def request(account_id, **fields) -> EnqueueRequest:  # type: ignore[no-untyped-def]
+def request(account_id, **fields) -> EnqueueRequest:
     return EnqueueRequest(account_id=account_id, sync_type=SyncType.FULL, **fields)
 
 

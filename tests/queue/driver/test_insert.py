@@ -13,7 +13,7 @@ from queue_service.models import Caller, EnqueueRequest, JobStatus, SyncType
 from tests.queue.driver.conftest import T0, DriverUnderTest
 
 
-def request(account_id: uuid.UUID, sync_type: SyncType = SyncType.FULL, **fields) -> EnqueueRequest:  # type: ignore[no-untyped-def]
+def request(account_id: uuid.UUID, sync_type: SyncType = SyncType.FULL, **fields) -> EnqueueRequest:
     return EnqueueRequest(account_id=account_id, sync_type=sync_type, **fields)
 
 
