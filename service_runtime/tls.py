@@ -64,9 +64,14 @@ def _private_key(name: str, path: str, certificate: x509.Certificate, cert_name:
     return data
 
 
+def _path(env: Env, name: str) -> str:
+    """A TLS file setting: a path ("" when unset); its content is checked when it is loaded."""
+    return env.parsed(name, "", kind="tls_file", parse=lambda raw: raw)
+
+
 def _pair(env: Env, cert_name: str, key_name: str) -> tuple[str, str] | None:
     """Both paths of a certificate and its key, or None when neither is set."""
-    cert, key = env.str(cert_name, ""), env.str(key_name, "")
+    cert, key = _path(env, cert_name), _path(env, key_name)
     if bool(cert) != bool(key):
         given, missing = (cert_name, key_name) if cert else (key_name, cert_name)
         raise ConfigError(f"{given} is set but {missing} is not: both are needed")
@@ -112,7 +117,7 @@ class ServerTls:
         """The server's TLS settings, files read and checked; None (plain text) when unset."""
         names = _server_names(prefix)
         pair = _pair(env, names[0], names[1])
-        client_ca = env.str(names[2], "") or None
+        client_ca = _path(env, names[2]) or None
         if pair is None:
             if client_ca:
                 raise ConfigError(
@@ -253,7 +258,7 @@ class ClientTls:
         """The client's TLS settings, files read and checked; None (plain text) when unset."""
         env = env or Env()
         pair = _pair(env, "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE")
-        ca_file = env.str("GRPC_TLS_CA_FILE", "") or None
+        ca_file = _path(env, "GRPC_TLS_CA_FILE") or None
         server_name = env.str("GRPC_TLS_SERVER_NAME", "") or None
         configured = ca_file is not None or pair is not None
         if not env.bool("GRPC_TLS", configured):

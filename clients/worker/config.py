@@ -155,7 +155,9 @@ def env_settings() -> dict[str, str]:
         if setting.legacy_ms_env:
             found[setting.legacy_ms_env] = "milliseconds"
     found["WORKER_ID"] = "worker_id"
-    return found
+    tls_env = Env({})
+    ClientTls.from_env(tls_env)
+    return found | tls_env.read
 
 
 def build_parser() -> argparse.ArgumentParser:

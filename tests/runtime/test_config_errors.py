@@ -45,6 +45,7 @@ BAD_VALUES: dict[str, str] = {
     "milliseconds": "soon",
     "worker_id": "w" * 500,
     "metrics_address": "not-an-address",
+    "tls_file": "/nonexistent/tls.pem",
 }
 # Settings any value of which is acceptable: secrets, client ids, a file path.
 FREE_TEXT = {
@@ -53,6 +54,7 @@ FREE_TEXT = {
     "GOOGLE_OAUTH_CLIENT_ID",
     "GOOGLE_OAUTH_CLIENT_SECRET",
     "TOKEN_ENCRYPTION_KEY_FILE",
+    "GRPC_TLS_SERVER_NAME",
 }
 # Read outside the settings classes for every program: OpenTelemetry's own variables
 # (service_runtime.telemetry) and the log format (service_runtime.logs).
