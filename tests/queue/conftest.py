@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -99,8 +99,14 @@ def queue_settings(database_url: str, auth_settings, **overrides: object) -> Que
     return QueueSettings(**values)  # type: ignore[arg-type]
 
 
-async def start_queue(settings: QueueSettings) -> RunningQueue:
+async def start_queue(
+    settings: QueueSettings, *, clock: Callable[[], datetime] | None = None
+) -> RunningQueue:
+    """Starts a QueueService; `clock` replaces its store's clock before any background work
+    (the scheduler's first pass included) can read the real one."""
     app = QueueApp(settings)
+    if clock is not None:
+        app.store.clock = clock
     port = await app.start()
     address = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(address)

@@ -65,9 +65,10 @@ async def test_another_replica_carries_on_the_schedule_without_duplicating_a_slo
         reaper_interval=timedelta(milliseconds=50),
     )
     clock = FakeClock()
-    replicas = [await start_queue(settings) for _ in range(2)]
-    for replica in replicas:
-        replica.app.store.clock = clock
+    # The clock is theirs from the start: a pass begun on the real clock could lay the accounts
+    # out years before T0, and the catch-up that follows would land wherever the test's clock
+    # happens to be by then.
+    replicas = [await start_queue(settings, clock=clock) for _ in range(2)]
     worker_engine = create_engine_async(pg_url)
     worker = JobStore(worker_engine, clock=clock)
     try:
@@ -78,6 +79,11 @@ async def test_another_replica_carries_on_the_schedule_without_duplicating_a_slo
             return len(rows) == ACCOUNTS and all(r["next_due_at"] for r in rows.values())
 
         await eventually(laid_out)
+        # Laid out at T0 on the test's clock: the first round falls within the first hour.
+        assert all(
+            T0 < r["next_due_at"] <= T0 + HOUR
+            for r in (await schedule_rows(worker_engine)).values()
+        )
         first = await leader_of(replicas)
 
         def passes(replica: RunningQueue) -> int:
