@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import sys
@@ -106,13 +107,16 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
             return handler
         method = handler_call_details.method
         known = self._guarded.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        guarded = self._guard(handler, method)
+        if handler.unary_unary is not None:
+            guarded = self._guard(handler, method)
+        else:
+            guarded = _guard_stream(handler)
         self._guarded[method] = (handler, guarded)
         return guarded
 
@@ -163,6 +167,32 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+def _guard_stream(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A server-streaming handler whose undecodable request is INVALID_ARGUMENT too.
+
+    Under grpc.aio a streaming behaviour is either an async generator or a coroutine that
+    writes with `context.write()` (the health service's Watch); the guard writes what the
+    first yields and awaits the second, so both keep working.
+    """
+    behavior = cast(Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any], handler.unary_stream)
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(request, UndecodableRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        answer = behavior(request, context)
+        if inspect.isasyncgen(answer):
+            async for response in answer:
+                await context.write(response)
+        else:
+            await answer
+
+    return grpc.unary_stream_rpc_method_handler(
+        guarded,
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from tests.chaos.cluster import LEASE_SECONDS, WORKER_CONCURRENCY, Cluster
 from tests.chaos.conftest import CHAOS_SYNC_DOWN, REPORTS
-from tests.chaos.oracle import FaultReport
+from tests.chaos.oracle import FaultReport, LogCursor, refused_holders
 from tests.chaos.run import Batch, run_fault
 
 pytestmark = pytest.mark.postgres_only
@@ -153,10 +153,17 @@ async def test_syncs_slower_than_the_lease_are_refused_when_late(cluster: Cluste
         assert busy, "the workers never took up the slow syncs"
         held = await batch.held_by("chaos-worker-1")
         worker = cluster.services["worker-1"]
+        its_log = LogCursor(worker.log)
         await asyncio.to_thread(worker.freeze)
         # The fault: a worker paused (a long GC, a VM stall) for twice its lease.
         await asyncio.sleep(FREEZE_SECONDS)
         await asyncio.to_thread(worker.thaw)
+        # The claim is about what the late holder is told when it reports: wait for that
+        # answer in its log rather than race the other worker's drain of the batch.
+        await batch.until_async(
+            lambda: asyncio.to_thread(lambda: refused_holders([its_log.read()], batch.job_ids)),
+            60,
+        )
         return (
             f"worker-1 frozen {FREEZE_SECONDS:.0f} s holding {held} job(s), "
             f"{SLOW_SYNC_MS / 1000:.0f} s syncs under {LEASE_SECONDS} s leases"

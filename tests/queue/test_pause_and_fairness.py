@@ -201,7 +201,8 @@ async def test_another_users_job_is_picked_within_two_picks_behind_a_full_batch(
                 for a in backlog
             ]
         ),
-        metadata=bearer(USER_A),
+        # An internal service enqueues A's backlog: a user's own batches are rate limited.
+        metadata=bearer(USER_A, Role.SERVICE),
     )
     lone = await queue.stub.EnqueueSync(
         pb.EnqueueSyncRequest(

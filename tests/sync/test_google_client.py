@@ -110,13 +110,14 @@ def test_rfc3339_times_with_nine_digits_and_offsets_parse_to_utc():
 
 
 def test_settings_point_every_google_url_at_one_root_and_allow_overrides():
+    new_key, old_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     settings = SyncSettings.from_env(
         Env(
             {
                 "GBP_API_ROOT": "http://127.0.0.1:8085/",
                 "GBP_V4_URL": GOOGLE_V4_URL,
                 "GBP_QUOTA_PER_MINUTE": "120",
-                "TOKEN_ENCRYPTION_KEY": "k1, k2",
+                "TOKEN_ENCRYPTION_KEY": f"{new_key}, {old_key}",
             }
         )
     )
@@ -127,7 +128,7 @@ def test_settings_point_every_google_url_at_one_root_and_allow_overrides():
     assert endpoints.business_information_url == "http://127.0.0.1:8085"
     assert endpoints.v4_url == GOOGLE_V4_URL
     assert settings.google.quota_per_window == 120
-    assert settings.token_encryption_keys == ("k1", "k2")
+    assert settings.token_encryption_keys == (new_key, old_key)
     assert settings.listen_addr == "127.0.0.1:50052"
     with pytest.raises(ConfigError, match="GBP_API_ROOT"):
         SyncSettings.from_env(Env({"GBP_API_ROOT": "localhost:8085"}))
