@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from google.protobuf import duration_pb2
 
 from clients import Credentials, QueueClient
@@ -16,10 +15,9 @@ from clients import errors as client_errors
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from service_runtime.auth import Role
 from service_runtime.errors import field_violations
-from sync_service.tables import gmb_accounts
 from tests.conftest import ADMIN_USER, TEST_TRIGGER_SECRET, WORKER_METADATA, bearer
 from tests.queue.conftest import queue_settings, start_queue, stop_queue
-from tests.queue.helpers import rpc_error
+from tests.queue.helpers import insert_accounts, rpc_error
 
 USER_A = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 USER_B = uuid.UUID("00000000-0000-4000-8000-0000000000b2")
@@ -171,25 +169,7 @@ async def test_a_waiting_worker_is_woken_by_resume(pg_url, auth_settings):
 
 
 async def _accounts_of(running, user_id: uuid.UUID, count: int) -> list[uuid.UUID]:  # type: ignore[no-untyped-def]
-    ids = [uuid.uuid4() for _ in range(count)]
-    now = datetime.now(UTC)
-    async with running.app.engine.begin() as conn:
-        await conn.execute(
-            sa.insert(gmb_accounts),
-            [
-                {
-                    "id": account_id,
-                    "user_id": user_id,
-                    "account_name": f"Shop {n}",
-                    "google_account_id": f"accounts/{account_id.int % 10**12}",
-                    "is_active": True,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for n, account_id in enumerate(ids)
-            ],
-        )
-    return ids
+    return await insert_accounts(running.app.engine, user_id, count, datetime.now(UTC))
 
 
 async def test_another_users_job_is_picked_within_two_picks_behind_a_full_batch(queue):

@@ -6,36 +6,16 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-import sqlalchemy as sa
-
 from queue_service.drivers import Moment
 from queue_service.models import Caller, EnqueueRequest, Failure, JobStatus, SyncType
-from sync_service.tables import gmb_accounts
 from tests.queue.driver.conftest import T0, DriverUnderTest, moment
+from tests.queue.helpers import insert_accounts
 
 BACKLOG = 10_000
 
 
 async def _accounts_of(db: DriverUnderTest, user_id: uuid.UUID, count: int) -> list[uuid.UUID]:
-    """`count` accounts of one user, written by one multi-row INSERT."""
-    ids = [uuid.uuid4() for _ in range(count)]
-    async with db.engine.begin() as conn:
-        await conn.execute(
-            sa.insert(gmb_accounts),
-            [
-                {
-                    "id": account_id,
-                    "user_id": user_id,
-                    "account_name": f"Shop {n}",
-                    "google_account_id": f"accounts/{account_id.int % 10**12}",
-                    "is_active": True,
-                    "created_at": T0,
-                    "updated_at": T0,
-                }
-                for n, account_id in enumerate(ids)
-            ],
-        )
-    return ids
+    return await insert_accounts(db.engine, user_id, count, T0)
 
 
 async def _enqueue_many(
