@@ -178,18 +178,24 @@ def _guard_stream(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """
     behavior = cast(Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any], handler.unary_stream)
 
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def refuse_undecodable(request: Any, context: grpc.aio.ServicerContext) -> None:
         if isinstance(request, UndecodableRequest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        answer = behavior(request, context)
-        if inspect.isasyncgen(answer):
-            async for response in answer:
-                await context.write(response)
-        else:
-            await answer
 
+    # The guard keeps the behaviour's own shape: OpenTelemetry's server interceptor iterates
+    # a traced stream with `async for`, so a generator must stay a generator.
+    async def guarded_generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await refuse_undecodable(request, context)
+        async for response in behavior(request, context):
+            yield response
+
+    async def guarded_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await refuse_undecodable(request, context)
+        await behavior(request, context)
+
+    generator = inspect.isasyncgenfunction(inspect.unwrap(behavior))
     return grpc.unary_stream_rpc_method_handler(
-        guarded,
+        guarded_generator if generator else guarded_writer,
         request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )

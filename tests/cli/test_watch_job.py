@@ -200,10 +200,12 @@ async def test_wait_for_job_watches_again_after_the_server_restarts(pg_url, auth
 
     client.watch_job = observed_watch  # type: ignore[method-assign]
     second = None
+    first_running = True
     try:
         waiting = asyncio.create_task(client.wait_for_job(job.id, timeout=60))
         # Stop the server only once the watch is open, so that it is the stream that breaks.
         await asyncio.wait_for(watching.wait(), 30)
+        first_running = False
         await first.app.stop(grace=5)
         await first.channel.close()
         second = await start_queue(
@@ -215,6 +217,9 @@ async def test_wait_for_job_watches_again_after_the_server_restarts(pg_url, auth
         assert finished.status == pb.JOB_STATUS_SUCCEEDED
     finally:
         await client.close()
+        # A server left running would lead the reaper and the scheduler for later tests.
+        if first_running:
+            await stop_queue(first)
         if second is not None:
             await stop_queue(second)
 
