@@ -30,16 +30,15 @@ from typing import Any
 
 import grpc
 import sqlalchemy as sa
-from grpc_health.v1 import health_pb2
 
 from clients.channel import Credentials
-from clients.healthcheck import health_check_rpc
 from clients.queue import QueueClient
 from clients.worker import Worker, WorkerConfig
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from gmbsync.sync.v1 import sync_service_pb2 as sync_pb
 from migrations.scratch import scratch_database
+from scripts.runtime_load import wait_serving
 from sync_service.tables import gmb_accounts
 
 TRIGGER_SECRET = "bench-trigger-secret"
@@ -83,20 +82,6 @@ async def serve_instant_sync(port: int) -> None:
     await server.wait_for_termination()
 
 
-async def _wait_healthy(address: str) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        check = health_check_rpc(channel)
-        for _ in range(300):
-            try:
-                reply = await check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{address} did not become healthy")
-
-
 @asynccontextmanager
 async def _process(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[int]:
     process = await asyncio.create_subprocess_exec(sys.executable, *args, env=env)
@@ -122,7 +107,7 @@ async def queue_process(database_url: str) -> AsyncIterator[str]:
     }
     async with _process("-m", "queue_service", env=env) as pid:
         address = f"127.0.0.1:{port}"
-        await _wait_healthy(address)
+        await wait_serving(address)
         _PIDS["queue"] = pid
         yield address
 

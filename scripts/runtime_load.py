@@ -163,7 +163,7 @@ async def wait_serving(address: str) -> None:
             except grpc.aio.AioRpcError:
                 pass
             await asyncio.sleep(0.1)
-    raise RuntimeError("queue_service did not become healthy")
+    raise RuntimeError(f"{address} did not become healthy")
 
 
 async def run_calls(count: int, inflight: int, call: Callable[[int], Awaitable[None]]) -> float:
