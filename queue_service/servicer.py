@@ -229,7 +229,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             request,
             now=self._store.clock(),
             default_max_attempts=self._settings.default_max_attempts,
-            trace_context=current_trace_context(),
+            trace_context=current_trace_context(context.invocation_metadata()),
         )
         assert parsed is not None
         await self._admit_enqueues(context, 1, "EnqueueSync")
@@ -246,7 +246,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             request,
             now=self._store.clock(),
             default_max_attempts=self._settings.default_max_attempts,
-            trace_context=current_trace_context(),
+            trace_context=current_trace_context(context.invocation_metadata()),
         )
         await self._admit_enqueues(context, len(parsed), "EnqueueSyncBatch")
         try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -43,6 +43,8 @@ _SPEC_RATIO = 1.0
 
 
 _EXPORTER_NAMES = ("otlp", "console", "none")
+# The W3C trace context headers a call may carry.
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 def check_tracing_settings(environ: Mapping[str, str] | None = None) -> None:
@@ -162,8 +164,20 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
-def current_trace_context() -> dict[str, str]:
-    """The W3C trace context of the current span, as headers (`traceparent`, `tracestate`)."""
+def current_trace_context(
+    incoming: Iterable[tuple[str, str | bytes]] | None = None,
+) -> dict[str, str]:
+    """The W3C trace context of the current span, as headers (`traceparent`, `tracestate`).
+
+    With tracing off no server span exists, but a caller's trace must still reach the job:
+    a worker or SyncService that records spans continues it. So, when there is no current
+    span, the context comes from the call's `incoming` metadata (propagated, not recorded).
+    """
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
+    if carrier or not incoming:
+        return carrier
+    headers = {k: v for k, v in incoming if k in _TRACE_HEADERS and isinstance(v, str)}
+    if headers:
+        propagate.inject(carrier, context=propagate.extract(headers))
     return carrier
