@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -165,6 +165,19 @@ class Env:
         if not minimum <= value <= maximum:
             raise ConfigError(f"{name}={raw} is out of range ({minimum}..{maximum})")
         return value
+
+    def choice(
+        self, name: builtins.str, default: builtins.str, *, choices: Sequence[builtins.str]
+    ) -> builtins.str:
+        """One of `choices` (case-insensitive), or `default` when unset."""
+
+        def parse(raw: builtins.str) -> builtins.str:
+            value = raw.lower()
+            if value not in choices:
+                raise ConfigError(f"{name}={raw!r}: use one of {', '.join(choices)}")
+            return value
+
+        return self.parsed(name, default, kind="choice", parse=parse)
 
     def bool(self, name: builtins.str, default: bool) -> bool:
         raw = self._raw(name, "bool").strip().lower()

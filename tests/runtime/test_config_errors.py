@@ -46,6 +46,7 @@ BAD_VALUES: dict[str, str] = {
     "worker_id": "w" * 500,
     "metrics_address": "not-an-address",
     "tls_file": "/nonexistent/tls.pem",
+    "choice": "sometimes",
 }
 # Settings any value of which is acceptable: secrets, client ids, a file path.
 FREE_TEXT = {
