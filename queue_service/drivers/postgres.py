@@ -128,13 +128,14 @@ _LOST_ENTRY = (
 _NOT_PAUSED = f"""NOT EXISTS (SELECT 1 FROM sync_queue_pauses WHERE user_id = '{WHOLE_QUEUE}'::uuid)
       AND user_id NOT IN (SELECT user_id FROM sync_queue_pauses)"""  # noqa: S608
 
+
 # The account's name of each row, looked up through the accounts' primary key. Written as a
 # correlated subquery rather than a join because the planner cannot know how many rows a
 # statement changes: guessing a thousand, it hashed every account for a join (30 ms of a 33 ms
 # pick of 64 jobs with 100,000 accounts); a subquery is one index probe per row whatever the
 # guess, and any plan, generic or custom, stays proportional to the rows at hand.
 def _account_name(row: str) -> str:
-    return f"(SELECT a.account_name FROM gmb_accounts a WHERE a.id = {row}.account_id)"
+    return f"(SELECT a.account_name FROM gmb_accounts a WHERE a.id = {row}.account_id)"  # noqa: S608 - `row` is an alias of this module
 
 
 PICK_SQL = f"""
@@ -239,7 +240,7 @@ def _report_sql(*, with_jobs: bool) -> str:
     """Every completion and failure of a report in one statement, with the run counts."""
     returning = Q_JOB_FIELDS if with_jobs else "q.id, q.status, q.scheduled_at, q.worker_run_id"
     answer = (
-        f"SELECT d.*, {_account_name('d')} AS account_name FROM done d"
+        f"SELECT d.*, {_account_name('d')} AS account_name FROM done d"  # noqa: S608
         if with_jobs
         else "SELECT * FROM done"
     )
