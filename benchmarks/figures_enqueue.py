@@ -82,6 +82,7 @@ async def enqueue_figures(bench: QueueBench) -> None:
                 metadata=md,
             )
 
+    floor = await bench.grpc_floor(len(accounts))
     await _measure(
         bench,
         ("4a", "enqueue_one_at_a_time", "enqueue: one EnqueueSync at a time"),
@@ -89,7 +90,9 @@ async def enqueue_figures(bench: QueueBench) -> None:
         raw,
         one_at_a_time,
         target=">= 1,500 jobs/s",
-        note="PostgreSQL alone: one enqueue statement at a time",
+        note="PostgreSQL alone: one enqueue statement at a time; gRPC alone (the health Check "
+        f"of the same server, one at a time, nothing else): {floor:,.0f} calls/s",
+        extra={"grpc_health_check_calls_per_s": round(floor, 1)},
     )
 
     accounts = bench.accounts[: sizes.enqueue_in_flight]

@@ -44,6 +44,7 @@ from typing import Any
 
 import grpc
 import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.harness import (
     ROOT,
@@ -266,6 +267,20 @@ class QueueBench:
     def stub(self) -> pb_grpc.QueueServiceAsyncStub:
         assert self._stub is not None
         return self._stub
+
+    async def grpc_floor(self, calls: int) -> float:
+        """Calls per second of the standard health Check on QueueService, one at a time over
+        the same channel: gRPC's own round trip between two Python processes, with no
+        authentication, no handler work and no database. No unary RPC can be faster."""
+        assert self._channel is not None
+        check = health_pb2_grpc.HealthStub(self._channel).Check
+        request = health_pb2.HealthCheckRequest()
+        for _ in range(min(calls, 100)):
+            await check(request)
+        started = time.perf_counter()
+        for _ in range(calls):
+            await check(request)
+        return calls / (time.perf_counter() - started)
 
     @property
     def queue_pid(self) -> int:

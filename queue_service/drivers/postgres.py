@@ -53,6 +53,7 @@ from queue_service.drivers.shared import (
     pick_order,
     q,
 )
+from queue_service.drivers.sqltext import compact
 from queue_service.errors import AccountInactive, AccountNotFound, ActiveJobExists
 from queue_service.lifecycle import MAX_RETRY_DELAY
 from queue_service.models import (
@@ -406,6 +407,7 @@ permitted AS (
     WHERE NOT EXISTS (SELECT 1 FROM account WHERE NOT visible OR NOT is_active)
 ),
 {_FAIR_KEYS},
+-- `*`: every column of the job, written short (see `sqltext`).
 inserted AS (
     INSERT INTO sync_queue (
         id, user_id, account_id, sync_type, status, priority, attempts, max_attempts,
@@ -417,7 +419,7 @@ inserted AS (
     FROM allowed
     ORDER BY n
     ON CONFLICT (account_id) WHERE status IN ('pending', 'processing') DO NOTHING
-    RETURNING {JOB_FIELDS}
+    RETURNING sync_queue.*
 ),
 upgraded AS (
     UPDATE sync_queue q
@@ -432,12 +434,12 @@ upgraded AS (
       AND (q.priority < a.priority OR (a.sync_type = 'full' AND q.sync_type <> 'full')
            OR {_EARLIER})
       AND a.account_id NOT IN (SELECT account_id FROM inserted)
-    RETURNING {Q_JOB_FIELDS}
+    RETURNING q.*
 ),
 existing AS (
     -- This statement's snapshot: a row it cannot see (committed by another enqueue after the
     -- snapshot was taken) makes the INSERT skip the account and leaves it unanswered here.
-    SELECT {Q_JOB_FIELDS}
+    SELECT q.*
     FROM sync_queue q JOIN allowed a ON q.account_id = a.account_id
     WHERE q.status IN ('pending', 'processing')
       AND a.account_id NOT IN (SELECT account_id FROM inserted)
@@ -465,6 +467,13 @@ FROM account acc
 LEFT JOIN job ON job.account_id = acc.account_id
 ORDER BY acc.n
 """  # noqa: S608
+
+
+# Sent compact: short enough for psycopg's query cache (see `sqltext`).
+PICK_SQL, EXTEND_SQL, REPORT_SQL, REPORT_ACK_SQL, RELEASE_SQL, INSERT_SQL = (
+    compact(sql)
+    for sql in (PICK_SQL, EXTEND_SQL, REPORT_SQL, REPORT_ACK_SQL, RELEASE_SQL, INSERT_SQL)
+)
 
 
 def libpq_conninfo(database_url: str | sa.URL) -> str:
