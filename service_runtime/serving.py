@@ -78,6 +78,16 @@ class ServiceRegistration:
     add_to_server: Callable[[grpc.aio.Server], None]
 
 
+class ListenError(OSError):
+    """The server's listen address could not be bound."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(
+            f"cannot listen on {address}: the port is taken or the address is not one of "
+            "this host's"
+        )
+
+
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 HealthProbe = Callable[[], Awaitable[bool]]
 
@@ -273,12 +283,17 @@ class GrpcServer:
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection([s.name for s in self.services] + ["grpc.health.v1.Health"], server)
-        if self.tls is None:
-            self.port = server.add_insecure_port(self.listen_addr)
-        else:
-            self.port = server.add_secure_port(self.listen_addr, self.tls.server_credentials())
+        try:
+            if self.tls is None:
+                self.port = server.add_insecure_port(self.listen_addr)
+            else:
+                self.port = server.add_secure_port(
+                    self.listen_addr, self.tls.server_credentials()
+                )
+        except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+            raise ListenError(self.listen_addr) from exc
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.listen_addr}")
+            raise ListenError(self.listen_addr)
         await server.start()
         self._server = server
         await self._set_health(serving=True)
@@ -368,7 +383,8 @@ def service_main(
     """The body of `python -m <service>`: settings, logging, tracing, serve, exit code.
 
     A bad setting ends the process with exit code 2 and one line naming it, before anything
-    starts; a served process that was stopped by a signal exits 0. When `processes(settings)`
+    starts; a listen address that cannot be bound ends it with exit code 1 and one line; a
+    served process that was stopped by a signal exits 0. When `processes(settings)`
     is more than 1, this process supervises that many copies of `python -m <program>` on the
     same address instead of serving (service_runtime.processes); `grace(settings)` is how long
     each copy drains after SIGTERM.
@@ -386,6 +402,9 @@ def service_main(
         return 2
     try:
         asyncio.run(make_app(settings).run_until_signal())
+    except ListenError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return 1
     finally:
         shutdown_tracing()
     return 0
