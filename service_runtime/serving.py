@@ -287,9 +287,7 @@ class GrpcServer:
             if self.tls is None:
                 self.port = server.add_insecure_port(self.listen_addr)
             else:
-                self.port = server.add_secure_port(
-                    self.listen_addr, self.tls.server_credentials()
-                )
+                self.port = server.add_secure_port(self.listen_addr, self.tls.server_credentials())
         except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
             raise ListenError(self.listen_addr) from exc
         if self.port == 0:
