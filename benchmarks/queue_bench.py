@@ -44,7 +44,7 @@ from typing import Any
 
 import grpc
 import psycopg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from benchmarks.harness import (
     ROOT,
@@ -59,6 +59,7 @@ from benchmarks.harness import (
 from benchmarks.rawsql import RawFigure, RawQueue, libpq_url
 from benchmarks.report import Row
 from benchmarks.seed import Seeder
+from clients.healthcheck import health_check_rpc
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from gmbsync.queue.v1 import queue_service_pb2_grpc as pb_grpc
 from migrations.scratch import postgres_server_url
@@ -273,7 +274,7 @@ class QueueBench:
         the same channel: gRPC's own round trip between two Python processes, with no
         authentication, no handler work and no database. No unary RPC can be faster."""
         assert self._channel is not None
-        check = health_pb2_grpc.HealthStub(self._channel).Check
+        check = health_check_rpc(self._channel)
         request = health_pb2.HealthCheckRequest()
         for _ in range(min(calls, 100)):
             await check(request)

@@ -1,4 +1,5 @@
-"""Background work of the queue: the lease reaper, the pruner and the scheduler, run by one leader.
+"""Background work of the queue: the lease reaper, the pruner, the scheduler and the statistics
+check, run by one leader.
 
 The pruner runs a round (`queue_service.retention`) every `prune_every`, beside the reaper; a
 round that fails (the database blipped) is tried again one reaper interval later.
@@ -21,6 +22,10 @@ from queue_service.scheduler import Scheduler
 from queue_service.store import JobStore
 
 log = logging.getLogger(__name__)
+
+# How often the leader looks at the queue table's statistics: one cheap read of PostgreSQL's
+# counters (the ANALYZE itself only when they lag).
+STATISTICS_EVERY = 30.0
 
 
 class Maintenance:
@@ -76,6 +81,7 @@ class Maintenance:
             companions.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         if self._retention is not None:
             companions.append(asyncio.create_task(self._prune_rounds(), name="pruner"))
+        companions.append(asyncio.create_task(self._statistics_rounds(), name="statistics"))
         try:
             await self._maintain(session)
         finally:
@@ -109,6 +115,18 @@ class Maintenance:
                 await asyncio.sleep(self._interval)
                 continue
             await asyncio.sleep(self._prune_every)
+
+    async def _statistics_rounds(self) -> None:
+        """Every `STATISTICS_EVERY`, refreshes the queue table's planner statistics if they
+        lag behind it and autovacuum has not (`JobStore.analyze_if_stale`)."""
+        while True:
+            await asyncio.sleep(STATISTICS_EVERY)
+            try:
+                await self._store.analyze_if_stale()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database blipped: the next round tries again
+                log.warning("refreshing the queue's statistics failed: %s", exc)
 
     async def run_pass(self) -> None:
         """One reaper pass."""

@@ -227,6 +227,10 @@ class JobStore:
             moment=self.moment(), started_before=started_before
         )
 
+    async def analyze_if_stale(self) -> bool:
+        """Refreshes the queue table's planner statistics if they lag (see the driver)."""
+        return await self.driver.queue_analyze_if_stale(moment=self.moment())
+
     async def prune(self, policy: RetentionPolicy) -> Pruned:
         """Deletes every finished job and worker run older than its retention period, in
         batches (see `queue_service.retention`)."""

@@ -60,6 +60,24 @@ class Moment:
     lease_now: datetime | None = None
 
 
+# When the queue table's statistics are stale: more rows changed since its last ANALYZE than
+# the autovacuum settings migration 0006 gives it (1,000 plus 2 % of the table), and no ANALYZE
+# for longer than autovacuum's default nap, so autovacuum, when it runs, goes first.
+ANALYZE_THRESHOLD = 1000
+ANALYZE_SCALE_FACTOR = 0.02
+ANALYZE_GRACE = timedelta(seconds=60)
+
+
+def statistics_stale(
+    changed: int, live: int, last_analyzed: datetime | None, *, now: datetime
+) -> bool:
+    """Whether statistics `changed` rows behind a table of `live` rows, last refreshed at
+    `last_analyzed` (None: never), need refreshing now."""
+    if changed <= ANALYZE_THRESHOLD + ANALYZE_SCALE_FACTOR * live:
+        return False
+    return last_analyzed is None or now - last_analyzed >= ANALYZE_GRACE
+
+
 @dataclass(frozen=True, slots=True)
 class PickParams:
     """What `job_pick` leases: up to `max_jobs` jobs, for `lease`, to a worker (and its run)."""
@@ -260,3 +278,8 @@ class QueueDriver(Protocol):
     async def worker_run_delete_finished(self, *, finished_before: datetime, limit: int) -> int:
         """Deletes up to `limit` finished (completed or failed) worker runs that finished before
         `finished_before`; returns how many. Running runs are kept, however old."""
+
+    async def queue_analyze_if_stale(self, *, moment: Moment) -> bool:
+        """Refreshes the planner's statistics of the queue table when they lag behind it
+        (`statistics_stale`) and autovacuum has not refreshed them; returns whether it did.
+        A database whose planner keeps no such statistics does nothing."""

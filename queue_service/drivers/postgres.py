@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from queue_service.drivers.base import Moment, PickParams, SignalTarget
+from queue_service.drivers.base import Moment, PickParams, SignalTarget, statistics_stale
 from queue_service.drivers.shared import (
     MAX_ERROR_LENGTH,
     SharedDriver,
@@ -476,6 +476,13 @@ PICK_SQL, EXTEND_SQL, REPORT_SQL, REPORT_ACK_SQL, RELEASE_SQL, INSERT_SQL = (
 )
 
 
+# The queue table's change counter and last ANALYZE, by autovacuum or anyone.
+STATISTICS_SQL = """
+SELECT n_mod_since_analyze, n_live_tup, greatest(last_analyze, last_autoanalyze) AS analyzed
+FROM pg_stat_user_tables WHERE relid = 'sync_queue'::regclass
+"""
+
+
 def libpq_conninfo(database_url: str | sa.URL) -> str:
     """An SQLAlchemy PostgreSQL URL as a libpq URI that psycopg accepts."""
     url = make_url(database_url).set(drivername="postgresql")
@@ -807,6 +814,26 @@ class PostgresDriver(SharedDriver):
             if row is None:
                 raise await self._lease_problem(conn, release.job_id, release.lease_token, moment)
         return job_from_row(row)
+
+    async def queue_analyze_if_stale(self, *, moment: Moment) -> bool:
+        """See `QueueDriver.queue_analyze_if_stale`: the counters of `pg_stat_user_tables`,
+        then `ANALYZE sync_queue` when they say so. ANALYZE reads a sample of the table and
+        blocks no reader or writer. It also makes every session drop the plans it cached for
+        the table's statements: the hot statements' generic plans (`DB_PLAN_CACHE_MODE`) are
+        made again for what the table holds now, not for what it held when it was empty.
+        Autovacuum normally does this; this covers a server where it is off or lagging."""
+        async with self._autocommit() as conn:
+            row = (await conn.exec_driver_sql(STATISTICS_SQL)).mappings().first()
+            if row is None:
+                return False
+            changed = int(row["n_mod_since_analyze"])
+            if not statistics_stale(
+                changed, int(row["n_live_tup"]), row["analyzed"], now=moment.now
+            ):
+                return False
+            await conn.exec_driver_sql("ANALYZE sync_queue")
+        log.info("analyzed sync_queue: %d rows changed since its last statistics", changed)
+        return True
 
 
 def _insert_params(

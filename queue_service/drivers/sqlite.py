@@ -89,6 +89,11 @@ class SqliteDriver(SharedDriver):
         super().__init__(*args, **kwargs)
         self._leader: _ProcessLeadership | None = None
 
+    async def queue_analyze_if_stale(self, *, moment: Moment) -> bool:
+        """See `QueueDriver.queue_analyze_if_stale`: SQLite's planner keeps no statistics
+        unless asked, and plans each statement from its indexes alone."""
+        return False
+
     # -- connections, clock, notifications, leadership -----------------------------------------
 
     def _lease_clock(self) -> sa.ColumnElement[datetime]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from queue_service.drivers.base import statistics_stale
 from queue_service.errors import IllegalTransition, WorkerRunNotFound
 from queue_service.models import Completion, WorkerRunStatus
 from tests.queue.driver.conftest import BASE_DELAY, LEASE, T0, DriverUnderTest, moment
@@ -146,3 +147,76 @@ async def test_the_lease_clock_is_the_databases_now(db: DriverUnderTest):
     # PostgreSQL's clock and this host's are the same machine's here.
     assert before - timedelta(seconds=5) <= now <= after + timedelta(seconds=5)
     await db.driver.ping()
+
+
+# -- the planner's statistics ------------------------------------------------------------------
+
+
+async def _change_rows(db: DriverUnderTest, count: int) -> None:
+    """`count` finished jobs inserted by one transaction, whose counters PostgreSQL has
+    published by the time it returns (they are otherwise sent up to a second later)."""
+    account = await db.add_account()
+    async with db.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO sync_queue (id, user_id, account_id, sync_type, status, priority,"
+            " attempts, max_attempts, metadata, created_at, updated_at, trace_context, errors,"
+            " completed_at) SELECT gen_random_uuid(), gen_random_uuid(), %(account)s, 'full',"
+            " 'succeeded', 0, 1, 3, '{}', %(at)s, %(at)s, '{}', '[]', %(at)s"
+            " FROM generate_series(1, %(count)s)",
+            {"account": account, "at": T0, "count": count},
+        )
+        await conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+
+
+async def _changed_since_analyze(db: DriverUnderTest) -> int:
+    async with db.engine.connect() as conn:
+        row = await conn.exec_driver_sql(
+            "SELECT n_mod_since_analyze FROM pg_stat_user_tables"
+            " WHERE relid = 'sync_queue'::regclass"
+        )
+        return int(row.scalar_one())
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+async def test_statistics_that_lag_the_queue_are_refreshed_once(db: DriverUnderTest):
+    await _change_rows(db, 5_000)
+    # Later than any ANALYZE an earlier test made: past the grace left to autovacuum.
+    later = moment(datetime.now(UTC) + timedelta(hours=1))
+
+    analyzed = await db.driver.queue_analyze_if_stale(moment=later)
+
+    # (Had a running autovacuum analyzed the table first, there would be nothing left to do.)
+    assert analyzed or await _changed_since_analyze(db) < 1_000
+    assert await _changed_since_analyze(db) < 1_000
+    assert not await db.driver.queue_analyze_if_stale(moment=later)
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+async def test_statistics_a_few_changes_behind_are_left_alone(db: DriverUnderTest):
+    later = moment(datetime.now(UTC) + timedelta(hours=1))
+    await db.driver.queue_analyze_if_stale(moment=later)  # whatever earlier tests left
+    await _change_rows(db, 50)
+
+    assert not await db.driver.queue_analyze_if_stale(moment=later)
+    assert await _changed_since_analyze(db) >= 50
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+async def test_sqlite_keeps_no_statistics_to_refresh(db: DriverUnderTest):
+    await db.insert(await db.add_account())
+
+    assert not await db.driver.queue_analyze_if_stale(moment=moment(T0 + timedelta(days=1)))
+
+
+def test_statistics_are_stale_past_autovacuums_threshold_and_grace():
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    long_ago = now - timedelta(minutes=5)
+
+    # 1,000 rows plus 2 % of the table, as migration 0006 tells autovacuum.
+    assert not statistics_stale(1_000, 0, long_ago, now=now)
+    assert statistics_stale(1_001, 0, long_ago, now=now)
+    assert not statistics_stale(3_000, 100_000, long_ago, now=now)
+    assert statistics_stale(3_001, 100_000, long_ago, now=now)
+    # Autovacuum goes first: a recent ANALYZE is left a minute to be repeated by it.
+    assert not statistics_stale(50_000, 0, now - timedelta(seconds=30), now=now)
+    assert statistics_stale(50_000, 0, None, now=now)
