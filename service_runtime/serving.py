@@ -117,16 +117,18 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
-            return handler
+        if handler is None or (handler.request_streaming and not handler.response_streaming):
+            return handler  # (no client-streaming RPC is served)
         method = handler_call_details.method
         known = self._guarded.get(method)
         if known is not None and known[0] is handler:
             return known[1]
         if handler.unary_unary is not None:
             guarded = self._guard(handler, method)
-        else:
+        elif handler.unary_stream is not None:
             guarded = _guard_stream(handler)
+        else:
+            guarded = _guard_bidirectional(handler)
         self._guarded[method] = (handler, guarded)
         return guarded
 
@@ -205,6 +207,32 @@ def _guard_stream(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
     generator = inspect.isasyncgenfunction(inspect.unwrap(behavior))
     return grpc.unary_stream_rpc_method_handler(
+        guarded_generator if generator else guarded_writer,
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _guard_bidirectional(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A bidirectional stream (server reflection, grpcurl's) whose undecodable request, at any
+    point of the stream, is INVALID_ARGUMENT rather than UNKNOWN."""
+    behavior = cast(Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any], handler.stream_stream)
+
+    async def decoded(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for request in requests:
+            if isinstance(request, UndecodableRequest):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            yield request
+
+    async def guarded_generator(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for response in behavior(decoded(requests, context), context):
+            yield response
+
+    async def guarded_writer(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await behavior(decoded(requests, context), context)
+
+    generator = inspect.isasyncgenfunction(inspect.unwrap(behavior))
+    return grpc.stream_stream_rpc_method_handler(
         guarded_generator if generator else guarded_writer,
         request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,

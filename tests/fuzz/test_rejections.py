@@ -181,3 +181,18 @@ async def test_enqueue_with_an_impossible_schedule_names_the_field(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await services.queue.stub.EnqueueSync(request, metadata=WORKER_METADATA)
     _expect_field(caught.value, "scheduled_at")
+
+
+async def test_undecodable_bytes_to_server_reflection_are_invalid_argument(
+    services: Services,
+) -> None:
+    """grpcurl's own stream: a bidirectional one, guarded like the services' RPCs."""
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    call = services.channel_for(QUEUE_SERVICE).stream_stream(method)(timeout=30)
+    await call.write(UNDECODABLE[0])
+    await call.done_writing()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert "not a valid" in (caught.value.details() or "")
