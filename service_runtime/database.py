@@ -211,9 +211,8 @@ class PoolSettings:
                 maximum=timedelta(days=1),
             ),
             plan_cache_mode=env.choice(
-                "DB_PLAN_CACHE_MODE", cls.plan_cache_mode or "", choices=PLAN_CACHE_MODES
-            )
-            or None,
+                "DB_PLAN_CACHE_MODE", "force_generic_plan", choices=PLAN_CACHE_MODES
+            ),
         )
 
 
