@@ -13,6 +13,7 @@ the later writer of two overlapping syncs never reverts or deletes what the newe
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -228,9 +229,53 @@ class SyncStore:
         self.engine = engine
         self._cipher = cipher
         self._postgres = engine.dialect.name == "postgresql"
+        self._reviews_upserts: dict[tuple[str, ...], Any] = {}
 
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert if self._postgres else sqlite.insert)(table)
+
+    @functools.cached_property
+    def _locations_upsert(self) -> Any:
+        """The upsert of a pass's locations, built once: building it (its `excluded` alias, and
+        the cache key SQLAlchemy derives from a new statement) cost more than sending it."""
+        insert = self._insert(gmb_locations)
+        excluded = insert.excluded
+        table = gmb_locations
+        changes: dict[str, Any] = {
+            name: getattr(excluded, name)
+            for name in (
+                "title",
+                "store_code",
+                "primary_category",
+                "primary_phone",
+                "website_uri",
+                "place_id",
+                "raw",
+                "content_hash",
+                "last_seen_at",
+                "observed_at",
+            )
+        }
+        changes["deleted_at"] = None
+        changes["updated_at"] = _changed_at(table, excluded)
+        became_eligible = sa.and_(
+            excluded.review_state != "ineligible", table.c.review_state == "ineligible"
+        )
+        changes["review_state"] = sa.case(
+            (excluded.review_state == "ineligible", excluded.review_state),
+            (became_eligible, "pending"),
+            else_=table.c.review_state,
+        )
+        changes["review_state_reason"] = sa.case(
+            (excluded.review_state == "ineligible", excluded.review_state_reason),
+            (became_eligible, None),
+            else_=table.c.review_state_reason,
+        )
+        return insert.on_conflict_do_update(
+            index_elements=[table.c.account_id, table.c.location_id],
+            set_=changes,
+            where=table.c.observed_at <= excluded.observed_at,
+        )
 
     async def ping(self) -> bool:
         """The health probe: the database answers `SELECT 1`."""
@@ -518,47 +563,7 @@ class SyncStore:
             await self._require_account(conn, account_id)
             now = await self._now(conn)
             rows = [_location_values(account_id, loc, seen, now) for loc in locations]
-            insert = self._insert(gmb_locations)
-            excluded = insert.excluded
-            table = gmb_locations
-            changes: dict[str, Any] = {
-                name: getattr(excluded, name)
-                for name in (
-                    "title",
-                    "store_code",
-                    "primary_category",
-                    "primary_phone",
-                    "website_uri",
-                    "place_id",
-                    "raw",
-                    "content_hash",
-                    "last_seen_at",
-                    "observed_at",
-                )
-            }
-            changes["deleted_at"] = None
-            changes["updated_at"] = _changed_at(table, excluded)
-            became_eligible = sa.and_(
-                excluded.review_state != "ineligible", table.c.review_state == "ineligible"
-            )
-            changes["review_state"] = sa.case(
-                (excluded.review_state == "ineligible", excluded.review_state),
-                (became_eligible, "pending"),
-                else_=table.c.review_state,
-            )
-            changes["review_state_reason"] = sa.case(
-                (excluded.review_state == "ineligible", excluded.review_state_reason),
-                (became_eligible, None),
-                else_=table.c.review_state_reason,
-            )
-            await conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[table.c.account_id, table.c.location_id],
-                    set_=changes,
-                    where=table.c.observed_at <= excluded.observed_at,
-                ),
-                rows,
-            )
+            await conn.execute(self._locations_upsert, rows)
 
     async def locations_read_in_pass(self, account_id: uuid.UUID, seen: datetime) -> set[str]:
         """Locations whose reviews this pass (snapshot time `seen`) already read."""
@@ -778,13 +783,21 @@ class SyncStore:
             return
         # One statement executed with many parameter sets: compiled once (and cached), then
         # batched into multi-row VALUES by SQLAlchemy's insertmanyvalues.
+        await conn.execute(self._reviews_upsert(tuple(rows[0])), list(rows))
+
+    def _reviews_upsert(self, columns: tuple[str, ...]) -> Any:
+        """The upsert of reviews with `columns`, built once per set of columns (see
+        `_locations_upsert`)."""
+        known = self._reviews_upserts.get(columns)
+        if known is not None:
+            return known
         table = gmb_reviews
         insert = self._insert(table)
         excluded = insert.excluded
         key = ("account_id", "location_id", "review_id")
         fixed = {*key, "first_seen_at", "updated_at"}
         changes: dict[str, Any] = {
-            name: getattr(excluded, name) for name in rows[0] if name not in fixed
+            name: getattr(excluded, name) for name in columns if name not in fixed
         }
         changes["updated_at"] = _changed_at(table, excluded)
         upsert = insert.on_conflict_do_update(
@@ -792,7 +805,8 @@ class SyncStore:
             set_=changes,
             where=table.c.observed_at <= excluded.observed_at,
         )
-        await conn.execute(upsert, list(rows))
+        self._reviews_upserts[columns] = upsert
+        return upsert
 
     @staticmethod
     async def _soft_delete(
