@@ -344,12 +344,64 @@ def extend_request(
     return job, token, lease
 
 
+# The counts of a SyncResult, stored under their own names (clients/worker/job.py).
+_SYNC_COUNTS = (
+    "locations_synced",
+    "locations_removed",
+    "reviews_added",
+    "reviews_updated",
+    "reviews_removed",
+    "api_calls",
+    "locations_skipped",
+    "locations_deletions_deferred",
+)
+# No sync runs for longer than this; a longer duration is not one a worker measured.
+_MAX_SYNC_DURATION = timedelta(days=1)
+
+
+def stored_sync_result(violations: Violations, field: str, value: pb.SyncResult) -> dict[str, Any]:
+    """A typed SyncResult as the JSON result a worker stores: the keys of `SyncResult`, the
+    duration as `duration_seconds`. Read field by field, without the generic Struct walk."""
+    result: dict[str, Any] = {}
+    for name in _SYNC_COUNTS:
+        count = getattr(value, name)
+        if count < 0:
+            violations.add(f"{field}.{name}", f"is {count}; a count is never negative")
+        result[name] = count
+    duration = _duration(
+        violations,
+        f"{field}.duration",
+        value.duration,
+        minimum=timedelta(0),
+        maximum=_MAX_SYNC_DURATION,
+    )
+    result["duration_seconds"] = round(duration.total_seconds(), 3) if duration else 0.0
+    result["skipped_locations"] = [
+        {"location_id": clean_text(s.location_id), "reason": clean_text(s.reason)}
+        for s in value.skipped_locations
+    ]
+    result["resumed"] = value.resumed
+    if result["skipped_locations"]:
+        size = struct_json_size(result)
+        if size > MAX_METADATA_BYTES:
+            violations.add(
+                field, f"is {size} bytes as JSON; at most {MAX_METADATA_BYTES} are allowed"
+            )
+    return result
+
+
 def completion(message: pb.CompleteJobRequest, v: Violations | None = None) -> Completion | None:
     own = v is None
     v = v or Violations()
     job = _uuid(v, "job_id", message.job_id)
     token = lease_token(v, message.lease_token)
-    result = _struct(v, "result", message.result)
+    if not message.HasField("sync_result"):
+        result = _struct(v, "result", message.result)
+    elif message.HasField("result"):
+        v.add("sync_result", "give the result either as result or as sync_result, not both")
+        result = {}
+    else:
+        result = stored_sync_result(v, "sync_result", message.sync_result)
     if own:
         v.check()
     if job is None or token is None:

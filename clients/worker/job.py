@@ -57,6 +57,7 @@ from clients.worker.config import WorkerConfig
 from clients.worker.lease import Heartbeats
 from clients.worker.reporter import Answer, Fate, Reporter
 from clients.worker.tracing import job_span
+from gmbsync.queue.v1 import queue_service_pb2 as queue_pb
 from service_runtime.errors import (
     SERVICE_ERROR_DOMAIN,
     SYNC_ERROR_DOMAIN,
@@ -195,6 +196,27 @@ def sync_result(response: Any) -> dict[str, Any]:
     }
 
 
+def sync_result_message(response: Any) -> queue_pb.SyncResult:
+    """The counts of a SyncAccountResponse as the typed result QueueService stores: the same
+    keys as `sync_result`, without building a Struct for them (12 % of a draining worker)."""
+    return queue_pb.SyncResult(
+        locations_synced=response.locations_synced,
+        locations_removed=response.locations_removed,
+        reviews_added=response.reviews_added,
+        reviews_updated=response.reviews_updated,
+        reviews_removed=response.reviews_removed,
+        api_calls=response.api_calls,
+        duration=response.duration,
+        locations_skipped=response.locations_skipped,
+        skipped_locations=[
+            queue_pb.SkippedLocation(location_id=s.location_id, reason=s.reason)
+            for s in response.skipped_locations
+        ],
+        locations_deletions_deferred=response.locations_deletions_deferred,
+        resumed=response.resumed,
+    )
+
+
 @dataclass(frozen=True)
 class JobDeps:
     """What every job of a worker shares."""
@@ -302,9 +324,11 @@ class JobExecution:
             return await self._failed(exc, span)
 
         deps.breaker.record_success(self.permit)
-        result = sync_result(response)
-        log.info("job %s: account %s synced: %s", job.id, job.account_id, result)
-        answer = await self._report("CompleteJob", completed(job.id, job.lease_token, result))
+        log.info("job %s: account %s synced: %s", job.id, job.account_id, sync_result(response))
+        answer = await self._report(
+            "CompleteJob",
+            completed(job.id, job.lease_token, sync_result=sync_result_message(response)),
+        )
         return Outcome.SUCCEEDED if answer.recorded else self._unreported()
 
     async def _failed(self, error: ClientError, span: trace.Span) -> Outcome:

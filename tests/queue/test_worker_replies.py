@@ -272,3 +272,63 @@ async def test_a_release_item_with_a_bad_delay_names_its_field_and_records_nothi
     assert reported == ["results[1].release.delay"]
     for job in (first, second):
         assert (await job_row(pg_queue.app.engine, job.id))["status"] == "processing"
+
+
+def _typed_result(**overrides) -> pb.SyncResult:
+    fields = {
+        "locations_synced": 2,
+        "reviews_added": 7,
+        "api_calls": 4,
+        "duration": _delay(1.25),
+        "skipped_locations": [pb.SkippedLocation(location_id="locations/9", reason="ineligible")],
+        "locations_skipped": 1,
+        "resumed": True,
+    }
+    return pb.SyncResult(**{**fields, **overrides})
+
+
+async def test_a_typed_sync_result_is_stored_as_the_jobs_counts(queue):
+    await queue.enqueue(await queue.add_account())
+    [picked] = await queue.pick(view=pb.JOB_VIEW_WORKER)
+
+    done = await queue.stub.CompleteJob(
+        pb.CompleteJobRequest(
+            job_id=picked.id, lease_token=picked.lease_token, sync_result=_typed_result()
+        ),
+        metadata=WORKER_METADATA,
+    )
+
+    stored = (await job_row(queue.app.engine, uuid.UUID(picked.id)))["result"]
+    assert stored == {
+        "locations_synced": 2,
+        "locations_removed": 0,
+        "reviews_added": 7,
+        "reviews_updated": 0,
+        "reviews_removed": 0,
+        "api_calls": 4,
+        "duration_seconds": 1.25,
+        "locations_skipped": 1,
+        "skipped_locations": [{"location_id": "locations/9", "reason": "ineligible"}],
+        "locations_deletions_deferred": 0,
+        "resumed": True,
+    }
+    assert done.job.sync_result == _typed_result()
+
+
+async def test_a_result_given_twice_or_impossible_is_invalid_and_records_nothing(pg_queue):
+    await pg_queue.enqueue(await pg_queue.add_account())
+    [picked] = await pg_queue.pick(view=pb.JOB_VIEW_WORKER)
+
+    def complete(**fields):
+        return pg_queue.stub.CompleteJob(
+            pb.CompleteJobRequest(job_id=picked.id, lease_token=picked.lease_token, **fields),
+            metadata=WORKER_METADATA,
+        )
+
+    both = complete(sync_result=_typed_result(), result={"reviews_added": 7})
+    assert await invalid_fields(both) == ["sync_result"]
+    negative = complete(sync_result=_typed_result(reviews_added=-1))
+    assert await invalid_fields(negative) == ["sync_result.reviews_added"]
+    backwards = complete(sync_result=_typed_result(duration=_delay(-3)))
+    assert await invalid_fields(backwards) == ["sync_result.duration"]
+    assert (await job_row(pg_queue.app.engine, uuid.UUID(picked.id)))["status"] == "processing"

@@ -929,6 +929,7 @@ class CompleteJobRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    SYNC_RESULT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job id (UUID)."""
     lease_token: _builtins.str
@@ -937,16 +938,23 @@ class CompleteJobRequest(_message.Message):
     def result(self) -> _struct_pb2.Struct:
         """What the sync produced (counts), kept as the job's `result` (at most 16 KiB as JSON)."""
 
+    @_builtins.property
+    def sync_result(self) -> Global___SyncResult:
+        """The same counts typed, instead of `result` (the project's worker sends these): kept as
+        the job's `result` with the keys of `SyncResult`. Give at most one of the two.
+        """
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         lease_token: _builtins.str = ...,
         result: _struct_pb2.Struct | None = ...,
+        sync_result: Global___SyncResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "sync_result", b"sync_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lease_token", b"lease_token", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lease_token", b"lease_token", "result", b"result", "sync_result", b"sync_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
