@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
+from queue_service.convert import SYNC_RESULT_COUNTS
 from queue_service.models import (
     DEFAULT_INTERVAL,
     Completion,
@@ -344,17 +345,6 @@ def extend_request(
     return job, token, lease
 
 
-# The counts of a SyncResult, stored under their own names (clients/worker/job.py).
-_SYNC_COUNTS = (
-    "locations_synced",
-    "locations_removed",
-    "reviews_added",
-    "reviews_updated",
-    "reviews_removed",
-    "api_calls",
-    "locations_skipped",
-    "locations_deletions_deferred",
-)
 # No sync runs for longer than this; a longer duration is not one a worker measured.
 _MAX_SYNC_DURATION = timedelta(days=1)
 
@@ -363,7 +353,7 @@ def stored_sync_result(violations: Violations, field: str, value: pb.SyncResult)
     """A typed SyncResult as the JSON result a worker stores: the keys of `SyncResult`, the
     duration as `duration_seconds`. Read field by field, without the generic Struct walk."""
     result: dict[str, Any] = {}
-    for name in _SYNC_COUNTS:
+    for name in SYNC_RESULT_COUNTS:
         count = getattr(value, name)
         if count < 0:
             violations.add(f"{field}.{name}", f"is {count}; a count is never negative")
