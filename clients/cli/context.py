@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from clients.blocking import BlockingQueueClient, BlockingSyncClient
@@ -32,6 +32,10 @@ SELF_MINTED_TTL_SECONDS = 300
 
 class UsageError(Exception):
     """The command line or a setting is wrong (exit 2)."""
+
+
+# How a command group adds the connection options to each of its parsers: `add_connection_options`.
+AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:

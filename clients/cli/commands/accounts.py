@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
-from clients.cli.context import Context, UsageError
+from clients.cli.context import AddCommon, Context, UsageError
 from clients.cli.exitcodes import ExitCode
 from clients.cli.output import message_dict, when
 from clients.sync import Account
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:

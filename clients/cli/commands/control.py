@@ -9,14 +9,12 @@ Both print every pause still active; `resume` of what is not paused says so and 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from clients.cli.context import Context
+from clients.cli.context import AddCommon, Context
 from clients.cli.exitcodes import ExitCode
 from clients.cli.output import message_dict, when
 from gmbsync.queue.v1 import queue_service_pb2 as pb
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:

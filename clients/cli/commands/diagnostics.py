@@ -4,17 +4,14 @@ worker runs). Both read GetDiagnostics: admin or worker credentials."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from rich.text import Text
 
-from clients.cli.context import Context, UsageError
+from clients.cli.context import AddCommon, Context, UsageError
 from clients.cli.exitcodes import ExitCode
 from clients.cli.output import Output, human_duration, message_dict, span, when
 from clients.cli.render import jobs_table, run_status
 from gmbsync.queue.v1 import queue_service_pb2 as pb
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:

@@ -10,21 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.progress import Progress
 
 from clients import errors
-from clients.cli.context import Context, UsageError
+from clients.cli.context import AddCommon, Context, UsageError
 from clients.cli.exitcodes import ExitCode
 from clients.cli.output import message_dict
 from clients.cli.render import job_detail, jobs_table
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from service_runtime.config import ConfigError, parse_duration
 
-AddCommon = Callable[[argparse.ArgumentParser], None]
 # Items per EnqueueSyncBatch call (the server takes up to 1,000).
 BATCH_SIZE = 200
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from clients import errors
-from clients.cli.context import Context, UsageError
+from clients.cli.context import AddCommon, Context, UsageError
 from clients.cli.exitcodes import ExitCode
 from clients.cli.output import message_dict
 from clients.cli.render import job_detail, jobs_table
 from clients.queue import FINISHED_STATUSES, Job, JobStatus
 
-AddCommon = Callable[[argparse.ArgumentParser], None]
 STATUS_NAMES = ("pending", "processing", "succeeded", "failed", "cancelled")
 # ListJobs' largest page.
 MAX_PAGE = 500

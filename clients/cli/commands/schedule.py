@@ -8,18 +8,15 @@ or opts it out of periodic syncs and back in (`--disable`, `--enable`).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Literal
 
-from clients.cli.context import Context, UsageError
+from clients.cli.context import AddCommon, Context, UsageError
 from clients.cli.exitcodes import ExitCode
 from clients.cli.output import message_dict, span, when
 from clients.cli.render import sync_type
 from clients.queue import SyncSchedule
 from service_runtime.config import ConfigError, parse_duration
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:

@@ -4,15 +4,12 @@ sync status from SyncService (last sync, failures, locations and reviews)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
-from clients.cli.context import Context
+from clients.cli.context import AddCommon, Context
 from clients.cli.exitcodes import ExitCode
 from clients.cli.output import enum_label, message_dict, when
 from clients.cli.render import jobs_table
 from clients.sync import SyncType
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:

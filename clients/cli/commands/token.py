@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from collections.abc import Callable
 
-from clients.cli.context import Context, UsageError
+from clients.cli.context import AddCommon, Context, UsageError
 from clients.cli.exitcodes import ExitCode
 from service_runtime.auth import Role
 from service_runtime.config import ConfigError, parse_duration
 from service_runtime.dev_tokens import DEMO_USER_ID, find_jwt_secret, mint_dev_token
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def register(groups: argparse._SubParsersAction, add_common: AddCommon) -> None:
