@@ -141,8 +141,7 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         )
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, UndecodableRequest):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            await _refuse_undecodable(request, context)
             try:
                 return await behavior(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -182,32 +181,15 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _guard_stream(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A server-streaming handler whose undecodable request is INVALID_ARGUMENT too.
-
-    Under grpc.aio a streaming behaviour is either an async generator or a coroutine that
-    writes with `context.write()` (the health service's Watch); the guard writes what the
-    first yields and awaits the second, so both keep working.
-    """
+    """A server-streaming handler whose undecodable request is INVALID_ARGUMENT too."""
     behavior = cast(Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any], handler.unary_stream)
 
-    async def refuse_undecodable(request: Any, context: grpc.aio.ServicerContext) -> None:
-        if isinstance(request, UndecodableRequest):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _refuse_undecodable(request, context)
+        return request
 
-    # The guard keeps the behaviour's own shape: OpenTelemetry's server interceptor iterates
-    # a traced stream with `async for`, so a generator must stay a generator.
-    async def guarded_generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await refuse_undecodable(request, context)
-        async for response in behavior(request, context):
-            yield response
-
-    async def guarded_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await refuse_undecodable(request, context)
-        await behavior(request, context)
-
-    generator = inspect.isasyncgenfunction(inspect.unwrap(behavior))
     return grpc.unary_stream_rpc_method_handler(
-        guarded_generator if generator else guarded_writer,
+        _in_the_shape_of(behavior, checked),
         request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
@@ -220,23 +202,46 @@ def _guard_bidirectional(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
 
     async def decoded(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         async for request in requests:
-            if isinstance(request, UndecodableRequest):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            await _refuse_undecodable(request, context)
             yield request
 
-    async def guarded_generator(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        async for response in behavior(decoded(requests, context), context):
-            yield response
+    async def checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        return decoded(requests, context)
 
-    async def guarded_writer(requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await behavior(decoded(requests, context), context)
-
-    generator = inspect.isasyncgenfunction(inspect.unwrap(behavior))
     return grpc.stream_stream_rpc_method_handler(
-        guarded_generator if generator else guarded_writer,
+        _in_the_shape_of(behavior, checked),
         request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
+
+
+async def _refuse_undecodable(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, UndecodableRequest):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
+def _in_the_shape_of(
+    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any],
+    checked: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:
+    """A streaming `behavior` that is given what `checked` makes of its request (or request
+    stream), in the behaviour's own shape.
+
+    Under grpc.aio a streaming behaviour is either an async generator or a coroutine that
+    writes with `context.write()` (the health service's Watch); the guard yields what the
+    first yields and awaits the second. A generator must stay a generator: OpenTelemetry's
+    server interceptor iterates a traced stream with `async for`.
+    """
+
+    async def guarded_generator(argument: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for response in behavior(await checked(argument, context), context):
+            yield response
+
+    async def guarded_writer(argument: Any, context: grpc.aio.ServicerContext) -> None:
+        await behavior(await checked(argument, context), context)
+
+    generator = inspect.isasyncgenfunction(inspect.unwrap(behavior))
+    return guarded_generator if generator else guarded_writer
 
 
 @dataclass(frozen=True)
