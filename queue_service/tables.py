@@ -32,6 +32,12 @@ SCHEDULE_INTERVAL_MIN, SCHEDULE_INTERVAL_MAX = 60, 30 * 24 * 3600
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 # The predicate of the one-active-job-per-account index, shared with ON CONFLICT inference.
 ACTIVE_JOB_PREDICATE = text("status IN ('pending', 'processing')")
+# The predicate of the pick's index on PostgreSQL: the same rows as `status = 'pending'`
+# (status is never NULL), written so that only a statement saying exactly this implies it, and
+# so that saying it implies no other partial index. With `status = 'pending'` the planner could
+# read another index of the active jobs whole and sort them, and did so whenever it believed
+# the pending jobs few (migration 0007).
+PENDING_IN_PICK_ORDER = "(status = 'pending') IS TRUE"
 MAX_ATTEMPTS_LIMIT = 25
 # Storage settings of the queue table on PostgreSQL (migration 0005 says why): room on each page
 # for updated rows, and autovacuum after a fixed number of changed rows, not a share.
@@ -103,13 +109,15 @@ sync_queue = Table(
         sqlite_where=ACTIVE_JOB_PREDICATE,
     ),
     # The pick path: pending jobs in pick order, so the cost stays flat as finished jobs pile up.
+    # On PostgreSQL its predicate is one that only the statements meant to read it imply (see
+    # `PENDING_IN_PICK_ORDER`).
     Index(
         "ix_sync_queue_pick",
         text("priority DESC"),
         "fair_key",
         "created_at",
         "id",
-        postgresql_where=text("status = 'pending'"),
+        postgresql_where=text(PENDING_IN_PICK_ORDER),
         sqlite_where=text("status = 'pending'"),
     ),
     # The enqueue's path to a user's last queued key at a priority (the tail of its line).

@@ -5,6 +5,10 @@ written out here as SQL and run through psycopg as they are:
 - every status is a literal in the text, never a parameter, so the generic plan psycopg's
   prepared statements settle on still reads the partial indexes of pending and processing jobs
   (`ix_sync_queue_pick`, `ix_sync_queue_lease_expiry`);
+- no plan rests on how many jobs the planner believes pending or processing, a number that
+  is wrong after every burst: rows are found by key, one probe per request or result, and the
+  pick says its index's own predicate (`tables.PENDING_IN_PICK_ORDER`), which no other
+  partial index can serve;
 - a change and the worker-run counts it owes are one statement: the job UPDATE is a
   data-modifying CTE and the runs are updated from its RETURNING rows, after locking them in
   id order (jobs are always locked before runs, so no two transactions wait in a cycle);
@@ -67,7 +71,7 @@ from queue_service.models import (
     Release,
     ResultAck,
 )
-from queue_service.tables import WHOLE_QUEUE
+from queue_service.tables import PENDING_IN_PICK_ORDER, WHOLE_QUEUE
 from service_runtime.sqltypes import UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -87,10 +91,16 @@ LEASE_NOW = "coalesce(%(lease_now)s::timestamptz, statement_timestamp())"
 
 
 def _lease_held_sql(alias: str, job_id: str, token: str) -> str:
-    """SQL: `token` holds the lease of job `job_id` (table alias `alias`) right now."""
+    """SQL: `token` holds the lease of job `job_id` (table alias `alias`) right now.
+
+    A job has a lease token and expiry exactly while it is processing (the table's check
+    `lease_iff_processing`), so the token says the status. It is not said again as
+    `status = 'processing'`: that literal would let the planner read a partial index of the
+    active jobs whole instead of probing the primary key once per result (a report of 64 read
+    the whole backlog so, when it guessed the active jobs few)."""
     return (
         f"{alias}.id = {job_id} AND {alias}.lease_token = {token}"
-        f" AND {alias}.status = 'processing' AND {alias}.lease_expires_at > {LEASE_NOW}"
+        f" AND {alias}.lease_expires_at > {LEASE_NOW}"
     )
 
 
@@ -148,10 +158,12 @@ WITH expired AS (
     LIMIT %(max_jobs)s::int
     FOR UPDATE SKIP LOCKED
 ),
+-- Pending, said as the pick index's predicate: only that index can serve it (see
+-- `tables.PENDING_IN_PICK_ORDER`), read in order for as many jobs as the LIMIT asks.
 ready AS (
     SELECT id
     FROM sync_queue
-    WHERE status = 'pending'
+    WHERE {PENDING_IN_PICK_ORDER}
       AND (scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz)
       AND attempts < max_attempts
       AND {_NOT_PAUSED}
@@ -347,7 +359,8 @@ _EARLIER = "q.scheduled_at > coalesce(a.scheduled_at, %(now)s::timestamptz)"
 
 # Fair keys (virtual-time fair queuing within a priority): each user's line at each priority
 # asked for (`lane`) goes on from the later of the head of the queue (the first due pending
-# job's key at that priority, read through `ix_sync_queue_pick`) and one step behind the
+# job's key at that priority, read through `ix_sync_queue_pick`, whose predicate
+# `tables.PENDING_IN_PICK_ORDER` it says) and one step behind the
 # user's last queued key there (`ix_sync_queue_fair_user`); the lane's requests take
 # consecutive steps in request order. So a newcomer's first job sorts at the head, and a
 # user's n-th queued job n - 1 steps behind it. `allowed` is `permitted` with each request's
@@ -356,10 +369,10 @@ _FAIR_KEYS = """
 head AS (
     SELECT h.priority, (
         SELECT p.fair_key FROM sync_queue p
-        WHERE p.status = 'pending' AND p.priority = h.priority
+        WHERE (p.status = 'pending') IS TRUE AND p.priority = h.priority
           AND (p.scheduled_at IS NULL OR p.scheduled_at <= %(now)s::timestamptz)
           AND p.attempts < p.max_attempts
-        ORDER BY p.priority DESC, p.fair_key, p.created_at, p.id
+        ORDER BY p.fair_key, p.created_at, p.id
         LIMIT 1
     ) AS fair_key
     FROM (SELECT DISTINCT priority FROM permitted) h
@@ -407,6 +420,18 @@ permitted AS (
     WHERE NOT EXISTS (SELECT 1 FROM account WHERE NOT visible OR NOT is_active)
 ),
 {_FAIR_KEYS},
+-- Each request's active job (pending or processing) as this statement's snapshot sees it: one
+-- probe of the active-account key per request, written LATERAL with a LIMIT so that it stays
+-- one (see `_account_name`). Joined on the pending jobs instead, a plan made when the queue
+-- was near empty, or believed so, read every pending job for each enqueue.
+active AS (
+    SELECT j.*
+    FROM allowed a CROSS JOIN LATERAL (
+        SELECT * FROM sync_queue p
+        WHERE p.account_id = a.account_id AND p.status IN ('pending', 'processing')
+        LIMIT 1
+    ) j
+),
 -- `*`: every column of the job, written short (see `sqltext`).
 inserted AS (
     INSERT INTO sync_queue (
@@ -421,6 +446,9 @@ inserted AS (
     ON CONFLICT (account_id) WHERE status IN ('pending', 'processing') DO NOTHING
     RETURNING sync_queue.*
 ),
+-- The active job, by key, if it is pending and still so when locked. Not said as a literal
+-- `status = 'pending'` (nor as `j.status = 'pending'`, from which the planner infers that
+-- literal): it would let the planner read a partial index of the pending jobs whole.
 upgraded AS (
     UPDATE sync_queue q
     SET sync_type = CASE WHEN a.sync_type = 'full' THEN 'full' ELSE q.sync_type END,
@@ -428,9 +456,8 @@ upgraded AS (
         scheduled_at = CASE WHEN {_EARLIER} THEN a.scheduled_at ELSE q.scheduled_at END,
         fair_key = CASE WHEN q.priority < a.priority THEN a.fair_key ELSE q.fair_key END,
         updated_at = %(now)s::timestamptz
-    FROM allowed a
-    WHERE q.account_id = a.account_id
-      AND q.status = 'pending'
+    FROM allowed a JOIN active j ON j.account_id = a.account_id
+    WHERE q.id = j.id AND j.status <> 'processing' AND q.status = j.status
       AND (q.priority < a.priority OR (a.sync_type = 'full' AND q.sync_type <> 'full')
            OR {_EARLIER})
       AND a.account_id NOT IN (SELECT account_id FROM inserted)
@@ -439,26 +466,24 @@ upgraded AS (
 existing AS (
     -- This statement's snapshot: a row it cannot see (committed by another enqueue after the
     -- snapshot was taken) makes the INSERT skip the account and leaves it unanswered here.
-    SELECT q.*
-    FROM sync_queue q JOIN allowed a ON q.account_id = a.account_id
-    WHERE q.status IN ('pending', 'processing')
-      AND a.account_id NOT IN (SELECT account_id FROM inserted)
-      AND a.account_id NOT IN (SELECT account_id FROM upgraded)
+    SELECT * FROM active
+    WHERE account_id NOT IN (SELECT account_id FROM inserted)
+      AND account_id NOT IN (SELECT account_id FROM upgraded)
 ),
 job AS (
     SELECT *, true AS created FROM inserted
     UNION ALL SELECT *, false FROM upgraded
     UNION ALL SELECT *, false FROM existing
 )
-SELECT acc.n, acc.account_id AS requested_account_id, acc.visible, acc.is_active,
+SELECT acc.visible, acc.is_active,
        job.*, {_account_name("acc")} AS account_name,
        (SELECT pg_notify('{NOTIFY_CHANNEL}', count(*)::text) FROM (
             SELECT id FROM inserted
             WHERE scheduled_at IS NULL OR scheduled_at <= %(now)s::timestamptz
-            -- Pending jobs an earlier schedule made due now (`before` is this statement's
-            -- snapshot, from before the upgrade).
+            -- Pending jobs an earlier schedule made due now (`before`: as this statement's
+            -- snapshot saw them, before the upgrade).
             UNION ALL
-            SELECT u.id FROM upgraded u JOIN sync_queue before ON before.id = u.id
+            SELECT u.id FROM upgraded u JOIN active before ON before.id = u.id
             WHERE before.scheduled_at > %(now)s::timestamptz
               AND (u.scheduled_at IS NULL OR u.scheduled_at <= %(now)s::timestamptz)
         ) ready

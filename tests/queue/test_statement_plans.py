@@ -147,3 +147,173 @@ async def test_the_plans_are_read_from_what_postgresql_executed(explained):
 
     with pytest.raises(AssertionError):
         _assert_never_reads_every_account(explained.plans_of("gmb_accounts"))
+
+
+# -- a burst of jobs the planner does not know of ------------------------------------------
+#
+# A queue analyzed while it held only finished jobs tells the planner there are no pending
+# jobs; a new queue's first plans are made while it is near empty; either way a burst of
+# enqueues grows the pending set long before the next ANALYZE. A statement that reads "the
+# pending jobs" whole through one of their partial indexes, believing it holds a row or two,
+# then costs as much as the backlog on every call: in these scenarios each enqueue read all
+# 3,000 pending jobs twice, each pick read and sorted all of them to lease 64, and each report
+# of 64 results read all the active jobs. Every read of the queue table must stay proportional
+# to the rows the statement is about.
+
+FINISHED = 20_000
+BURST = 3_000
+
+
+@pytest.fixture(
+    params=[
+        ("force_generic_plan", "drained"),
+        ("force_custom_plan", "drained"),
+        # A plan made once, while the queue was empty, and kept: a plan made for each
+        # execution sees how big the table is (and, for a small one, may rightly scan it).
+        ("force_generic_plan", "new"),
+    ],
+    ids=lambda param: "-".join(param),
+)
+async def burst(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Explained]:
+    """`drained`: 20,000 finished jobs, analyzed, then the burst; `new`: the enqueue's plan
+    made on an empty, never analyzed queue, then the burst."""
+    plan_cache_mode, history = request.param
+    engine = create_engine_async(
+        pg_url, pool=PoolSettings(plan_cache_mode=plan_cache_mode, size=1, max_overflow=0)
+    )
+    plans: list[str] = []
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _explain_every_statement(dbapi_connection, _record):
+        dbapi_connection.driver_connection.add_notice_handler(
+            lambda notice: plans.append(notice.message_primary or "")
+        )
+        cursor = dbapi_connection.cursor()
+        cursor.execute("LOAD 'auto_explain'")
+        cursor.execute("SET auto_explain.log_min_duration = 0")
+        cursor.execute("SET auto_explain.log_analyze = on")
+        cursor.execute("SET auto_explain.log_timing = off")
+        cursor.execute("SET auto_explain.log_level = notice")
+        cursor.execute("SET client_min_messages = notice")
+        cursor.close()
+
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO gmb_accounts (id, user_id, account_name, google_account_id, is_active,"
+            " created_at, updated_at)"
+            " SELECT gen_random_uuid(), ('00000000-0000-0000-0000-' || lpad(mod(i, 50)::text, 12,"
+            " '0'))::uuid, 'Shop ' || i, 'accounts/' || i, true, %(now)s, %(now)s"
+            " FROM generate_series(1, %(count)s) AS i",
+            {"now": now, "count": FINISHED + BURST + 200},
+        )
+        accounts = sorted((await conn.exec_driver_sql("SELECT id FROM gmb_accounts")).scalars())
+    driver = driver_for(engine, retry_policy=RetryPolicy(base=timedelta(seconds=60)))
+    if history == "new":
+        for account in accounts[-EXECUTIONS:]:
+            await driver.job_insert_many(
+                [EnqueueRequest(account_id=account, sync_type=SyncType.FULL)],
+                caller=Caller.everyone(),
+                moment=_moment(),
+            )
+    else:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO sync_queue (id, user_id, account_id, sync_type, status, priority,"
+                " attempts, max_attempts, metadata, created_at, updated_at, completed_at,"
+                " trace_context, errors)"
+                " SELECT gen_random_uuid(), user_id, id, 'full', 'succeeded', 0, 1, 3, '{}',"
+                " %(now)s, %(now)s, %(now)s, '{}', '[]' FROM gmb_accounts ORDER BY id"
+                " LIMIT %(count)s",
+                {"now": now, "count": FINISHED},
+            )
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("ANALYZE gmb_accounts")
+            await conn.exec_driver_sql("ANALYZE sync_queue")
+            await conn.commit()
+    # The burst, through the service's own enqueue, after those plans or statistics.
+    requests = [
+        EnqueueRequest(account_id=a, sync_type=SyncType.FULL)
+        for a in accounts[FINISHED : FINISHED + BURST]
+    ]
+    for start in range(0, BURST, 500):
+        await driver.job_insert_many(
+            requests[start : start + 500], caller=Caller.everyone(), moment=_moment()
+        )
+    plans.clear()
+    yield Explained(driver, engine, accounts[FINISHED + BURST : -EXECUTIONS], plans)
+    await engine.dispose()
+
+
+_SCAN = re.compile(r"Scan[^\n]* on sync_queue\b[^\n]*actual[^\n]* rows=(\d+) loops=(\d+)")
+
+
+def _queue_rows_read(plan: str) -> list[int]:
+    """How many rows each scan of the queue table in an executed plan read: those it
+    returned and those its filter removed, over all its loops."""
+    reads = []
+    lines = plan.splitlines()
+    for at, line in enumerate(lines):
+        scan = _SCAN.search(line)
+        if scan is None:
+            continue
+        rows, loops = int(scan[1]), int(scan[2])
+        removed = 0
+        for detail in lines[at + 1 :]:
+            if "->" in detail:
+                break
+            if match := re.search(r"Rows Removed by Filter: (\d+)", detail):
+                removed += int(match[1])
+        reads.append((rows + removed) * loops)
+    return reads
+
+
+def _assert_reads_at_most(plans: list[str], rows: int) -> None:
+    assert plans, "no plan was explained"
+    for plan in plans:
+        assert "actual" in plan, plan
+        assert max(_queue_rows_read(plan), default=0) <= rows, plan
+
+
+async def test_an_enqueue_reads_only_its_own_accounts_jobs_after_a_burst(burst):
+    for account in burst.accounts[:EXECUTIONS]:
+        await _enqueue(burst, [account])
+    single = burst.plans_of("WITH request AS")
+    assert len(single) == EXECUTIONS
+    _assert_reads_at_most(single, 3)
+
+    burst.plans.clear()
+    # Duplicates of pending jobs too: their upgrade and their answer.
+    await _enqueue(burst, burst.accounts[EXECUTIONS : EXECUTIONS + 100])
+    await _enqueue(burst, burst.accounts[: EXECUTIONS + 100])
+    _assert_reads_at_most(burst.plans_of("WITH request AS"), 2 * (EXECUTIONS + 100) + 2)
+
+
+async def test_a_pick_and_its_report_read_only_their_jobs_after_a_burst(burst):
+    params = PickParams(max_jobs=64, lease=timedelta(seconds=60), worker_id="planner")
+    for _ in range(EXECUTIONS):
+        jobs = await burst.driver.job_pick(params, moment=_moment())
+        assert len(jobs) == 64
+        completions = [Completion(j.id, j.lease_token, {"reviews_added": 0}) for j in jobs]
+        await burst.driver.job_report_many(completions, moment=_moment(), with_jobs=False)
+
+    picks = burst.plans_of("status = 'processing',")
+    assert len(picks) == EXECUTIONS
+    _assert_reads_at_most(picks, 2 * 64 + 2)
+    _assert_reads_at_most(burst.plans_of("status = 'succeeded',"), 2 * 64 + 2)
+
+
+def test_the_rows_read_count_what_a_filter_removed():
+    """The check itself can fail: a scan that returns nothing but filtered 3,000 rows."""
+    plan = (
+        "Update on sync_queue q  (cost=0.15..8.22 rows=1 width=158) (actual rows=0 loops=1)\n"
+        "  ->  Index Scan using ix_sync_queue_pick on sync_queue q_1  (cost=0.12..5.89 rows=1"
+        " width=47) (actual rows=0 loops=2)\n"
+        "        Filter: (account_id = $1)\n"
+        "        Rows Removed by Filter: 1500\n"
+        "  ->  Index Scan using pk_sync_queue on sync_queue p  (cost=0.29..8.31 rows=1"
+        " width=16) (actual rows=1 loops=4)\n"
+    )
+    assert _queue_rows_read(plan) == [3000, 4]
+    with pytest.raises(AssertionError):
+        _assert_reads_at_most([plan], 100)
