@@ -6,9 +6,9 @@ same scratch database, at the same batch size. These statements are hand-written
 what `queue_service/store.py` issues; they change the same rows in the same way, so their speed
 is the ceiling the service can approach:
 
-- pick: one `WITH candidates AS (SELECT id ... WHERE status = 'pending' AND (scheduled_at IS
-  NULL OR scheduled_at <= now) AND attempts < max_attempts ORDER BY priority DESC, created_at,
-  id LIMIT n FOR UPDATE SKIP LOCKED) UPDATE ... SET status = 'processing', attempts + 1,
+- pick: one `WITH candidates AS (SELECT id ... WHERE (status = 'pending') IS TRUE AND
+  (scheduled_at IS NULL OR scheduled_at <= now) AND attempts < max_attempts ORDER BY priority
+  DESC, fair_key, created_at, id LIMIT n FOR UPDATE SKIP LOCKED) UPDATE ... SET status = 'processing', attempts + 1,
   started_at, updated_at, a new random lease token, lease_expires_at, worker_id, worker_run_id
   RETURNING ...` whose RETURNING rows also add the picks to the worker run's count (a
   data-modifying CTE, as the store does);
@@ -22,7 +22,7 @@ is the ceiling the service can approach:
 
 Each statement is autocommit, as the store's pick and completion are. Two deliberate
 differences, both things a fast queue does anyway: `status` values are literals (so the cached
-plan always uses the partial pick index), and RETURNING gives only what a worker needs (id,
+plan always uses the partial pick index, whose predicate the pick says as the index does), and RETURNING gives only what a worker needs (id,
 account, sync type, attempts, lease) instead of the whole row.
 """
 
@@ -65,10 +65,10 @@ RESULT_JSON = json.dumps(
 PICK_SQL = """
 WITH candidates AS (
     SELECT id FROM sync_queue
-    WHERE status = 'pending'
+    WHERE (status = 'pending') IS TRUE
       AND (scheduled_at IS NULL OR scheduled_at <= %(now)s)
       AND attempts < max_attempts
-    ORDER BY priority DESC, created_at, id
+    ORDER BY priority DESC, fair_key, created_at, id
     LIMIT %(n)s
     FOR UPDATE SKIP LOCKED
 ), changed AS (
