@@ -45,12 +45,12 @@ class Explained:
         return [plan for plan in self.plans if marker in plan]
 
 
-# The service's default (DB_PLAN_CACHE_MODE) and the plans made for each execution's values,
-# which see how many accounts there are.
-@pytest.fixture(params=["force_generic_plan", "force_custom_plan"])
-async def explained(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Explained]:
-    engine = create_engine_async(pg_url, pool=PoolSettings(plan_cache_mode=request.param))
-    plans: list[str] = []
+def _explaining_engine(
+    pg_url: str, pool: PoolSettings, plans: list[str], *, analyze: bool = False
+) -> AsyncEngine:
+    """An engine whose connections send every executed plan back as a notice, kept in
+    `plans` (`analyze`: with the rows each node really returned)."""
+    engine = create_engine_async(pg_url, pool=pool)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _explain_every_statement(dbapi_connection, _record):
@@ -60,10 +60,22 @@ async def explained(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterato
         cursor = dbapi_connection.cursor()
         cursor.execute("LOAD 'auto_explain'")
         cursor.execute("SET auto_explain.log_min_duration = 0")
+        if analyze:
+            cursor.execute("SET auto_explain.log_analyze = on")
+            cursor.execute("SET auto_explain.log_timing = off")
         cursor.execute("SET auto_explain.log_level = notice")
         cursor.execute("SET client_min_messages = notice")
         cursor.close()
 
+    return engine
+
+
+# The service's default (DB_PLAN_CACHE_MODE) and the plans made for each execution's values,
+# which see how many accounts there are.
+@pytest.fixture(params=["force_generic_plan", "force_custom_plan"])
+async def explained(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Explained]:
+    plans: list[str] = []
+    engine = _explaining_engine(pg_url, PoolSettings(plan_cache_mode=request.param), plans)
     now = datetime.now(UTC)
     async with engine.begin() as conn:
         await conn.exec_driver_sql(
@@ -178,24 +190,10 @@ async def burst(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Ex
     """`drained`: 20,000 finished jobs, analyzed, then the burst; `new`: the enqueue's plan
     made on an empty, never analyzed queue, then the burst."""
     plan_cache_mode, history = request.param
-    engine = create_engine_async(
-        pg_url, pool=PoolSettings(plan_cache_mode=plan_cache_mode, size=1, max_overflow=0)
-    )
     plans: list[str] = []
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _explain_every_statement(dbapi_connection, _record):
-        dbapi_connection.driver_connection.add_notice_handler(
-            lambda notice: plans.append(notice.message_primary or "")
-        )
-        cursor = dbapi_connection.cursor()
-        cursor.execute("LOAD 'auto_explain'")
-        cursor.execute("SET auto_explain.log_min_duration = 0")
-        cursor.execute("SET auto_explain.log_analyze = on")
-        cursor.execute("SET auto_explain.log_timing = off")
-        cursor.execute("SET auto_explain.log_level = notice")
-        cursor.execute("SET client_min_messages = notice")
-        cursor.close()
+    # One connection, so that the plans the enqueue made before the burst are the ones used.
+    pool = PoolSettings(plan_cache_mode=plan_cache_mode, size=1, max_overflow=0)
+    engine = _explaining_engine(pg_url, pool, plans, analyze=True)
 
     now = datetime.now(UTC)
     async with engine.begin() as conn:
