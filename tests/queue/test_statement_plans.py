@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from queue_service.drivers import Moment, PickParams, QueueDriver, driver_for
 from queue_service.lifecycle import RetryPolicy
@@ -70,6 +70,25 @@ def _explaining_engine(
     return engine
 
 
+async def _add_accounts(
+    conn: AsyncConnection, count: int, now: datetime, *, users: int | None = None
+) -> list[uuid.UUID]:
+    """`count` active accounts, each of its own user or spread over `users` users; their ids
+    in order."""
+    owner = (
+        "gen_random_uuid()"
+        if users is None
+        else "('00000000-0000-0000-0000-' || lpad(mod(i, %(users)s)::text, 12, '0'))::uuid"
+    )
+    await conn.exec_driver_sql(
+        "INSERT INTO gmb_accounts (id, user_id, account_name, google_account_id, is_active,"
+        f" created_at, updated_at) SELECT gen_random_uuid(), {owner}, 'Shop ' || i,"
+        " 'accounts/' || i, true, %(now)s, %(now)s FROM generate_series(1, %(count)s) AS i",
+        {"now": now, "count": count, "users": users},
+    )
+    return sorted((await conn.exec_driver_sql("SELECT id FROM gmb_accounts")).scalars())
+
+
 # The service's default (DB_PLAN_CACHE_MODE) and the plans made for each execution's values,
 # which see how many accounts there are.
 @pytest.fixture(params=["force_generic_plan", "force_custom_plan"])
@@ -78,14 +97,7 @@ async def explained(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterato
     engine = _explaining_engine(pg_url, PoolSettings(plan_cache_mode=request.param), plans)
     now = datetime.now(UTC)
     async with engine.begin() as conn:
-        await conn.exec_driver_sql(
-            "INSERT INTO gmb_accounts (id, user_id, account_name, google_account_id, is_active,"
-            " created_at, updated_at)"
-            " SELECT gen_random_uuid(), gen_random_uuid(), 'Shop ' || i, 'accounts/' || i, true,"
-            " %(now)s, %(now)s FROM generate_series(1, %(count)s) AS i",
-            {"now": now, "count": ACCOUNTS},
-        )
-        accounts = list((await conn.exec_driver_sql("SELECT id FROM gmb_accounts")).scalars())
+        accounts = await _add_accounts(conn, ACCOUNTS, now)
         # A backlog, so that the planner expects picks and reports of many rows.
         await conn.exec_driver_sql(
             "INSERT INTO sync_queue (id, user_id, account_id, sync_type, status, priority,"
@@ -94,7 +106,6 @@ async def explained(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterato
             " %(now)s, '{}', '[]' FROM gmb_accounts ORDER BY id LIMIT %(count)s",
             {"now": now, "count": BACKLOG},
         )
-        accounts.sort()
     async with engine.connect() as conn:
         await conn.exec_driver_sql("ANALYZE gmb_accounts")
         await conn.exec_driver_sql("ANALYZE sync_queue")
@@ -197,15 +208,7 @@ async def burst(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Ex
 
     now = datetime.now(UTC)
     async with engine.begin() as conn:
-        await conn.exec_driver_sql(
-            "INSERT INTO gmb_accounts (id, user_id, account_name, google_account_id, is_active,"
-            " created_at, updated_at)"
-            " SELECT gen_random_uuid(), ('00000000-0000-0000-0000-' || lpad(mod(i, 50)::text, 12,"
-            " '0'))::uuid, 'Shop ' || i, 'accounts/' || i, true, %(now)s, %(now)s"
-            " FROM generate_series(1, %(count)s) AS i",
-            {"now": now, "count": FINISHED + BURST + 200},
-        )
-        accounts = sorted((await conn.exec_driver_sql("SELECT id FROM gmb_accounts")).scalars())
+        accounts = await _add_accounts(conn, FINISHED + BURST + 200, now, users=50)
     driver = driver_for(engine, retry_policy=RetryPolicy(base=timedelta(seconds=60)))
     if history == "new":
         for account in accounts[-EXECUTIONS:]:
