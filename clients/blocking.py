@@ -16,6 +16,7 @@ waiting cancels the call in flight.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -47,12 +48,17 @@ class _LoopThread:
         if threading.current_thread() is self._thread:
             coroutine.close()
             raise RuntimeError("a blocking client cannot be called from its own event loop")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        # The answer exists before the call is handed to the loop, so a Ctrl-C at any instant
+        # from here on finds it and cancels the call. (`asyncio.run_coroutine_threadsafe` makes
+        # its future inside, where a Ctrl-C landing just after the hand-over left the call
+        # running with nothing to cancel it by.)
+        answer: concurrent.futures.Future[R] = concurrent.futures.Future()
         try:
-            return future.result()
+            self.loop.call_soon_threadsafe(_start, coroutine, answer)
+            return answer.result()
         except BaseException:
             # KeyboardInterrupt (or any exit) while waiting: do not leave the call running.
-            future.cancel()
+            answer.cancel()
             raise
 
     def stop(self) -> None:
@@ -61,6 +67,35 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
+
+
+def _start(coroutine: Coroutine[Any, Any, R], answer: concurrent.futures.Future[R]) -> None:
+    """On the loop: runs `coroutine` as a task whose outcome settles `answer`, and which a
+    cancelled `answer` cancels (or never starts, if the caller gave up first)."""
+    if answer.cancelled():
+        coroutine.close()
+        return
+    task = asyncio.ensure_future(coroutine)
+    loop = task.get_loop()
+
+    def cancel_task(_: concurrent.futures.Future[R]) -> None:
+        if answer.cancelled():
+            loop.call_soon_threadsafe(task.cancel)
+
+    def settle(_: asyncio.Task[R]) -> None:
+        if task.cancelled():
+            answer.cancel()
+            return
+        # False if the caller cancelled meanwhile: then nobody waits for the outcome.
+        if not answer.set_running_or_notify_cancel():
+            return
+        if (error := task.exception()) is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(task.result())
+
+    answer.add_done_callback(cancel_task)
+    task.add_done_callback(settle)
 
 
 def _blocking(

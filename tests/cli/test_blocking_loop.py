@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,38 @@ def test_ctrl_c_while_waiting_cancels_the_call():
         assert cancelled.wait(30)
     finally:
         presser.join()
+        loop.stop()
+
+
+def test_ctrl_c_just_after_the_call_is_handed_to_the_loop_still_cancels_it(monkeypatch):
+    """The window a real Ctrl-C can hit (CI did): the call is on the loop, but the caller is
+    interrupted before it holds anything to cancel it by."""
+    loop = _LoopThread("test-loop")
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def slow_call() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    hand_over = loop.loop.call_soon_threadsafe
+
+    def hand_over_then_interrupt(*args: Any, **kwargs: Any) -> Any:
+        hand_over(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    try:
+        monkeypatch.setattr(loop.loop, "call_soon_threadsafe", hand_over_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(slow_call())
+        monkeypatch.undo()
+        loop.run(asyncio.sleep(0.05))  # whatever the loop was handed has had its turn
+        # Never started, or started and cancelled: not left running.
+        assert not started.is_set() or cancelled.wait(5)
+    finally:
         loop.stop()
 
 
