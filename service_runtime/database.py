@@ -33,6 +33,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from service_runtime import fastjson
 from service_runtime.config import ConfigError, Env
 from service_runtime.errors import ServiceReason
 
@@ -243,6 +244,9 @@ def create_engine_async(url: str | URL, *, pool: PoolSettings | None = None) -> 
         connect_args=connect_args,
         pool_recycle=POOL_RECYCLE_SECONDS,
         pool_use_lifo=True,
+        # psycopg decodes and encodes JSON columns with these (SQLite's dialect does its own).
+        json_serializer=fastjson.dumps,
+        json_deserializer=fastjson.loads,
     )
     recover_from_disconnects(engine.sync_engine)
     return engine

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -72,6 +71,7 @@ from queue_service.models import (
     ResultAck,
 )
 from queue_service.tables import PENDING_IN_PICK_ORDER, WHOLE_QUEUE
+from service_runtime import fastjson
 from service_runtime.sqltypes import UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -781,7 +781,7 @@ class PostgresDriver(SharedDriver):
             "lease_now": moment.lease_now,
             "c_ids": [c.job_id for c in completions],
             "c_tokens": [c.lease_token for c in completions],
-            "c_results": [json.dumps(c.result) for c in completions],
+            "c_results": [fastjson.dumps_text(c.result) for c in completions],
             "f_ids": [f.job_id for f in failures],
             "f_tokens": [f.lease_token for f in failures],
             "f_errors": [f.error[:MAX_ERROR_LENGTH] for f in failures],
@@ -872,8 +872,8 @@ def _insert_params(
         "priorities": [r.priority for r in requests],
         "scheduled_ats": [r.scheduled_at for r in requests],
         "max_attempts": [r.max_attempts for r in requests],
-        "metadata": [json.dumps(r.metadata) for r in requests],
-        "trace_contexts": [json.dumps(r.trace_context) for r in requests],
+        "metadata": [fastjson.dumps_text(r.metadata) for r in requests],
+        "trace_contexts": [fastjson.dumps_text(r.trace_context) for r in requests],
         "everyone": caller.sees_everything,
         "caller": caller.user_id,
         "now": moment.now,
