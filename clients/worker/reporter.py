@@ -2,9 +2,10 @@
 
 Each job hands its result (a completion, a failure or a hand-back) to the `Reporter` and waits
 for its own answer. One background task sends whatever is waiting as one ReportResults call
-when the oldest result has waited `interval`, or at once when `batch` results are waiting,
-whichever comes first; at most one call is in flight, so the results that arrive meanwhile make
-up the next call. QueueService answers each result on its own (`ack_only`: the job's id, a
+when the oldest result has waited `interval`, or at once when `batch` results are waiting or
+the worker has no job left running (no result is coming to join them), whichever comes
+first; at most one call is in flight, so the results that arrive meanwhile make up the next
+call. QueueService answers each result on its own (`ack_only`: the job's id, a
 code and the job's new status), and each job learns its own fate:
 
 - OK: recorded; the ack's status says whether a failure will be retried;
@@ -91,6 +92,8 @@ class Reporter:
         self._full = asyncio.Event()
         self._closing = False
         self._prompt = False
+        # Set when the worker has no job left running: no result is coming to join a batch.
+        self._nothing_running = False
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0
         # Pause before the next call after a transport failure; 0 while calls succeed.
@@ -120,6 +123,13 @@ class Reporter:
             self._full.set()
         return answer
 
+    def nothing_running(self) -> None:
+        """The worker's last running job has handed in its result: none is coming soon to join
+        those waiting, so they go out now instead of at the end of the interval. A drain of
+        short jobs would otherwise wait the whole interval after every batch."""
+        self._nothing_running = True
+        self._full.set()
+
     def hurry(self) -> None:
         """From now on sends results as they come, without waiting for others to join them:
         the worker is stopping, and a result held back would only delay its exit."""
@@ -145,12 +155,15 @@ class Reporter:
                 await self._arrived.wait()
                 continue
             due = self._waiting[0].queued_at + self._interval
-            if not self._prompt and len(self._waiting) < self._batch and loop.time() < due:
+            wait = not self._prompt and not self._nothing_running
+            if wait and len(self._waiting) < self._batch and loop.time() < due:
                 # Let more results join this call, but never keep the first waiting longer.
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), due - loop.time())
                 continue
+            # Cleared before the call: jobs that all end while it is out are sent right after.
+            self._nothing_running = False
             await self._send()
             if self._retry_delay:
                 await asyncio.sleep(self._retry_delay * random.uniform(0.8, 1.2))

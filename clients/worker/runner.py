@@ -356,6 +356,8 @@ class Worker:
 
     def _slot_done(self) -> None:
         self._running -= 1
+        if not self._running:
+            self.reporter.nothing_running()
         self._slot_freed.set()
 
     def _start_job(self, job: Job, permit: Permit) -> None:

@@ -36,17 +36,20 @@ WAIT = 30.0
 
 @dataclass
 class InstantSync(sync_grpc.SyncServiceServicer):
-    """Answers every SyncAccount with a success; while `gate` is clear, holds the answers."""
+    """Answers every SyncAccount with a success; while `gate` is clear, holds the answers of
+    every call but the first `ungated` ones."""
 
     calls: list[str] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    ungated: int = 0
 
     def __post_init__(self) -> None:
         self.gate.set()
 
     async def SyncAccount(self, request, context):
         self.calls.append(request.job_id)
-        await asyncio.wait_for(self.gate.wait(), WAIT)
+        if len(self.calls) > self.ungated:
+            await asyncio.wait_for(self.gate.wait(), WAIT)
         return sync_pb.SyncAccountResponse(
             account_id=request.account_id, sync_type=request.sync_type, locations_synced=1
         )
@@ -318,25 +321,46 @@ async def test_a_batch_whose_answer_was_lost_is_sent_again_and_counted_once(rig:
     assert run_counts(summary) == (3, 3, 3, 0, 0)
 
 
-async def test_stopping_sends_results_held_back_for_a_batch_before_the_run_ends(
+async def test_when_no_job_is_left_running_the_results_go_out_without_the_interval(
     rig: Rig,
 ) -> None:
     jobs = await rig.enqueue(3)
-    # Results would wait an hour for a batch of 1000: only the stop can send them.
+    # An hour's interval and a batch of 1000: only the last running job's end can send them.
     worker = rig.worker(concurrency=3, report_batch=1000, report_interval=timedelta(hours=1))
+
+    summary = await run_until(worker, lambda: worker.outcomes["succeeded"] == 3, "three jobs")
+
+    assert rig.counter.calls["ReportResults"] == 1
+    for job_id in jobs:
+        assert (await rig.job(job_id))["status"] == "succeeded"
+    assert run_counts(summary) == (3, 3, 3, 0, 0)
+
+
+async def test_stopping_sends_results_held_back_for_a_batch_before_the_run_ends(
+    rig: Rig,
+) -> None:
+    jobs = await rig.enqueue(4)
+    # Three syncs answer, the fourth runs on: with an hour's interval and a batch of 1000, the
+    # three results wait for company, and only the stop can send them.
+    rig.sync.gate.clear()
+    rig.sync.ungated = 3
+    worker = rig.worker(concurrency=4, report_batch=1000, report_interval=timedelta(hours=1))
     task = asyncio.create_task(worker.run())
     await until(lambda: worker.reporter.backlog == 3, "three results held back")
     assert rig.counter.calls["ReportResults"] == 0
 
     worker.request_stop("SIGTERM")  # what the signal handler calls
+    await until(lambda: worker.outcomes["succeeded"] == 3, "the three results recorded")
+    assert rig.counter.calls["ReportResults"] == 1
+    rig.sync.gate.set()  # the fourth job ends within the grace period
     summary = await asyncio.wait_for(task, WAIT)
     await worker.sync.close()
 
-    assert summary.outcomes == {"succeeded": 3}
-    assert rig.counter.calls["ReportResults"] == 1
+    assert summary.outcomes == {"succeeded": 4}
+    assert rig.counter.calls["ReportResults"] == 2
     for job_id in jobs:
         assert (await rig.job(job_id))["status"] == "succeeded"
-    assert run_counts(summary) == (3, 3, 3, 0, 0)
+    assert run_counts(summary) == (4, 4, 4, 0, 0)
 
 
 async def test_jobs_handed_back_while_sync_service_is_down_go_in_one_batch_unspent(
