@@ -7,8 +7,10 @@ fails, to be retried by its caller.
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -16,9 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from queue_service.drivers.postgres import libpq_conninfo
-from queue_service.models import Caller
+from queue_service.models import Caller, Completion, EnqueueRequest, Failure, JobStatus, SyncType
 from queue_service.store import JobStore
 from service_runtime.database import async_url
+from tests.queue.helpers import insert_accounts
 
 
 @pytest.fixture
@@ -28,20 +31,25 @@ async def bare_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def kill_pooled_connection(engine: AsyncEngine, pg_url: str) -> None:
-    """Ends the backend of the pool's one connection while it sits idle in the pool."""
-    async with engine.connect() as conn:
-        pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+async def kill_pooled_connection(engine: AsyncEngine, pg_url: str, *, pooled: int = 1) -> None:
+    """Ends the backends of the pool's `pooled` connections while they sit idle in the pool."""
+    async with contextlib.AsyncExitStack() as held:
+        pids = []
+        for _ in range(pooled):  # all checked out at once: `pooled` distinct connections
+            conn = await held.enter_async_context(engine.connect())
+            pids.append((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
     async with await psycopg.AsyncConnection.connect(
         libpq_conninfo(pg_url), autocommit=True
     ) as admin:
-        await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        # Wait (bounded) until the backend is gone, so the next use surely meets a dead link.
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (pids,))
+        # Wait (bounded) until the backends are gone, so the next use surely meets dead links.
         for _ in range(100):
-            cursor = await admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
+            cursor = await admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            )
             if await cursor.fetchone() is None:
                 return
-    pytest.fail(f"backend {pid} did not end")
+    pytest.fail(f"backends {pids} did not end")
 
 
 async def test_a_read_and_a_pick_survive_a_dead_pooled_connection(bare_engine, pg_url):
@@ -67,3 +75,65 @@ async def test_starting_a_worker_run_is_not_repeated_on_a_dead_connection(bare_e
     # The caller's own retry, on the fresh connection, works.
     run = await store.worker_run_start("w", {})
     assert run.worker_id == "w"
+
+
+async def test_every_hot_statement_survives_a_dead_pooled_connection(bare_engine, pg_url):
+    store = JobStore(bare_engine)
+    first, second = await insert_accounts(bare_engine, uuid.uuid4(), 2, datetime.now(UTC))
+    lease = timedelta(seconds=30)
+
+    await kill_pooled_connection(bare_engine, pg_url)
+    one = await store.job_enqueue(EnqueueRequest(first, SyncType.FULL), Caller.everyone())
+    await kill_pooled_connection(bare_engine, pg_url)
+    [other] = await store.job_enqueue_many(
+        [EnqueueRequest(second, SyncType.FULL)], Caller.everyone()
+    )
+    await kill_pooled_connection(bare_engine, pg_url)
+    picked = await store.job_pick(max_jobs=2, lease=lease, worker_id="w")
+    assert {j.id for j in picked} == {one.job.id, other.job.id}
+    by_id = {j.id: j for j in picked}
+    token = by_id[one.job.id].lease_token
+    assert token is not None
+    await kill_pooled_connection(bare_engine, pg_url)
+    await store.lease_extend(one.job.id, token, lease)
+    await kill_pooled_connection(bare_engine, pg_url)
+    acks = await store.results_report(
+        [
+            Completion(one.job.id, token),
+            Failure(other.job.id, by_id[other.job.id].lease_token, "boom", permanent=True),
+        ]
+    )
+
+    assert [a.job.status for a in acks if a.job] == [JobStatus.SUCCEEDED, JobStatus.FAILED]
+
+
+async def test_a_dead_connection_has_every_older_pooled_connection_replaced(pg_url):
+    """The retry after a dead connection must not check out the next dead one."""
+    engine = create_async_engine(async_url(pg_url), pool_size=2, max_overflow=0)
+    try:
+        store = JobStore(engine)
+        await kill_pooled_connection(engine, pg_url, pooled=2)
+
+        picked = await store.job_pick(max_jobs=1, lease=timedelta(seconds=30), worker_id="w")
+
+        assert picked == []
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failing_hot_statement_raises_sqlalchemy_s_error_and_keeps_the_connection(
+    bare_engine, pg_url
+):
+    store = JobStore(bare_engine)
+    [account] = await insert_accounts(bare_engine, uuid.uuid4(), 1, datetime.now(UTC))
+    queued = await store.job_enqueue(EnqueueRequest(account, SyncType.FULL), Caller.everyone())
+
+    # Not a disconnect: a statement PostgreSQL refuses (a lease of a million years overflows
+    # its timestamps), on the pool's one connection.
+    with pytest.raises(sa.exc.DataError) as err:
+        await store.job_pick(max_jobs=1, lease=timedelta(days=365_000_000), worker_id="w")
+
+    assert not err.value.connection_invalidated
+    assert isinstance(err.value.orig, psycopg.errors.DatetimeFieldOverflow)
+    [job] = await store.job_pick(max_jobs=1, lease=timedelta(seconds=30), worker_id="w")
+    assert job.id == queued.job.id
