@@ -324,7 +324,8 @@ class JobExecution:
             return await self._failed(exc, span)
 
         deps.breaker.record_success(self.permit)
-        log.info("job %s: account %s synced: %s", job.id, job.account_id, sync_result(response))
+        if log.isEnabledFor(logging.INFO):  # the counts are built for this line alone
+            log.info("job %s: account %s synced: %s", job.id, job.account_id, sync_result(response))
         answer = await self._report(
             "CompleteJob",
             completed(job.id, job.lease_token, sync_result=sync_result_message(response)),

@@ -64,6 +64,15 @@ def watch(worker: Worker) -> None:
     BREAKER_OPENED.set_function(lambda: breaker.times_opened)
 
 
+# Each outcome's counter and histogram, looked up once: `labels()` per job cost a draining
+# worker as much as the count and the observation themselves.
+_ENDED: dict[str, tuple[Counter, Histogram]] = {}
+
+
 def job_ended(outcome: str, seconds: float) -> None:
-    JOBS.labels(outcome).inc()
-    JOB_SECONDS.labels(outcome).observe(seconds)
+    children = _ENDED.get(outcome)
+    if children is None:
+        children = _ENDED[outcome] = (JOBS.labels(outcome), JOB_SECONDS.labels(outcome))
+    counter, histogram = children
+    counter.inc()
+    histogram.observe(seconds)
