@@ -15,6 +15,9 @@ import signal
 
 import grpc
 
+from service_runtime.eventloop import loop_factory
+from service_runtime.eventloop import run as run_on_loop
+
 _SYNC_ACCOUNT = "SyncAccount"
 _SERVICE = "gmbsync.sync.v1.SyncService"
 
@@ -45,7 +48,8 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fake_sync", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(serve(parser.parse_args().port))
+    # The stand-in runs on the loop SyncService itself runs on.
+    run_on_loop(serve(parser.parse_args().port), loop_factory())
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from typing import Any
 from clients.worker.config import load_config
 from clients.worker.runner import Worker
 from gmbsync.sync.v1 import sync_service_pb2 as sync_pb
+from service_runtime.eventloop import loop_factory
+from service_runtime.eventloop import run as run_on_loop
 from service_runtime.serving import configure_logging
 
 _EMPTY = sync_pb.SyncAccountResponse()
@@ -48,7 +50,7 @@ async def _run() -> int:
 
 def main() -> int:
     configure_logging(load_config([]).log_level)
-    return asyncio.run(_run())
+    return run_on_loop(_run(), loop_factory())
 
 
 if __name__ == "__main__":

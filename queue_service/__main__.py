@@ -12,6 +12,7 @@ from queue_service.app import QueueApp
 from queue_service.settings import QueueSettings
 from service_runtime.cli import (
     DATABASE_VARIABLE,
+    EVENT_LOOP_VARIABLE,
     TRACING_VARIABLES,
     parser_with_environment,
     variables_read,
@@ -24,7 +25,12 @@ def parser() -> argparse.ArgumentParser:
     return parser_with_environment(
         "python -m queue_service",
         __doc__ or "",
-        lambda: [DATABASE_VARIABLE, *variables_read(QueueSettings.from_env), *TRACING_VARIABLES],
+        lambda: [
+            DATABASE_VARIABLE,
+            *variables_read(QueueSettings.from_env),
+            EVENT_LOOP_VARIABLE,
+            *TRACING_VARIABLES,
+        ],
     )
 
 

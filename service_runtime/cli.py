@@ -18,8 +18,10 @@ from typing import Any
 
 from service_runtime.config import Env
 
-# Read outside a settings class (service_runtime.database, service_runtime.telemetry).
+# Read outside a settings class (service_runtime.database, service_runtime.telemetry,
+# service_runtime.eventloop).
 DATABASE_VARIABLE = ("DATABASE_URL", "SQLite file under ./var/")
+EVENT_LOOP_VARIABLE = ("EVENT_LOOP", "uvloop (asyncio where uvloop is not installed)")
 TRACING_VARIABLES = (
     ("OTEL_TRACES_EXPORTER", "none (otlp if an endpoint is set)"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", ""),

@@ -27,6 +27,8 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from service_runtime.config import ConfigError
 from service_runtime.database import database_trouble
 from service_runtime.errors import SERVICE_ERROR_DOMAIN, rich_status
+from service_runtime.eventloop import loop_factory
+from service_runtime.eventloop import run as run_on_loop
 from service_runtime.logs import BurstLog, configure_logging
 from service_runtime.metrics import RpcMetricsInterceptor
 from service_runtime.processes import is_supervised, supervise
@@ -428,11 +430,12 @@ def service_main(
             drain = grace(settings) if grace is not None else 10.0
             return supervise(program, copies, kill_after=drain + _SUPERVISOR_KILL_MARGIN)
         configure_tracing(tracing_name)
+        event_loop = loop_factory()
     except ConfigError as exc:
         print(f"{program}: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(make_app(settings).run_until_signal())
+        run_on_loop(make_app(settings).run_until_signal(), event_loop)
     except ListenError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         return 1

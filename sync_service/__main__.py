@@ -11,6 +11,7 @@ import sys
 
 from service_runtime.cli import (
     DATABASE_VARIABLE,
+    EVENT_LOOP_VARIABLE,
     TRACING_VARIABLES,
     parser_with_environment,
     variables_read,
@@ -26,7 +27,12 @@ def parser() -> argparse.ArgumentParser:
     return parser_with_environment(
         "python -m sync_service",
         __doc__ or "",
-        lambda: [DATABASE_VARIABLE, *variables_read(SyncSettings.from_env), *TRACING_VARIABLES],
+        lambda: [
+            DATABASE_VARIABLE,
+            *variables_read(SyncSettings.from_env),
+            EVENT_LOOP_VARIABLE,
+            *TRACING_VARIABLES,
+        ],
     )
 
 

@@ -16,6 +16,8 @@ from clients.errors import ClientError
 from clients.worker.config import WorkerConfig, load_config
 from clients.worker.runner import Worker
 from service_runtime.config import ConfigError, parse_metrics_addr
+from service_runtime.eventloop import loop_factory
+from service_runtime.eventloop import run as run_on_loop
 from service_runtime.metrics import start_metrics_server
 from service_runtime.serving import configure_logging
 from service_runtime.telemetry import configure_tracing, shutdown_tracing
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(argv)
         configure_logging(config.log_level)
         configure_tracing("gmbsync-worker")
+        event_loop = loop_factory()
     except (ConfigError, ValueError) as exc:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: cannot serve metrics on {config.metrics_addr}: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_serve(config))
+        return run_on_loop(_serve(config), event_loop)
     finally:
         shutdown_tracing()
 

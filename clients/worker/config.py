@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from service_runtime.cli import TRACING_VARIABLES, environment_epilog, format_default
+from service_runtime.cli import (
+    EVENT_LOOP_VARIABLE,
+    TRACING_VARIABLES,
+    environment_epilog,
+    format_default,
+)
 from service_runtime.config import ConfigError, Env, parse_duration, parse_metrics_addr
 from service_runtime.tls import CLIENT_TLS_VARIABLES, ClientTls
 
@@ -171,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                 ("WORKER_ONCE", "false"),
                 *((s.env, format_default(s.default)) for s in _SETTINGS.values()),
                 *((name, "") for name in CLIENT_TLS_VARIABLES),
+                EVENT_LOOP_VARIABLE,
                 *TRACING_VARIABLES,
             ]
         ),

@@ -58,8 +58,10 @@ FREE_TEXT = {
     "GRPC_TLS_SERVER_NAME",
 }
 # Read outside the settings classes for every program: OpenTelemetry's own variables
-# (service_runtime.telemetry) and the log format (service_runtime.logs).
+# (service_runtime.telemetry), the log format (service_runtime.logs) and the event loop
+# (service_runtime.eventloop).
 TRACING_BAD_VALUES = {
+    "EVENT_LOOP": "twisted",
     "LOG_FORMAT": "xml",
     "OTEL_TRACES_EXPORTER": "carrier-pigeon",
     "OTEL_TRACES_SAMPLER": "sometimes",
