@@ -7,7 +7,9 @@ standard `json` module that was a fifth of QueueService's time on a batch enqueu
 
 orjson encodes integers only up to 64 bits; a bigger one (never in a protobuf Struct, whose
 numbers are doubles, but possible in a dict built in Python) falls back to `json`, so no value
-that `json` could write is refused.
+that `json` could write is refused. Reading, orjson takes an integer beyond 64 bits as a
+float; none is stored: the queue's JSON comes from Structs and typed results, and Google's
+APIs write their 64-bit numbers as strings.
 """
 
 from __future__ import annotations

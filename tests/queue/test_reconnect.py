@@ -79,20 +79,22 @@ async def test_starting_a_worker_run_is_not_repeated_on_a_dead_connection(bare_e
 
 async def test_every_hot_statement_survives_a_dead_pooled_connection(bare_engine, pg_url):
     store = JobStore(bare_engine)
-    first, second = await insert_accounts(bare_engine, uuid.uuid4(), 2, datetime.now(UTC))
+    first, second, third = await insert_accounts(bare_engine, uuid.uuid4(), 3, datetime.now(UTC))
     lease = timedelta(seconds=30)
 
     await kill_pooled_connection(bare_engine, pg_url)
     one = await store.job_enqueue(EnqueueRequest(first, SyncType.FULL), Caller.everyone())
     await kill_pooled_connection(bare_engine, pg_url)
-    [other] = await store.job_enqueue_many(
-        [EnqueueRequest(second, SyncType.FULL)], Caller.everyone()
+    # Two requests: the batch's statement runs inside a transaction, not in autocommit.
+    two, three = await store.job_enqueue_many(
+        [EnqueueRequest(second, SyncType.FULL), EnqueueRequest(third, SyncType.FULL)],
+        Caller.everyone(),
     )
     await kill_pooled_connection(bare_engine, pg_url)
-    picked = await store.job_pick(max_jobs=2, lease=lease, worker_id="w")
-    assert {j.id for j in picked} == {one.job.id, other.job.id}
-    by_id = {j.id: j for j in picked}
-    token = by_id[one.job.id].lease_token
+    picked = await store.job_pick(max_jobs=3, lease=lease, worker_id="w")
+    tokens = {j.id: j.lease_token for j in picked}
+    assert set(tokens) == {one.job.id, two.job.id, three.job.id}
+    token = tokens[one.job.id]
     assert token is not None
     await kill_pooled_connection(bare_engine, pg_url)
     await store.lease_extend(one.job.id, token, lease)
@@ -100,11 +102,16 @@ async def test_every_hot_statement_survives_a_dead_pooled_connection(bare_engine
     acks = await store.results_report(
         [
             Completion(one.job.id, token),
-            Failure(other.job.id, by_id[other.job.id].lease_token, "boom", permanent=True),
+            Failure(two.job.id, tokens[two.job.id], "boom", permanent=True),
+            Completion(three.job.id, tokens[three.job.id]),
         ]
     )
 
-    assert [a.job.status for a in acks if a.job] == [JobStatus.SUCCEEDED, JobStatus.FAILED]
+    assert [a.job.status for a in acks if a.job] == [
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.SUCCEEDED,
+    ]
 
 
 async def test_a_dead_connection_has_every_older_pooled_connection_replaced(pg_url):
