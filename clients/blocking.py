@@ -27,6 +27,7 @@ from clients.calls import RetryPolicy, ServiceClient
 from clients.channel import Credentials
 from clients.queue import Job, QueueClient
 from clients.sync import SyncClient
+from service_runtime.tls import ClientTls
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -123,13 +124,14 @@ class BlockingClient(Generic[AsyncClient]):
         timeout: float = 10.0,
         retry: RetryPolicy = DEFAULT_RETRY,
         tracing: bool = True,
+        tls: ClientTls | None = None,
     ) -> None:
         self._loop = _LoopThread(f"gmbsync-{type(self).__name__}")
 
         async def connect() -> AsyncClient:
             # grpc.aio binds a channel to the loop it is made on: make it on ours.
             return self._async_type.connect(  # type: ignore[return-value]
-                target, credentials, timeout=timeout, retry=retry, tracing=tracing
+                target, credentials, timeout=timeout, retry=retry, tracing=tracing, tls=tls
             )
 
         try:
@@ -147,9 +149,11 @@ class BlockingClient(Generic[AsyncClient]):
         timeout: float = 10.0,
         retry: RetryPolicy = DEFAULT_RETRY,
         tracing: bool = True,
+        tls: ClientTls | None = None,
     ) -> Self:
-        """A client on a channel of its own to `host:port` (as the async clients' `connect`)."""
-        return cls(target, credentials, timeout=timeout, retry=retry, tracing=tracing)
+        """A client on a channel of its own to `host:port`, TLS with `tls` (as the async
+        clients' `connect`)."""
+        return cls(target, credentials, timeout=timeout, retry=retry, tracing=tracing, tls=tls)
 
     @property
     def async_client(self) -> AsyncClient:

@@ -7,6 +7,9 @@ Credentials, first found wins:
    (default the demo user of `make run`).
 3. TRIGGER_SECRET: the workers' shared secret (role service_role).
 Otherwise calls go without credentials, and the server answers UNAUTHENTICATED.
+
+TLS, as the worker dials: GRPC_TLS, GRPC_TLS_CA_FILE, GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE and
+GRPC_TLS_SERVER_NAME (service_runtime.tls.ClientTls); plain text when none is set.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from clients.blocking import BlockingQueueClient, BlockingSyncClient
 from clients.channel import Credentials
 from clients.cli.output import Output
 from service_runtime.auth import Role
+from service_runtime.config import ConfigError, Env
 from service_runtime.dev_tokens import DEMO_USER_ID, find_jwt_secret, mint_dev_token
+from service_runtime.tls import ClientTls
 
 DEFAULT_QUEUE_ADDR = "127.0.0.1:50051"
 DEFAULT_SYNC_ADDR = "127.0.0.1:50052"
@@ -109,6 +114,13 @@ class Context:
             raise UsageError(f"--timeout must be positive, got {value:g}")
         return value
 
+    def tls(self) -> ClientTls | None:
+        """The GRPC_TLS_* settings, or None for plain text; a bad one is a usage error."""
+        try:
+            return ClientTls.from_env(Env(self.environ))
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+
     def credentials(self) -> Credentials:
         token = self.option("token", "GMBSYNC_TOKEN")
         if token:
@@ -133,14 +145,22 @@ class Context:
     def queue(self) -> BlockingQueueClient:
         if self._queue is None:
             self._queue = BlockingQueueClient.connect(
-                self.queue_addr, self.credentials(), timeout=self.timeout, tracing=False
+                self.queue_addr,
+                self.credentials(),
+                timeout=self.timeout,
+                tracing=False,
+                tls=self.tls(),
             )
         return self._queue
 
     def sync(self) -> BlockingSyncClient:
         if self._sync is None:
             self._sync = BlockingSyncClient.connect(
-                self.sync_addr, self.credentials(), timeout=self.timeout, tracing=False
+                self.sync_addr,
+                self.credentials(),
+                timeout=self.timeout,
+                tracing=False,
+                tls=self.tls(),
             )
         return self._sync
 

@@ -1,14 +1,18 @@
-"""A CA made per test, with a server certificate for 127.0.0.1/localhost and a client one."""
+"""A CA made per test, with a server certificate for 127.0.0.1/localhost and a client one;
+QueueService serving TLS and mutual TLS with them."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from queue_service.app import QueueApp
 from scripts.dev_certs import Authority, Issued
 from service_runtime.tls import ClientTls, ServerTls
+from tests.queue.conftest import queue_settings
 
 
 @dataclass(frozen=True)
@@ -45,3 +49,25 @@ def pki(tmp_path: Path) -> Pki:
         stranger_ca=stranger,
         stranger_client=stranger.client(),
     )
+
+
+async def _serve(pki: Pki, url: str, auth_settings: object, *, mutual: bool) -> QueueApp:
+    app = QueueApp(queue_settings(url, auth_settings, tls=pki.server_tls(mutual=mutual)))
+    await app.start()
+    return app
+
+
+@pytest.fixture
+async def tls_queue(pki: Pki, sqlite_url: str, auth_settings: object) -> AsyncIterator[str]:
+    """QueueService serving TLS (no client certificate needed); yields its address."""
+    app = await _serve(pki, sqlite_url, auth_settings, mutual=False)
+    yield f"127.0.0.1:{app.server.port}"
+    await app.stop(grace=0.5)
+
+
+@pytest.fixture
+async def mtls_queue(pki: Pki, sqlite_url: str, auth_settings: object) -> AsyncIterator[str]:
+    """QueueService demanding a client certificate signed by the test CA."""
+    app = await _serve(pki, sqlite_url, auth_settings, mutual=True)
+    yield f"127.0.0.1:{app.server.port}"
+    await app.stop(grace=0.5)

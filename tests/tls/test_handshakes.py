@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -12,36 +11,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.channel import create_channel
 from clients.healthcheck import check_health
-from queue_service.app import QueueApp
 from scripts.dev_certs import Authority
 from service_runtime.tls import ClientTls
-from tests.queue.conftest import queue_settings
 from tests.queue.helpers import grpcurl_binary
 from tests.tls.conftest import Pki
 
 GRPCURL = grpcurl_binary()
-
-
-async def _serve(pki: Pki, url: str, auth_settings: object, *, mutual: bool) -> QueueApp:
-    app = QueueApp(queue_settings(url, auth_settings, tls=pki.server_tls(mutual=mutual)))
-    await app.start()
-    return app
-
-
-@pytest.fixture
-async def tls_queue(pki: Pki, sqlite_url: str, auth_settings: object) -> AsyncIterator[str]:
-    """QueueService serving TLS (no client certificate needed); yields its address."""
-    app = await _serve(pki, sqlite_url, auth_settings, mutual=False)
-    yield f"127.0.0.1:{app.server.port}"
-    await app.stop(grace=0.5)
-
-
-@pytest.fixture
-async def mtls_queue(pki: Pki, sqlite_url: str, auth_settings: object) -> AsyncIterator[str]:
-    """QueueService demanding a client certificate signed by the test CA."""
-    app = await _serve(pki, sqlite_url, auth_settings, mutual=True)
-    yield f"127.0.0.1:{app.server.port}"
-    await app.stop(grace=0.5)
 
 
 async def _health(address: str, tls: ClientTls | None) -> grpc.StatusCode | int:
