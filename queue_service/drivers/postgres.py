@@ -368,11 +368,11 @@ _EARLIER = "q.scheduled_at > coalesce(a.scheduled_at, %(now)s::timestamptz)"
 # consecutive steps in request order. So a newcomer's first job sorts at the head, and a
 # user's n-th queued job n - 1 steps behind it. `allowed` is `permitted` with each request's
 # `fair_key`. `shared.fair_key_next` is the same rule for one job.
-_FAIR_KEYS = """
+_FAIR_KEYS = f"""
 head AS (
     SELECT h.priority, (
         SELECT p.fair_key FROM sync_queue p
-        WHERE (p.status = 'pending') IS TRUE AND p.priority = h.priority
+        WHERE {PENDING_IN_PICK_ORDER} AND p.priority = h.priority
           AND (p.scheduled_at IS NULL OR p.scheduled_at <= %(now)s::timestamptz)
           AND p.attempts < p.max_attempts
         ORDER BY p.fair_key, p.created_at, p.id
@@ -392,7 +392,7 @@ allowed AS (
         PARTITION BY m.user_id, m.priority ORDER BY m.n
     ) AS fair_key
     FROM permitted m JOIN lane ON lane.user_id = m.user_id AND lane.priority = m.priority
-)"""
+)"""  # noqa: S608 - the predicate is a constant of the schema
 
 INSERT_SQL = f"""
 WITH request AS (
