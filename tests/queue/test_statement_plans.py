@@ -89,6 +89,34 @@ async def _add_accounts(
     return sorted((await conn.exec_driver_sql("SELECT id FROM gmb_accounts")).scalars())
 
 
+async def _add_jobs(conn: AsyncConnection, count: int, now: datetime, *, finished: bool) -> None:
+    """A job for each of the first `count` accounts in id order: pending, or succeeded (one
+    attempt spent)."""
+    status, attempts, completed_at = (
+        ("succeeded", 1, "%(now)s") if finished else ("pending", 0, "NULL")
+    )
+    await conn.exec_driver_sql(
+        "INSERT INTO sync_queue (id, user_id, account_id, sync_type, status, priority,"
+        " attempts, max_attempts, metadata, created_at, updated_at, completed_at,"
+        " trace_context, errors)"
+        f" SELECT gen_random_uuid(), user_id, id, 'full', '{status}', 0, {attempts}, 3, '{{}}',"
+        f" %(now)s, %(now)s, {completed_at}, '{{}}', '[]' FROM gmb_accounts ORDER BY id"
+        " LIMIT %(count)s",
+        {"now": now, "count": count},
+    )
+
+
+async def _analyze(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("ANALYZE gmb_accounts")
+        await conn.exec_driver_sql("ANALYZE sync_queue")
+        await conn.commit()
+
+
+def _driver(engine: AsyncEngine) -> QueueDriver:
+    return driver_for(engine, retry_policy=RetryPolicy(base=timedelta(seconds=60)))
+
+
 # The service's default (DB_PLAN_CACHE_MODE) and the plans made for each execution's values,
 # which see how many accounts there are.
 @pytest.fixture(params=["force_generic_plan", "force_custom_plan"])
@@ -99,19 +127,9 @@ async def explained(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterato
     async with engine.begin() as conn:
         accounts = await _add_accounts(conn, ACCOUNTS, now)
         # A backlog, so that the planner expects picks and reports of many rows.
-        await conn.exec_driver_sql(
-            "INSERT INTO sync_queue (id, user_id, account_id, sync_type, status, priority,"
-            " attempts, max_attempts, metadata, created_at, updated_at, trace_context, errors)"
-            " SELECT gen_random_uuid(), user_id, id, 'full', 'pending', 0, 0, 3, '{}', %(now)s,"
-            " %(now)s, '{}', '[]' FROM gmb_accounts ORDER BY id LIMIT %(count)s",
-            {"now": now, "count": BACKLOG},
-        )
-    async with engine.connect() as conn:
-        await conn.exec_driver_sql("ANALYZE gmb_accounts")
-        await conn.exec_driver_sql("ANALYZE sync_queue")
-        await conn.commit()
-    driver = driver_for(engine, retry_policy=RetryPolicy(base=timedelta(seconds=60)))
-    yield Explained(driver, engine, accounts, plans)
+        await _add_jobs(conn, BACKLOG, now, finished=False)
+    await _analyze(engine)
+    yield Explained(_driver(engine), engine, accounts, plans)
     await engine.dispose()
 
 
@@ -209,7 +227,7 @@ async def burst(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Ex
     now = datetime.now(UTC)
     async with engine.begin() as conn:
         accounts = await _add_accounts(conn, FINISHED + BURST + 200, now, users=50)
-    driver = driver_for(engine, retry_policy=RetryPolicy(base=timedelta(seconds=60)))
+    driver = _driver(engine)
     if history == "new":
         for account in accounts[-EXECUTIONS:]:
             await driver.job_insert_many(
@@ -219,19 +237,8 @@ async def burst(pg_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Ex
             )
     else:
         async with engine.begin() as conn:
-            await conn.exec_driver_sql(
-                "INSERT INTO sync_queue (id, user_id, account_id, sync_type, status, priority,"
-                " attempts, max_attempts, metadata, created_at, updated_at, completed_at,"
-                " trace_context, errors)"
-                " SELECT gen_random_uuid(), user_id, id, 'full', 'succeeded', 0, 1, 3, '{}',"
-                " %(now)s, %(now)s, %(now)s, '{}', '[]' FROM gmb_accounts ORDER BY id"
-                " LIMIT %(count)s",
-                {"now": now, "count": FINISHED},
-            )
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql("ANALYZE gmb_accounts")
-            await conn.exec_driver_sql("ANALYZE sync_queue")
-            await conn.commit()
+            await _add_jobs(conn, FINISHED, now, finished=True)
+        await _analyze(engine)
     # The burst, through the service's own enqueue, after those plans or statistics.
     requests = [
         EnqueueRequest(account_id=a, sync_type=SyncType.FULL)
