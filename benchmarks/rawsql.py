@@ -8,9 +8,9 @@ is the ceiling the service can approach:
 
 - pick: one `WITH candidates AS (SELECT id ... WHERE (status = 'pending') IS TRUE AND
   (scheduled_at IS NULL OR scheduled_at <= now) AND attempts < max_attempts ORDER BY priority
-  DESC, fair_key, created_at, id LIMIT n FOR UPDATE SKIP LOCKED) UPDATE ... SET status = 'processing', attempts + 1,
-  started_at, updated_at, a new random lease token, lease_expires_at, worker_id, worker_run_id
-  RETURNING ...` whose RETURNING rows also add the picks to the worker run's count (a
+  DESC, fair_key, created_at, id LIMIT n FOR UPDATE SKIP LOCKED) UPDATE ... SET status =
+  'processing', attempts + 1, started_at, updated_at, a new random lease token,
+  lease_expires_at, worker_id, worker_run_id RETURNING ...` whose RETURNING rows also add the picks to the worker run's count (a
   data-modifying CTE, as the store does);
 - complete: `UPDATE ... FROM unnest(ids, lease tokens, results)` fenced by id, lease token and
   `status = 'processing'`, setting succeeded, completed_at, updated_at, result (the worker's
@@ -22,8 +22,9 @@ is the ceiling the service can approach:
 
 Each statement is autocommit, as the store's pick and completion are. Two deliberate
 differences, both things a fast queue does anyway: `status` values are literals (so the cached
-plan always uses the partial pick index, whose predicate the pick says as the index does), and RETURNING gives only what a worker needs (id,
-account, sync type, attempts, lease) instead of the whole row.
+plan always uses the partial pick index, whose predicate the pick says as the index does), and
+RETURNING gives only what a worker needs (id, account, sync type, attempts, lease) instead of
+the whole row.
 """
 
 from __future__ import annotations
