@@ -44,6 +44,7 @@ from queue_service.slots import (
     serve,
 )
 from queue_service.tables import sync_queue, sync_schedules
+from service_runtime.database import read_engine
 from service_runtime.sqltypes import UtcDateTime
 from sync_service.tables import gmb_accounts
 
@@ -114,6 +115,9 @@ class ScheduleStore:
     def __init__(self, driver: QueueDriver, clock: Callable[[], datetime]) -> None:
         self._driver = driver
         self.engine = driver.engine
+        # Reads in autocommit: no BEGIN and ROLLBACK, and a ROLLBACK would also drop the
+        # statements psycopg prepared on the connection (the queue's hot path's among them).
+        self._reads = read_engine(driver.engine)
         self._clock = clock
         self._placement_lock = asyncio.Lock()
 
@@ -123,7 +127,7 @@ class ScheduleStore:
 
     async def schedule_get(self, account_id: uuid.UUID) -> SyncSchedule:
         """An account's schedule; AccountNotFound when there is no such account."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return await self._schedule_get(conn, account_id)
 
     async def _schedule_get(self, conn: AsyncConnection, account_id: uuid.UUID) -> SyncSchedule:
@@ -311,7 +315,7 @@ class ScheduleStore:
     async def schedule_unplaced_count(self) -> int:
         """How many active accounts the scheduler has yet to lay out."""
         unplaced = self._unplaced().subquery()
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return (
                 await conn.execute(sa.select(sa.func.count()).select_from(unplaced))
             ).scalar_one()

@@ -598,10 +598,13 @@ class PostgresDriver(SharedDriver):
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncConnection]:
-        """A REPEATABLE READ transaction: every read sees the snapshot of the first."""
+        """A REPEATABLE READ transaction: every read sees the snapshot of the first. It ends
+        with COMMIT, which for reads is what ROLLBACK is, except that psycopg keeps the
+        connection's prepared statements through a COMMIT and drops them all on a ROLLBACK."""
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="REPEATABLE READ")
             yield conn
+            await conn.commit()
 
     @contextlib.asynccontextmanager
     async def _autocommit(self) -> AsyncIterator[AsyncConnection]:

@@ -46,6 +46,7 @@ from queue_service.models import (
     WorkerRunStatus,
 )
 from queue_service.tables import WHOLE_QUEUE, sync_queue, sync_queue_pauses, sync_worker_runs
+from service_runtime.database import read_engine
 
 # Error texts are kept whole in logs but bounded in the row.
 MAX_ERROR_LENGTH = 4000
@@ -331,6 +332,10 @@ class SharedDriver:
         on_jobs_available: JobsAvailable | None = None,
     ) -> None:
         self.engine = engine
+        # One-statement reads run in autocommit. Besides the BEGIN and ROLLBACK round trips, a
+        # ROLLBACK makes psycopg drop every statement prepared on the connection, the hot
+        # path's included, so each health check would send them back to being planned anew.
+        self._reads = read_engine(engine)
         self.retry_policy = retry_policy or RetryPolicy()
         self._on_jobs_available: JobsAvailable = on_jobs_available or (lambda count: None)
         # Ready jobs announced inside each open transaction, by id of its connection.
@@ -400,12 +405,12 @@ class SharedDriver:
 
     async def ping(self) -> None:
         """See `QueueDriver.ping`."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
     async def lease_clock_now(self) -> datetime:
         """See `QueueDriver.lease_clock_now`."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             now = (
                 await conn.execute(
                     sa.select(self._lease_clock()),
