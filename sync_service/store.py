@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service_runtime import page_tokens
+from service_runtime.database import read_engine
 from service_runtime.errors import InvalidArgument
 from sync_service.crypto import TokenCipher
 from sync_service.google_client import AccessToken, StoredCredentials
@@ -40,13 +41,13 @@ from sync_service.models import (
     SyncType,
     WriteCounts,
 )
+from sync_service.pass_statements import PassStatements
 from sync_service.tables import (
     error_logs,
     gmb_accounts,
     gmb_locations,
     gmb_reviews,
     oauth_tokens,
-    sync_checkpoints,
     sync_status,
 )
 
@@ -190,7 +191,7 @@ class AccountTokens:
         transaction held across an HTTP call would stall every other writer.)"""
         store, account_id = self._store, self._account_id
         if not store._postgres:
-            async with store.engine.connect() as conn:
+            async with store._reads.connect() as conn:
                 current = await store._stored_credentials(conn, account_id)
             yield _TokenGuard(current, store, None, account_id)
             return
@@ -227,9 +228,15 @@ class SyncStore:
 
     def __init__(self, engine: AsyncEngine, cipher: TokenCipher) -> None:
         self.engine = engine
+        # Reads outside the sync's write transactions run in autocommit: no BEGIN and no
+        # ROLLBACK around them. A ROLLBACK also makes psycopg drop every statement it has
+        # prepared on the connection, so a read after each sync kept the sync's statements
+        # from ever staying prepared (each was planned again on every execution).
+        self._reads = read_engine(engine)
         self._cipher = cipher
         self._postgres = engine.dialect.name == "postgresql"
         self._reviews_upserts: dict[tuple[str, ...], Any] = {}
+        self._pass = PassStatements(self._insert)
 
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert if self._postgres else sqlite.insert)(table)
@@ -279,7 +286,7 @@ class SyncStore:
 
     async def ping(self) -> bool:
         """The health probe: the database answers `SELECT 1`."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
 
     # --- Accounts ----------------------------------------------------------------------------
@@ -342,7 +349,7 @@ class SyncStore:
         return _account(row), row.id != new_id
 
     async def account_get(self, account_id: uuid.UUID) -> Account | None:
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (
                 await conn.execute(sa.select(gmb_accounts).where(gmb_accounts.c.id == account_id))
             ).one_or_none()
@@ -372,7 +379,7 @@ class SyncStore:
                 )
             )
         query = query.order_by(gmb_accounts.c.created_at, gmb_accounts.c.id).limit(page_size + 1)
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = (await conn.execute(query)).all()
         accounts = [_account(row) for row in rows[:page_size]]
         next_token = ""
@@ -384,15 +391,13 @@ class SyncStore:
     # --- Sync status ---------------------------------------------------------------------------
 
     async def status_get(self, account_id: uuid.UUID) -> SyncStatusRecord | None:
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return await self._status_get(conn, account_id)
 
     async def _status_get(
         self, conn: AsyncConnection, account_id: uuid.UUID
     ) -> SyncStatusRecord | None:
-        row = (
-            await conn.execute(sa.select(sync_status).where(sync_status.c.account_id == account_id))
-        ).one_or_none()
+        row = (await conn.execute(self._pass.status, {"account": account_id})).one_or_none()
         return _status(row) if row else None
 
     # --- Sync ----------------------------------------------------------------------------------
@@ -401,31 +406,13 @@ class SyncStore:
         """The account, its decrypted tokens, its status and the locations whose reviews are
         synced: None if the account does not exist. Raises TokenDecryptError if the tokens
         cannot be decrypted."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(
-                        gmb_accounts,
-                        oauth_tokens.c.refresh_token_encrypted,
-                        oauth_tokens.c.access_token_encrypted,
-                        oauth_tokens.c.access_token_expires_at,
-                    )
-                    .select_from(gmb_accounts.outerjoin(oauth_tokens))
-                    .where(gmb_accounts.c.id == account_id)
-                )
-            ).one_or_none()
+        async with self._reads.connect() as conn:
+            params = {"account": account_id}
+            row = (await conn.execute(self._pass.context, params)).one_or_none()
             if row is None:
                 return None
             status = await self._status_get(conn, account_id)
-            known = (
-                await conn.execute(
-                    sa.select(gmb_locations.c.location_id).where(
-                        gmb_locations.c.account_id == account_id,
-                        gmb_locations.c.deleted_at.is_(None),
-                        gmb_locations.c.review_state == "synced",
-                    )
-                )
-            ).scalars()
+            known = (await conn.execute(self._pass.synced_locations, params)).scalars()
             known_ids = frozenset(known)
         return SyncContext(
             account=_account(row),
@@ -493,14 +480,26 @@ class SyncStore:
     ) -> None:
         if self._postgres:
             object_id = int.from_bytes(account_id.bytes[:4], "big", signed=True)
-            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_class, object_id)))
+            await conn.execute(
+                self._pass.advisory_lock, {"lock_class": lock_class, "object_id": object_id}
+            )
 
-    async def _require_account(self, conn: AsyncConnection, account_id: uuid.UUID) -> None:
-        exists = (
-            await conn.execute(sa.select(gmb_accounts.c.id).where(gmb_accounts.c.id == account_id))
-        ).one_or_none()
-        if exists is None:
+    async def _enter_account(self, conn: AsyncConnection, account_id: uuid.UUID) -> datetime:
+        """Takes the account's sync lock, then in one statement checks that the account still
+        exists (AccountGone if not) and reads the database's clock: every replica stamps
+        snapshots with the same clock. (SQLite serves one process, whose clock is the only
+        one.) The check is a statement of its own after the lock: at READ COMMITTED it then
+        sees a deletion committed while the lock was waited for."""
+        await self._lock_account(conn, account_id)
+        params = {"account": account_id}
+        if not self._postgres:
+            if not (await conn.execute(self._pass.account_exists, params)).scalar_one():
+                raise AccountGone(str(account_id))
+            return datetime.now(UTC)
+        now, found = (await conn.execute(self._pass.clock_and_account, params)).one()
+        if not found:
             raise AccountGone(str(account_id))
+        return now.astimezone(UTC)
 
     async def pass_begin(
         self, account_id: uuid.UUID, sync_type: SyncType, max_age: timedelta
@@ -509,46 +508,29 @@ class SyncStore:
         younger than `max_age`. A full pass replaces an unfinished incremental one; an
         incremental sync leaves an unfinished full pass alone and runs without a checkpoint."""
         async with self.engine.begin() as conn:
-            await self._lock_account(conn, account_id)
-            await self._require_account(conn, account_id)
-            now = await self._now(conn)
-            row = (
-                await conn.execute(
-                    sa.select(sync_checkpoints).where(sync_checkpoints.c.account_id == account_id)
-                )
-            ).one_or_none()
+            now = await self._enter_account(conn, account_id)
+            statements = self._pass
+            row = (await conn.execute(statements.checkpoint, {"account": account_id})).one_or_none()
             fresh = row is not None and now - row.pass_started_at <= max_age
             if row is not None and fresh and row.sync_type == sync_type.value:
                 await conn.execute(
-                    sa.update(sync_checkpoints)
-                    .where(sync_checkpoints.c.account_id == account_id)
-                    .values(attempts=sync_checkpoints.c.attempts + 1, updated_at=now)
+                    statements.checkpoint_resumed, {"account": account_id, "now": now}
                 )
                 return SyncPass(row.pass_started_at, now, resumed=True, checkpointed=True)
             if row is not None and fresh and sync_type is SyncType.INCREMENTAL:
                 return SyncPass(now, now, resumed=False, checkpointed=False)
-            values = {
-                "sync_type": sync_type.value,
-                "pass_started_at": now,
-                "attempts": 1,
-                "created_at": now,
-                "updated_at": now,
-            }
-            insert = self._insert(sync_checkpoints).values(account_id=account_id, **values)
             await conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[sync_checkpoints.c.account_id], set_=values
-                )
+                statements.checkpoint_started,
+                {
+                    "account_id": account_id,
+                    "sync_type": sync_type.value,
+                    "pass_started_at": now,
+                    "attempts": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
             return SyncPass(now, now, resumed=False, checkpointed=True)
-
-    async def _now(self, conn: AsyncConnection) -> datetime:
-        """The database's clock: every replica stamps snapshots with the same clock. (SQLite
-        serves one process, whose clock is the only one.)"""
-        if not self._postgres:
-            return datetime.now(UTC)
-        value = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
-        return value.astimezone(UTC)
 
     async def locations_write(
         self, account_id: uuid.UUID, locations: Sequence[LocationRow], seen: datetime
@@ -559,15 +541,13 @@ class SyncStore:
         if not locations:
             return
         async with self.engine.begin() as conn:
-            await self._lock_account(conn, account_id)
-            await self._require_account(conn, account_id)
-            now = await self._now(conn)
+            now = await self._enter_account(conn, account_id)
             rows = [_location_values(account_id, loc, seen, now) for loc in locations]
             await conn.execute(self._locations_upsert, rows)
 
     async def locations_read_in_pass(self, account_id: uuid.UUID, seen: datetime) -> set[str]:
         """Locations whose reviews this pass (snapshot time `seen`) already read."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(
                 sa.select(gmb_locations.c.location_id).where(
                     gmb_locations.c.account_id == account_id,
@@ -579,13 +559,9 @@ class SyncStore:
 
     async def review_ids(self, account_id: uuid.UUID, location_id: str) -> set[str]:
         """The stored, not deleted, reviews of a location."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(
-                sa.select(gmb_reviews.c.review_id).where(
-                    gmb_reviews.c.account_id == account_id,
-                    gmb_reviews.c.location_id == location_id,
-                    gmb_reviews.c.deleted_at.is_(None),
-                )
+                self._pass.review_ids, {"account": account_id, "location": location_id}
             )
             return set(rows.scalars())
 
@@ -594,25 +570,13 @@ class SyncStore:
         a sync that runs out of time keeps every location it finished."""
         account_id = read.account_id
         async with self.engine.begin() as conn:
-            await self._lock_account(conn, account_id)
-            await self._require_account(conn, account_id)
-            now = await self._now(conn)
+            now = await self._enter_account(conn, account_id)
             ids = [review.review_id for review in read.reviews]
+            where = {"account": account_id, "location": read.location_id}
             old_reviews = (
                 {
                     r.review_id: r
-                    for r in await conn.execute(
-                        sa.select(
-                            gmb_reviews.c.review_id,
-                            gmb_reviews.c.content_hash,
-                            gmb_reviews.c.observed_at,
-                            gmb_reviews.c.deleted_at,
-                        ).where(
-                            gmb_reviews.c.account_id == account_id,
-                            gmb_reviews.c.location_id == read.location_id,
-                            gmb_reviews.c.review_id.in_(ids),
-                        )
-                    )
+                    for r in await conn.execute(self._pass.stored_reviews, {**where, "ids": ids})
                 }
                 if ids
                 else {}
@@ -629,25 +593,12 @@ class SyncStore:
                     updated += 1
                 rows.append(_review_values(account_id, review, seen, now))
             await self._upsert_reviews(conn, rows)
-            location = gmb_locations.c
-            values: dict[str, Any] = {
-                "review_state": "synced",
-                "review_state_reason": None,
-                "reviews_read_at": seen,
-                "reviews_verified": read.verified,
-            }
-            if read.average_rating is not None or read.total_review_count is not None:
-                values["average_rating"] = read.average_rating
-                values["total_review_count"] = read.total_review_count
-            await conn.execute(
-                sa.update(gmb_locations)
-                .where(
-                    location.account_id == account_id,
-                    location.location_id == read.location_id,
-                    location.observed_at <= seen,
-                )
-                .values(**values)
-            )
+            state = {**where, "seen": seen, "verified": read.verified}
+            if read.average_rating is None and read.total_review_count is None:
+                await conn.execute(self._pass.location_read, state)
+            else:
+                figures = {"rating": read.average_rating, "total": read.total_review_count}
+                await conn.execute(self._pass.location_read_with_figures, {**state, **figures})
         return WriteCounts(reviews_added=added, reviews_updated=updated)
 
     async def location_reviews_refused(
@@ -680,66 +631,35 @@ class SyncStore:
         checkpoint is dropped."""
         begun, seen = sync_pass.started_at, sync_pass.seen_at
         async with self.engine.begin() as conn:
-            await self._lock_account(conn, account_id)
-            await self._require_account(conn, account_id)
-            now = await self._now(conn)
+            now = await self._enter_account(conn, account_id)
+            statements = self._pass
+            params = {"account": account_id, "begun": begun, "seen": seen, "now": now}
             locations_removed = reviews_removed = 0
             if sync_type is SyncType.FULL:
-                locations_removed = await self._soft_delete(
-                    conn, gmb_locations, account_id, begun, seen, now
-                )
-                location = gmb_locations.c
-                proven = sa.select(location.location_id).where(
-                    location.account_id == account_id,
-                    sa.or_(
-                        sa.and_(location.reviews_read_at >= begun, location.reviews_verified),
-                        sa.and_(location.deleted_at.is_not(None), location.observed_at == seen),
-                    ),
-                )
-                reviews_removed = await self._soft_delete(
-                    conn,
-                    gmb_reviews,
-                    account_id,
-                    begun,
-                    seen,
-                    now,
-                    gmb_reviews.c.location_id.in_(proven),
-                )
-            live = sa.func.count()
-            locations_count = (
-                await conn.execute(
-                    sa.select(live).where(
-                        gmb_locations.c.account_id == account_id,
-                        gmb_locations.c.deleted_at.is_(None),
-                    )
-                )
-            ).scalar_one()
-            reviews_count, newest = (
-                await conn.execute(
-                    sa.select(
-                        sa.func.count().filter(gmb_reviews.c.deleted_at.is_(None)),
-                        sa.func.max(gmb_reviews.c.update_time).filter(
-                            gmb_reviews.c.last_seen_at >= begun
-                        ),
-                    ).where(gmb_reviews.c.account_id == account_id)
-                )
-            ).one()
-            status = await self._status_success(
-                conn,
-                account_id,
-                sync_type=sync_type,
-                locations_count=locations_count,
-                reviews_count=reviews_count,
-                locations_skipped=locations_skipped,
-                newest_review=newest,
-                now=now,
+                gone = await conn.execute(statements.locations_gone, params)
+                locations_removed = gone.rowcount
+                gone = await conn.execute(statements.reviews_gone, params)
+                reviews_removed = gone.rowcount
+            totals = await conn.execute(statements.counts, params)
+            locations_count, reviews_count, newest = totals.one()
+            upserted = await conn.execute(
+                statements.status_success,
+                {
+                    "account_id": account_id,
+                    "last_sync_at": now,
+                    "last_sync_type": sync_type.value,
+                    "last_error": None,
+                    "last_error_at": None,
+                    "consecutive_failures": 0,
+                    "locations_count": locations_count,
+                    "reviews_count": reviews_count,
+                    "locations_skipped": locations_skipped,
+                    "reviews_watermark": newest,
+                    "updated_at": now,
+                },
             )
-            await conn.execute(
-                sa.delete(sync_checkpoints).where(
-                    sync_checkpoints.c.account_id == account_id,
-                    sync_checkpoints.c.pass_started_at == begun,
-                )
-            )
+            status = _status(upserted.one())
+            await conn.execute(statements.checkpoint_dropped, params)
         counts = WriteCounts(locations_removed=locations_removed, reviews_removed=reviews_removed)
         return counts, status
 
@@ -755,7 +675,7 @@ class SyncStore:
             )
             .scalar_subquery()
         )
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(
                 sa.select(
                     gmb_locations.c.location_id,
@@ -807,88 +727,6 @@ class SyncStore:
         )
         self._reviews_upserts[columns] = upsert
         return upsert
-
-    @staticmethod
-    async def _soft_delete(
-        conn: AsyncConnection,
-        table: sa.Table,
-        account_id: uuid.UUID,
-        begun: datetime,
-        seen: datetime,
-        now: datetime,
-        *where: Any,
-    ) -> int:
-        """Marks deleted what no attempt of the pass begun at `begun` saw, unless a snapshot
-        newer than this attempt's (`seen`) decided it; the deletion carries `seen` so an older
-        snapshot cannot undo it."""
-        result = await conn.execute(
-            sa.update(table)
-            .where(
-                table.c.account_id == account_id,
-                table.c.deleted_at.is_(None),
-                table.c.last_seen_at < begun,
-                table.c.observed_at < seen,
-                *where,
-            )
-            .values(deleted_at=now, updated_at=now, observed_at=seen)
-        )
-        return result.rowcount
-
-    async def _status_success(
-        self,
-        conn: AsyncConnection,
-        account_id: uuid.UUID,
-        *,
-        sync_type: SyncType,
-        locations_count: int,
-        reviews_count: int,
-        locations_skipped: int,
-        newest_review: datetime | None,
-        now: datetime,
-    ) -> SyncStatusRecord:
-        """The seed's update_sync_status_success: the error cleared, failures reset, counts set,
-        the watermark only ever moving forward."""
-        insert = self._insert(sync_status).values(
-            account_id=account_id,
-            last_sync_at=now,
-            last_sync_type=sync_type.value,
-            last_error=None,
-            last_error_at=None,
-            consecutive_failures=0,
-            locations_count=locations_count,
-            reviews_count=reviews_count,
-            locations_skipped=locations_skipped,
-            reviews_watermark=newest_review,
-            updated_at=now,
-        )
-        watermark = sync_status.c.reviews_watermark
-        await conn.execute(
-            insert.on_conflict_do_update(
-                index_elements=[sync_status.c.account_id],
-                set_={
-                    "last_sync_at": insert.excluded.last_sync_at,
-                    "last_sync_type": insert.excluded.last_sync_type,
-                    "last_error": None,
-                    "consecutive_failures": 0,
-                    "locations_count": insert.excluded.locations_count,
-                    "reviews_count": insert.excluded.reviews_count,
-                    "locations_skipped": insert.excluded.locations_skipped,
-                    "reviews_watermark": sa.case(
-                        (watermark.is_(None), insert.excluded.reviews_watermark),
-                        (insert.excluded.reviews_watermark.is_(None), watermark),
-                        (
-                            insert.excluded.reviews_watermark > watermark,
-                            insert.excluded.reviews_watermark,
-                        ),
-                        else_=watermark,
-                    ),
-                    "updated_at": insert.excluded.updated_at,
-                },
-            )
-        )
-        status = await self._status_get(conn, account_id)
-        assert status is not None
-        return status
 
     async def sync_failure(
         self,

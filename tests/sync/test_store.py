@@ -13,8 +13,8 @@ from gmbsync.sync.v1 import sync_service_pb2 as pb
 from service_runtime.database import create_engine_async
 from sync_service.crypto import TokenCipher
 from sync_service.models import LocationRead, LocationRow, ReviewRow, SyncPass, SyncType
-from sync_service.store import SyncStore
-from sync_service.tables import gmb_locations, gmb_reviews, oauth_tokens
+from sync_service.store import AccountGone, SyncStore
+from sync_service.tables import gmb_accounts, gmb_locations, gmb_reviews, oauth_tokens
 from tests.sync.conftest import OWNER, TEST_TOKEN_KEY, MakeHarness
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -305,3 +305,36 @@ async def test_a_full_and_incremental_sync_run_end_to_end_on_sqlite(
 
     assert full.reviews_added == 60 and incremental.reviews_added == 1
     assert len(await harness.reviews(account.id)) == 61
+
+
+async def test_every_write_of_a_pass_refuses_an_account_deleted_meanwhile(store: SyncStore):
+    account_id = await _account(store)
+    sync_pass = await store.pass_begin(account_id, SyncType.FULL, timedelta(hours=1))
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.delete(gmb_accounts).where(gmb_accounts.c.id == account_id))
+    read = LocationRead(account_id, "locations/1", [_review("a", "x")], verified=True)
+
+    with pytest.raises(AccountGone):
+        await store.pass_begin(account_id, SyncType.FULL, timedelta(hours=1))
+    with pytest.raises(AccountGone):
+        await store.locations_write(account_id, [_location()], sync_pass.seen_at)
+    with pytest.raises(AccountGone):
+        await store.location_reviews_write(read, sync_pass.seen_at)
+    with pytest.raises(AccountGone):
+        await store.pass_complete(account_id, SyncType.FULL, sync_pass, locations_skipped=0)
+    async with store.engine.connect() as conn:
+        assert (
+            await conn.execute(sa.select(sa.func.count()).select_from(gmb_reviews))
+        ).scalar() == 0
+
+
+async def test_a_pass_stamps_its_writes_with_the_database_clock(store: SyncStore):
+    account_id = await _account(store)
+    before = datetime.now(UTC) - timedelta(seconds=5)
+
+    sync_pass = await store.pass_begin(account_id, SyncType.FULL, timedelta(hours=1))
+    _, status = await sync_write(store, account_id, sync_pass.seen_at, [_review("a", "x")])
+
+    assert sync_pass.seen_at.tzinfo is not None and sync_pass.seen_at >= before
+    assert status.last_sync_at is not None and status.last_sync_at >= sync_pass.seen_at
+    assert (status.locations_count, status.reviews_count) == (1, 1)
