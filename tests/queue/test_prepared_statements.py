@@ -1,0 +1,81 @@
+"""The queue's hot statements stay prepared through the reads that share their connections.
+
+psycopg prepares a statement on its fifth execution on a connection, and drops every statement
+prepared on the connection when it sends a ROLLBACK. A read that ended in ROLLBACK (a health
+check's ping, the leader's look at the lease clock, a schedule read, GetQueueStatus's snapshot)
+sent the hot path back to being parsed and planned on every execution."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from queue_service.drivers import Moment, QueueDriver, driver_for
+from queue_service.models import Caller, EnqueueRequest, SyncType
+from queue_service.readmodel import QueueReader
+from queue_service.schedule_store import ScheduleStore
+from service_runtime.database import PoolSettings, create_engine_async, read_engine
+from sync_service.tables import gmb_accounts
+
+PREPARED_AT = 5
+
+
+@pytest.fixture
+async def one_connection(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine whose pool holds one connection: every call below shares it."""
+    engine = create_engine_async(pg_url, pool=PoolSettings(size=1))
+    yield engine
+    await engine.dispose()
+
+
+async def _enqueue_until_prepared(engine: AsyncEngine, driver: QueueDriver) -> uuid.UUID:
+    now = datetime.now(UTC)
+    accounts = [uuid.uuid4() for _ in range(PREPARED_AT + 1)]
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.insert(gmb_accounts),
+            [
+                dict(
+                    id=a,
+                    user_id=uuid.uuid4(),
+                    account_name="Shop",
+                    google_account_id=f"accounts/{n}",
+                    is_active=True,
+                    created_at=now,
+                    updated_at=now,
+                )
+                for n, a in enumerate(accounts)
+            ],
+        )
+    for account in accounts:
+        await driver.job_insert_many(
+            [EnqueueRequest(account_id=account, sync_type=SyncType.FULL)],
+            caller=Caller.everyone(),
+            moment=Moment(now=datetime.now(UTC)),
+        )
+    return accounts[0]
+
+
+async def _prepared(engine: AsyncEngine) -> list[str]:
+    # In autocommit: this look ends in no ROLLBACK of its own.
+    async with read_engine(engine).connect() as conn:
+        rows = await conn.execute(sa.text("SELECT statement FROM pg_prepared_statements"))
+        return list(rows.scalars())
+
+
+async def test_reads_leave_the_enqueue_prepared(one_connection: AsyncEngine):
+    driver = driver_for(one_connection)
+    account = await _enqueue_until_prepared(one_connection, driver)
+    assert any("INSERT INTO sync_queue" in s for s in await _prepared(one_connection))
+
+    await driver.ping()
+    await driver.lease_clock_now()
+    await QueueReader(driver).queue_status(Caller.everyone(), limit=5)
+    await ScheduleStore(driver, lambda: datetime.now(UTC)).schedule_get(account)
+
+    assert any("INSERT INTO sync_queue" in s for s in await _prepared(one_connection))
