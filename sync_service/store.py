@@ -1,7 +1,10 @@
-"""The sync service's database seam: the only module that issues SQL (SQLAlchemy Core, async).
+"""The sync service's database seam: the only module that issues SQL (SQLAlchemy Core, async;
+the statements of a sync pass are built once in `pass_statements`).
 
-Each public method is one transaction. Tokens are encrypted on their way in and decrypted on
-their way out, so nothing above this module sees a ciphertext and nothing below it a secret.
+Each public method that writes is one transaction; reads run in autocommit (READ COMMITTED
+gives each statement its own snapshot either way). Tokens are encrypted on their way in and
+decrypted on their way out, so nothing above this module sees a ciphertext and nothing below
+it a secret.
 
 Writing a sync is one transaction that takes the account's lock first (PostgreSQL: a
 transaction-scoped advisory lock; SQLite: `BEGIN IMMEDIATE` already serialises writers), so
