@@ -40,7 +40,6 @@ from queue_service.models import (
 )
 from queue_service.reconnect import retried_on_disconnect
 from queue_service.tables import WHOLE_QUEUE, sync_queue, sync_queue_pauses, sync_worker_runs
-from service_runtime.database import read_engine
 from sync_service.tables import error_logs
 
 # Durations for the average and p95 come from at most this many recent jobs.
@@ -60,7 +59,7 @@ class QueueReader:
         self._driver = driver
         # One-statement reads run in autocommit (no BEGIN and ROLLBACK round trips around
         # them); reads that must agree with each other use `driver.snapshot()`.
-        self._engine = read_engine(driver.engine)
+        self._engine = driver.reads
 
     @retried_on_disconnect
     async def job_get(self, job_id: uuid.UUID, caller: Caller) -> Job:

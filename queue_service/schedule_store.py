@@ -44,7 +44,6 @@ from queue_service.slots import (
     serve,
 )
 from queue_service.tables import sync_queue, sync_schedules
-from service_runtime.database import read_engine
 from service_runtime.sqltypes import UtcDateTime
 from sync_service.tables import gmb_accounts
 
@@ -115,9 +114,9 @@ class ScheduleStore:
     def __init__(self, driver: QueueDriver, clock: Callable[[], datetime]) -> None:
         self._driver = driver
         self.engine = driver.engine
-        # Reads in autocommit: no BEGIN and ROLLBACK, and a ROLLBACK would also drop the
-        # statements psycopg prepared on the connection (the queue's hot path's among them).
-        self._reads = read_engine(driver.engine)
+        # Reads in autocommit: a ROLLBACK would drop the statements psycopg prepared on the
+        # connection (the queue's hot path's among them).
+        self._reads = driver.reads
         self._clock = clock
         self._placement_lock = asyncio.Lock()
 

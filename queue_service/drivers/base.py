@@ -125,6 +125,8 @@ class QueueDriver(Protocol):
         """ "postgresql" or "sqlite"."""
 
     engine: AsyncEngine
+    # `engine`'s pool for calls that only read (`service_runtime.database.read_engine`).
+    reads: AsyncEngine
 
     # -- connections, clock, notifications, leadership -----------------------------------------
 

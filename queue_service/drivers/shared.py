@@ -332,10 +332,11 @@ class SharedDriver:
         on_jobs_available: JobsAvailable | None = None,
     ) -> None:
         self.engine = engine
-        # One-statement reads run in autocommit. Besides the BEGIN and ROLLBACK round trips, a
-        # ROLLBACK makes psycopg drop every statement prepared on the connection, the hot
-        # path's included, so each health check would send them back to being planned anew.
-        self._reads = read_engine(engine)
+        # Reads run in autocommit (every reader of this database uses this one). Besides the
+        # BEGIN and ROLLBACK round trips, a ROLLBACK makes psycopg drop every statement prepared
+        # on the connection, the hot path's included, so each health check would send them
+        # back to being planned anew.
+        self.reads = read_engine(engine)
         self.retry_policy = retry_policy or RetryPolicy()
         self._on_jobs_available: JobsAvailable = on_jobs_available or (lambda count: None)
         # Ready jobs announced inside each open transaction, by id of its connection.
@@ -405,12 +406,12 @@ class SharedDriver:
 
     async def ping(self) -> None:
         """See `QueueDriver.ping`."""
-        async with self._reads.connect() as conn:
+        async with self.reads.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
     async def lease_clock_now(self) -> datetime:
         """See `QueueDriver.lease_clock_now`."""
-        async with self._reads.connect() as conn:
+        async with self.reads.connect() as conn:
             now = (
                 await conn.execute(
                     sa.select(self._lease_clock()),

@@ -19,8 +19,8 @@ from queue_service.drivers import Moment, QueueDriver, driver_for
 from queue_service.models import Caller, EnqueueRequest, SyncType
 from queue_service.readmodel import QueueReader
 from queue_service.schedule_store import ScheduleStore
-from service_runtime.database import PoolSettings, create_engine_async, read_engine
-from sync_service.tables import gmb_accounts
+from service_runtime.database import PoolSettings, create_engine_async
+from tests.queue.helpers import insert_accounts
 
 PREPARED_AT = 5
 
@@ -33,25 +33,10 @@ async def one_connection(pg_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def _enqueue_until_prepared(engine: AsyncEngine, driver: QueueDriver) -> uuid.UUID:
-    now = datetime.now(UTC)
-    accounts = [uuid.uuid4() for _ in range(PREPARED_AT + 1)]
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.insert(gmb_accounts),
-            [
-                dict(
-                    id=a,
-                    user_id=uuid.uuid4(),
-                    account_name="Shop",
-                    google_account_id=f"accounts/{n}",
-                    is_active=True,
-                    created_at=now,
-                    updated_at=now,
-                )
-                for n, a in enumerate(accounts)
-            ],
-        )
+async def _enqueue_until_prepared(driver: QueueDriver) -> uuid.UUID:
+    accounts = await insert_accounts(
+        driver.engine, uuid.uuid4(), PREPARED_AT + 1, datetime.now(UTC)
+    )
     for account in accounts:
         await driver.job_insert_many(
             [EnqueueRequest(account_id=account, sync_type=SyncType.FULL)],
@@ -61,21 +46,21 @@ async def _enqueue_until_prepared(engine: AsyncEngine, driver: QueueDriver) -> u
     return accounts[0]
 
 
-async def _prepared(engine: AsyncEngine) -> list[str]:
+async def _prepared(driver: QueueDriver) -> list[str]:
     # In autocommit: this look ends in no ROLLBACK of its own.
-    async with read_engine(engine).connect() as conn:
+    async with driver.reads.connect() as conn:
         rows = await conn.execute(sa.text("SELECT statement FROM pg_prepared_statements"))
         return list(rows.scalars())
 
 
 async def test_reads_leave_the_enqueue_prepared(one_connection: AsyncEngine):
     driver = driver_for(one_connection)
-    account = await _enqueue_until_prepared(one_connection, driver)
-    assert any("INSERT INTO sync_queue" in s for s in await _prepared(one_connection))
+    account = await _enqueue_until_prepared(driver)
+    assert any("INSERT INTO sync_queue" in s for s in await _prepared(driver))
 
     await driver.ping()
     await driver.lease_clock_now()
     await QueueReader(driver).queue_status(Caller.everyone(), limit=5)
     await ScheduleStore(driver, lambda: datetime.now(UTC)).schedule_get(account)
 
-    assert any("INSERT INTO sync_queue" in s for s in await _prepared(one_connection))
+    assert any("INSERT INTO sync_queue" in s for s in await _prepared(driver))
