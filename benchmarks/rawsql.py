@@ -10,8 +10,8 @@ is the ceiling the service can approach:
   (scheduled_at IS NULL OR scheduled_at <= now) AND attempts < max_attempts ORDER BY priority
   DESC, fair_key, created_at, id LIMIT n FOR UPDATE SKIP LOCKED) UPDATE ... SET status =
   'processing', attempts + 1, started_at, updated_at, a new random lease token,
-  lease_expires_at, worker_id, worker_run_id RETURNING ...` whose RETURNING rows also add the picks to the worker run's count (a
-  data-modifying CTE, as the store does);
+  lease_expires_at, worker_id, worker_run_id RETURNING ...` whose RETURNING rows also add the
+  picks to the worker run's count (a data-modifying CTE, as the store does);
 - complete: `UPDATE ... FROM unnest(ids, lease tokens, results)` fenced by id, lease token and
   `status = 'processing'`, setting succeeded, completed_at, updated_at, result (the worker's
   JSON counts), clearing the lease, and adding to the run's processed and succeeded counts in

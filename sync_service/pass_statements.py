@@ -132,7 +132,7 @@ class PassStatements:
         gmb_reviews.c.location_id == sa.bindparam("location"),
         gmb_reviews.c.review_id.in_(sa.bindparam("ids", expanding=True)),
     )
-    _location_read = (
+    location_read = (
         sa.update(gmb_locations)
         .where(
             gmb_locations.c.account_id == _account,
@@ -147,8 +147,7 @@ class PassStatements:
         )
     )
     # Google's rating figures are kept from an earlier read when this one brought none.
-    location_read = _location_read
-    location_read_with_figures = _location_read.values(
+    location_read_with_figures = location_read.values(
         average_rating=sa.bindparam("rating", type_=gmb_locations.c.average_rating.type),
         total_review_count=sa.bindparam("total", type_=gmb_locations.c.total_review_count.type),
     )
