@@ -32,6 +32,7 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 from service_runtime.telemetry import tracing_enabled
 from sync_service import metrics
+from sync_service.http_transport import GoogleHttpClient
 from sync_service.quota import (
     GoogleApiName,
     LocalQuota,
@@ -373,7 +374,7 @@ class GoogleApi:
     ) -> None:
         self.settings = settings
         timeout = settings.request_timeout.total_seconds()
-        self.http = http or httpx.AsyncClient(
+        self.http = http or GoogleHttpClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             headers={"accept": "application/json", "user-agent": "gmb-sync-queue/0.1"},

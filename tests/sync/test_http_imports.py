@@ -1,4 +1,5 @@
-"""A request to Google through httpx imports nothing: a failed import is retried on every call.
+"""A request to Google through the service's client imports nothing: a failed import is
+retried on every call.
 
 httpcore asks `import sniffio` on every request (several times); when the module is missing
 Python searches the whole path again each time, because failed imports are not cached. That
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-import httpx
+from sync_service.http_transport import GoogleHttpClient
 
 _RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -46,7 +47,7 @@ async def test_repeated_requests_search_for_no_module() -> None:
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
     recorder = _ImportRecorder()
     try:
-        async with httpx.AsyncClient() as client:
+        async with GoogleHttpClient() as client:
             await client.get(url)  # the first request may import what httpx loads lazily
             sys.meta_path.insert(0, recorder)
             try:
