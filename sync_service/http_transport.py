@@ -1,10 +1,10 @@
 """The HTTP transport of the calls to Google: httpx's API over aiohttp's connection pool.
 
-httpx's own transport (httpcore on anyio) cost a busy SyncService about 0.45 ms of CPU per
-request, most of it in anyio's cancel scopes and locks and in a poll of each pooled socket
-before reuse; the same requests through aiohttp cost about a third of that (docs/sync-service.md,
-"What a sync costs"). `httpx_aiohttp` provides the transport, so the client keeps httpx's
-requests, responses and exceptions.
+httpx's own transport (httpcore on anyio) cost a busy SyncService about 0.6 ms more CPU per
+request than aiohttp's pool, most of it in anyio's cancel scopes and locks and in a poll of each
+pooled socket before reuse (docs/sync-service.md, "What a sync costs in HTTP").
+`httpx_aiohttp` provides the transport, so the client keeps httpx's requests, responses,
+timeouts and exceptions.
 
 What this module adds is the exceptions: the library reports a refused connection and a server
 that hung up as timeouts, and lets a malformed response out as an aiohttp error that no caller
