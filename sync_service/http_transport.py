@@ -14,7 +14,6 @@ transport raises for it, which the client classifies (timed out, or failed) and 
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from typing import Any
 
@@ -29,7 +28,7 @@ _DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20
 _EXCEPTIONS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
     (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
     (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
-    (asyncio.TimeoutError, httpx.TimeoutException),
+    (TimeoutError, httpx.TimeoutException),
     (aiohttp.ClientConnectorError, httpx.ConnectError),
     (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
     (aiohttp.ClientPayloadError, httpx.ReadError),
@@ -55,7 +54,7 @@ class GoogleTransport(AiohttpTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
             return await super().handle_async_request(request)
-        except (httpx.TransportError, aiohttp.ClientError) as exc:
+        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
             mapped = _httpx_error(exc, request)
             if mapped is None:
                 raise
