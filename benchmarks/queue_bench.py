@@ -407,7 +407,9 @@ class QueueBench:
 
     # -- enqueue and drain --------------------------------------------------------------------
 
-    async def enqueue_batches(self, accounts: Sequence[str]) -> None:
+    async def enqueue_batches(
+        self, accounts: Sequence[str], view: pb.JobView.ValueType = pb.JOB_VIEW_UNSPECIFIED
+    ) -> None:
         """A full sync of each account through EnqueueSyncBatch, 1,000 per call."""
         for start in range(0, len(accounts), 1000):
             await self.stub.EnqueueSyncBatch(
@@ -415,7 +417,8 @@ class QueueBench:
                     items=[
                         pb.EnqueueSyncRequest(account_id=a, sync_type=pb.SYNC_TYPE_FULL)
                         for a in accounts[start : start + 1000]
-                    ]
+                    ],
+                    view=view,
                 ),
                 metadata=self.worker_md,
                 timeout=120,

@@ -90,10 +90,15 @@ class QueueClient(ServiceClient):
         return await self._unary("EnqueueSync", self._stub.EnqueueSync, request, timeout=timeout)
 
     async def enqueue_sync_batch(
-        self, items: Sequence[pb.EnqueueSyncRequest], *, timeout: float | None = None
+        self,
+        items: Sequence[pb.EnqueueSyncRequest],
+        *,
+        view: pb.JobView.ValueType = pb.JOB_VIEW_UNSPECIFIED,
+        timeout: float | None = None,
     ) -> list[pb.EnqueueSyncResponse]:
-        """Enqueues many syncs in one transaction; one answer per item, in order."""
-        request = pb.EnqueueSyncBatchRequest(items=items)
+        """Enqueues many syncs in one transaction; one answer per item, in order.
+        `view=JOB_VIEW_ID` returns only each job's id, account and status."""
+        request = pb.EnqueueSyncBatchRequest(items=items, view=view)
         response = await self._unary(
             "EnqueueSyncBatch", self._stub.EnqueueSyncBatch, request, timeout=timeout
         )

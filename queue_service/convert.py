@@ -167,6 +167,13 @@ def job_to_worker_pb(job: Job) -> pb.Job:
     return message
 
 
+def job_to_id_pb(job: Job) -> pb.Job:
+    """JOB_VIEW_ID: what a caller that enqueued the job follows it by (EnqueueSyncBatch)."""
+    return pb.Job(
+        id=str(job.id), account_id=str(job.account_id), status=JOB_STATUS_TO_PB[job.status]
+    )
+
+
 def stats_to_pb(stats: QueueStats) -> pb.QueueStats:
     return pb.QueueStats(
         total=stats.total,

@@ -264,6 +264,10 @@ def enqueue_batch(
         v.add("items", "must hold at least one request")
     elif len(message.items) > MAX_BATCH:
         v.add("items", f"holds {len(message.items)} requests; at most {MAX_BATCH} are allowed")
+    if message.view not in JOB_VIEWS:
+        v.add("view", f"is not a JobView: {message.view}")
+    elif message.view == pb.JOB_VIEW_WORKER:
+        v.add("view", "JOB_VIEW_WORKER is for leased jobs; use JOB_VIEW_ID or JOB_VIEW_FULL")
     v.check()
     requests = []
     for index, item in enumerate(message.items):
@@ -312,6 +316,11 @@ def pick_request(message: pb.PickJobsRequest, *, default_lease: timedelta) -> di
     run_id = _uuid(v, "worker_run_id", message.worker_run_id, required=False)
     if message.view not in JOB_VIEWS:
         v.add("view", f"is not a JobView: {message.view}")
+    elif message.view == pb.JOB_VIEW_ID:
+        v.add(
+            "view",
+            "JOB_VIEW_ID leaves out the lease token a worker reports with; use JOB_VIEW_WORKER",
+        )
     v.check()
     return {
         "max_jobs": max_jobs,

@@ -256,10 +256,11 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             index = next((i for i, r in enumerate(parsed) if str(r.account_id) in str(exc)), None)
             prefix = f"items[{index}]: " if index is not None else ""
             raise type(exc)(prefix + str(exc)) from None
+        to_pb = convert.job_to_id_pb if request.view == pb.JOB_VIEW_ID else convert.job_to_pb
         return pb.EnqueueSyncBatchResponse(
             results=[
                 pb.EnqueueSyncResponse(
-                    job=convert.job_to_pb(r.job),
+                    job=to_pb(r.job),
                     duplicate=r.duplicate,
                     message=_enqueue_message(r.duplicate),
                 )

@@ -153,6 +153,27 @@ async def test_batch_enqueue_answers_each_item_in_order(queue):
     assert [r.job.account_id for r in response.results] == [str(a), str(b), str(a)]
 
 
+async def test_a_batch_in_the_id_view_answers_each_job_by_id_account_and_status(queue):
+    a, b = await queue.add_account(), await queue.add_account()
+    items = [
+        pb.EnqueueSyncRequest(account_id=str(a), sync_type=pb.SYNC_TYPE_FULL, priority=5),
+        pb.EnqueueSyncRequest(account_id=str(b), sync_type=pb.SYNC_TYPE_INCREMENTAL),
+        pb.EnqueueSyncRequest(account_id=str(a), sync_type=pb.SYNC_TYPE_INCREMENTAL),
+    ]
+
+    response = await queue.stub.EnqueueSyncBatch(
+        pb.EnqueueSyncBatchRequest(items=items, view=pb.JOB_VIEW_ID), metadata=WORKER_METADATA
+    )
+
+    jobs = [r.job for r in response.results]
+    assert [r.duplicate for r in response.results] == [False, False, True]
+    assert jobs[2].id == jobs[0].id
+    for job, account in zip(jobs, (a, b, a), strict=True):
+        assert job == pb.Job(id=job.id, account_id=str(account), status=pb.JOB_STATUS_PENDING)
+    stored = await queue.stub.GetJob(pb.GetJobRequest(job_id=jobs[0].id), metadata=WORKER_METADATA)
+    assert (stored.job.sync_type, stored.job.priority) == (pb.SYNC_TYPE_FULL, 5)
+
+
 async def test_a_batch_with_an_unknown_account_writes_nothing(queue):
     a = await queue.add_account()
     items = [

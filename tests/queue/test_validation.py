@@ -238,6 +238,23 @@ async def test_batch_naming_an_unknown_account_writes_none_of_the_batch(queue):
     assert await count_rows(queue.app.engine) == 0
 
 
+@pytest.mark.parametrize("view", [pb.JOB_VIEW_WORKER, 99], ids=["worker view", "no such view"])
+async def test_a_batch_asking_for_a_view_it_cannot_have_is_invalid_and_writes_nothing(
+    pg_queue, view
+):
+    account = await pg_queue.add_account()
+    items = [pb.EnqueueSyncRequest(account_id=str(account), sync_type=pb.SYNC_TYPE_FULL)]
+
+    reported = await invalid_fields(
+        pg_queue.stub.EnqueueSyncBatch(
+            pb.EnqueueSyncBatchRequest(items=items, view=view), metadata=WORKER_METADATA
+        )
+    )
+
+    assert reported == ["view"]
+    assert await count_rows(pg_queue.app.engine) == 0
+
+
 async def test_empty_batch_is_invalid_argument_naming_items(pg_queue):
     reported = await invalid_fields(
         pg_queue.stub.EnqueueSyncBatch(pb.EnqueueSyncBatchRequest(), metadata=WORKER_METADATA)
@@ -334,6 +351,8 @@ BAD_PICKS = {
     "lease_duration below 5 s": ({"lease_duration": seconds(1)}, "lease_duration"),
     "missing worker_id": ({"worker_id": ""}, "worker_id"),
     "malformed worker_run_id": ({"worker_run_id": "run-1"}, "worker_run_id"),
+    "the id view, without the lease token": ({"view": pb.JOB_VIEW_ID}, "view"),
+    "a view that does not exist": ({"view": 99}, "view"),
 }
 
 

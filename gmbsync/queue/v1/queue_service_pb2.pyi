@@ -121,9 +121,13 @@ class _JobViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobView.Value
     `status`, `attempts`, `max_attempts`, `lease_token`, `lease_expires_at` and
     `trace_context`. The other fields are left unset.
     """
+    JOB_VIEW_ID: _JobView.ValueType  # 3
+    """Only `id`, `account_id` and `status`: what a caller that enqueued the job needs to follow
+    it (EnqueueSyncBatch only; PickJobs refuses it). The other fields are left unset.
+    """
 
 class JobView(_JobView, metaclass=_JobViewEnumTypeWrapper):
-    """JobView is how much of each job PickJobs returns."""
+    """JobView is how much of each job PickJobs or EnqueueSyncBatch returns."""
 
 JOB_VIEW_UNSPECIFIED: JobView.ValueType  # 0
 """Not set: every field, as JOB_VIEW_FULL."""
@@ -133,6 +137,10 @@ JOB_VIEW_WORKER: JobView.ValueType  # 2
 """Only what a worker needs to run the job: `id`, `account_id`, `account_name`, `sync_type`,
 `status`, `attempts`, `max_attempts`, `lease_token`, `lease_expires_at` and
 `trace_context`. The other fields are left unset.
+"""
+JOB_VIEW_ID: JobView.ValueType  # 3
+"""Only `id`, `account_id` and `status`: what a caller that enqueued the job needs to follow
+it (EnqueueSyncBatch only; PickJobs refuses it). The other fields are left unset.
 """
 Global___JobView: _TypeAlias = JobView  # noqa: Y015
 
@@ -447,6 +455,13 @@ class EnqueueSyncBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: Global___JobView.ValueType
+    """How much of each result's job to return: unspecified or JOB_VIEW_FULL, every field;
+    JOB_VIEW_ID, only its id, account and status, for a caller that follows the jobs by id
+    (QueueService then spends about a fifth less CPU per job). JOB_VIEW_WORKER is refused: it
+    describes a leased job.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnqueueSyncRequest]:
         """The syncs to enqueue, 1..1000."""
@@ -455,10 +470,11 @@ class EnqueueSyncBatchRequest(_message.Message):
         self,
         *,
         items: _abc.Iterable[Global___EnqueueSyncRequest] | None = ...,
+        view: Global___JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
