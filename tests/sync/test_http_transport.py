@@ -10,9 +10,12 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
+import aiohttp
+import httpx
 import pytest
 
 from sync_service import google_client as g
+from sync_service.http_transport import GoogleTransport
 from sync_service.settings import GoogleEndpoints, GoogleSettings
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -133,3 +136,45 @@ async def test_a_proxy_named_by_the_environment_carries_the_requests(monkeypatch
 
     assert locations == [{"name": "locations/1"}]
     assert request_lines and request_lines[0].startswith(b"GET http://google.invalid/v1/accounts/1")
+
+
+class _FailingSession:
+    """Stands in for aiohttp's session: every request fails with `error`."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def request(self, **_options: object) -> _FailingSession:
+        return self
+
+    async def __aenter__(self) -> None:
+        raise self.error
+
+
+_KEY = aiohttp.client_reqrep.ConnectionKey("google", 443, True, True, None, None, None)
+
+
+_FAILURES = [
+    (aiohttp.ConnectionTimeoutError("connect"), httpx.ConnectTimeout),
+    (aiohttp.SocketTimeoutError("read"), httpx.ReadTimeout),
+    (TimeoutError(), httpx.TimeoutException),
+    (aiohttp.ClientConnectorError(_KEY, OSError(111, "refused")), httpx.ConnectError),
+    (aiohttp.ServerDisconnectedError(), httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError("cut short"), httpx.ReadError),
+    (aiohttp.ClientOSError(104, "reset by peer"), httpx.NetworkError),
+    (aiohttp.InvalidURL("http://"), httpx.TransportError),
+]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"), _FAILURES, ids=[type(error).__name__ for error, _ in _FAILURES]
+)
+async def test_each_aiohttp_failure_is_the_httpx_exception_httpx_raises_for_it(error, expected):
+    transport = GoogleTransport(client=lambda: _FailingSession(error))  # type: ignore[arg-type, return-value]
+    request = httpx.Request("GET", "https://google/v1/accounts")
+
+    with pytest.raises(httpx.TransportError) as raised:
+        await transport.handle_async_request(request)
+
+    assert type(raised.value) is expected
+    assert raised.value.request is request
