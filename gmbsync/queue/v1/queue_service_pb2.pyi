@@ -459,8 +459,8 @@ class EnqueueSyncBatchRequest(_message.Message):
     view: Global___JobView.ValueType
     """How much of each result's job to return: unspecified or JOB_VIEW_FULL, every field;
     JOB_VIEW_ID, only its id, account and status, for a caller that follows the jobs by id
-    (QueueService then spends about a sixth less CPU per job). JOB_VIEW_WORKER is refused: it
-    describes a leased job.
+    (QueueService then skips building each full job's message). JOB_VIEW_WORKER is refused:
+    it describes a leased job.
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnqueueSyncRequest]:
