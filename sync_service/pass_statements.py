@@ -59,16 +59,27 @@ class PassStatements:
 
     # --- Taking the account ----------------------------------------------------------------
 
+    # PostgreSQL: a transaction's advisory lock (the token refresh's).
     advisory_lock = sa.select(
         sa.func.pg_advisory_xact_lock(
             sa.bindparam("lock_class", type_=sa.Integer),
             sa.bindparam("object_id", type_=sa.Integer),
         )
     )
-    _exists = sa.select(gmb_accounts.c.id).where(gmb_accounts.c.id == _account).exists()
-    # PostgreSQL: the database's clock and whether the account exists; SQLite: the latter.
-    clock_and_account = sa.select(sa.func.clock_timestamp(), _exists)
-    account_exists = sa.select(_exists)
+    # PostgreSQL: the account's row lock, then the database's clock; no row if the account is
+    # gone. FOR NO KEY UPDATE waits for another sync's write of the account and for its
+    # deletion, not for the foreign-key checks of the rows that refer to it; a row deleted while
+    # the lock was waited for is not returned. The clock is read above the lock, so after it.
+    take_account = sa.select(sa.func.clock_timestamp()).select_from(
+        sa.select(gmb_accounts.c.id)
+        .where(gmb_accounts.c.id == _account)
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE
+        .subquery("taken")
+    )
+    # SQLite (BEGIN IMMEDIATE already serialises writers): whether the account exists.
+    account_exists = sa.select(
+        sa.select(gmb_accounts.c.id).where(gmb_accounts.c.id == _account).exists()
+    )
 
     # --- The context a sync starts from ----------------------------------------------------
 

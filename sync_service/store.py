@@ -6,11 +6,12 @@ gives each statement its own snapshot either way). Tokens are encrypted on their
 decrypted on their way out, so nothing above this module sees a ciphertext and nothing below
 it a secret.
 
-Writing a sync is one transaction that takes the account's lock first (PostgreSQL: a
-transaction-scoped advisory lock; SQLite: `BEGIN IMMEDIATE` already serialises writers), so
-two overlapping syncs of one account write one after the other. Rows carry `last_seen_at`,
-the time the reading of the sync that last saw them began; a write only moves it forward, so
-the later writer of two overlapping syncs never reverts or deletes what the newer one read.
+Writing a sync is one transaction that takes the account first (PostgreSQL: its row, `FOR NO
+KEY UPDATE`; SQLite: `BEGIN IMMEDIATE` already serialises writers), so two overlapping syncs of
+one account write one after the other, and a write and the account's deletion never overlap.
+Rows carry `last_seen_at`, the time the reading of the sync that last saw them began; a write
+only moves it forward, so the later writer of two overlapping syncs never reverts or deletes
+what the newer one read.
 """
 
 from __future__ import annotations
@@ -54,9 +55,8 @@ from sync_service.tables import (
     sync_status,
 )
 
-# Advisory lock classes (two-int form: key spaces of their own): "one account's sync write" and
-# "one account's token refresh".
-_ACCOUNT_LOCK_CLASS = 0x534E4331  # "SNC1"
+# The advisory lock class (two-int form: a key space of its own) of "one account's token
+# refresh".
 _TOKEN_LOCK_CLASS = 0x544F4B31  # "TOK1"
 _MAX_ERROR_LENGTH = 2000
 ERROR_SOURCE = "sync_service"
@@ -199,7 +199,7 @@ class AccountTokens:
             yield _TokenGuard(current, store, None, account_id)
             return
         async with store.engine.begin() as conn:
-            await store._lock_account(conn, account_id, _TOKEN_LOCK_CLASS)
+            await store._lock_tokens(conn, account_id)
             current = await store._stored_credentials(conn, account_id)
             yield _TokenGuard(current, store, conn, account_id)
 
@@ -478,29 +478,31 @@ class SyncStore:
         ).one_or_none()
         return self._credentials(account_id, row) if row is not None else None
 
-    async def _lock_account(
-        self, conn: AsyncConnection, account_id: uuid.UUID, lock_class: int = _ACCOUNT_LOCK_CLASS
-    ) -> None:
+    async def _lock_tokens(self, conn: AsyncConnection, account_id: uuid.UUID) -> None:
+        """PostgreSQL: the account's token lock, for this transaction (an advisory lock, not the
+        account's row: a refresh must not wait for a sync's write, nor hold one up)."""
         if self._postgres:
             object_id = int.from_bytes(account_id.bytes[:4], "big", signed=True)
             await conn.execute(
-                self._pass.advisory_lock, {"lock_class": lock_class, "object_id": object_id}
+                self._pass.advisory_lock,
+                {"lock_class": _TOKEN_LOCK_CLASS, "object_id": object_id},
             )
 
     async def _enter_account(self, conn: AsyncConnection, account_id: uuid.UUID) -> datetime:
-        """Takes the account's sync lock, then in one statement checks that the account still
-        exists (AccountGone if not) and reads the database's clock: every replica stamps
-        snapshots with the same clock. (SQLite serves one process, whose clock is the only
-        one.) The check is a statement of its own after the lock: at READ COMMITTED it then
-        sees a deletion committed while the lock was waited for."""
-        await self._lock_account(conn, account_id)
+        """Takes the account for this transaction's writes and reads the database's clock, in
+        one statement: every replica stamps snapshots with the same clock. (SQLite serves one
+        process, whose clock is the only one, and `BEGIN IMMEDIATE` serialises its writers.)
+
+        On PostgreSQL the account's row lock serialises two syncs' writes of one account and a
+        write with the account's deletion: a deletion committed first, even while the lock was
+        waited for, is AccountGone here; one that comes later waits for this transaction."""
         params = {"account": account_id}
         if not self._postgres:
             if not (await conn.execute(self._pass.account_exists, params)).scalar_one():
                 raise AccountGone(str(account_id))
             return datetime.now(UTC)
-        now, found = (await conn.execute(self._pass.clock_and_account, params)).one()
-        if not found:
+        now = (await conn.execute(self._pass.take_account, params)).scalar_one_or_none()
+        if now is None:
             raise AccountGone(str(account_id))
         return now.astimezone(UTC)
 

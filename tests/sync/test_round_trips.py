@@ -49,11 +49,11 @@ async def test_a_full_sync_of_one_location_sends_few_statements(make_harness: Ma
     with statements_sent(engine) as again:
         await harness.sync(account.id)
 
-    # Read the context (3), begin the pass (lock, clock and account, checkpoint, upsert: 4),
-    # store the location (3), read its stored reviews (1), store its reviews (lock, clock and
-    # account, old reviews, upsert, location state: 5), end the pass (lock, clock and account,
-    # two soft deletes, counts, status, checkpoint: 7), the quota of two Google calls (2).
-    assert len(again) == 25, again
+    # Read the context (3), begin the pass (the account's lock and the clock, checkpoint,
+    # upsert: 3), store the location (2), read its stored reviews (1), store its reviews (lock
+    # and clock, old reviews, upsert, location state: 4), end the pass (lock and clock, two
+    # soft deletes, counts, status, checkpoint: 6), the quota of two Google calls (2).
+    assert len(again) == 21, again
     # The refresh: the token lock, the stored tokens, the new access token.
     assert len(first) == len(again) + 3, first
 
@@ -72,4 +72,4 @@ async def test_the_statements_of_a_sync_stay_prepared(make_harness: MakeHarness)
         statements = list(prepared.scalars())
     assert any("INSERT INTO gmb_reviews" in s for s in statements), statements
     assert any("INSERT INTO sync_status" in s for s in statements), statements
-    assert any("pg_advisory_xact_lock" in s for s in statements), statements
+    assert any("FOR NO KEY UPDATE" in s for s in statements), statements

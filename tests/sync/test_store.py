@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -326,6 +327,33 @@ async def test_every_write_of_a_pass_refuses_an_account_deleted_meanwhile(store:
         assert (
             await conn.execute(sa.select(sa.func.count()).select_from(gmb_reviews))
         ).scalar() == 0
+
+
+async def test_a_deletion_racing_a_pass_write_is_account_gone_and_nothing_is_written(
+    pg_url: str,
+):
+    engine = create_engine_async(pg_url)
+    store = SyncStore(engine, TokenCipher([TEST_TOKEN_KEY]))
+    try:
+        account_id = await _account(store)
+        sync_pass = await store.pass_begin(account_id, SyncType.FULL, timedelta(hours=1))
+        async with engine.connect() as deleter:
+            # The account's deletion, not yet committed, while a pass starts to write.
+            await deleter.execute(sa.delete(gmb_accounts).where(gmb_accounts.c.id == account_id))
+            write = asyncio.create_task(
+                store.locations_write(account_id, [_location()], sync_pass.seen_at)
+            )
+            await asyncio.sleep(0.3)
+            assert not write.done()  # the write waits for the deletion to commit or roll back
+            await deleter.commit()
+
+        with pytest.raises(AccountGone):
+            await asyncio.wait_for(write, 10)
+        async with engine.connect() as conn:
+            count = sa.select(sa.func.count()).select_from(gmb_locations)
+            assert (await conn.execute(count)).scalar() == 0
+    finally:
+        await engine.dispose()
 
 
 async def test_a_pass_stamps_its_writes_with_the_database_clock(store: SyncStore):
