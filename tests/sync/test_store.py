@@ -332,6 +332,7 @@ async def test_every_write_of_a_pass_refuses_an_account_deleted_meanwhile(store:
 async def test_a_deletion_racing_a_pass_write_is_account_gone_and_nothing_is_written(
     pg_url: str,
 ):
+    """PostgreSQL only: SQLite's `BEGIN IMMEDIATE` lets no deletion be in flight meanwhile."""
     engine = create_engine_async(pg_url)
     store = SyncStore(engine, TokenCipher([TEST_TOKEN_KEY]))
     try:
