@@ -199,6 +199,14 @@ def _worker_id(violations: Violations, field: str, value: str) -> str:
     return value.strip()
 
 
+def _job_view(violations: Violations, view: int, *, refused: int, why: str) -> None:
+    """A request's `view`: a JobView, and not the one this call refuses (`why` says why)."""
+    if view not in JOB_VIEWS:
+        violations.add("view", f"is not a JobView: {view}")
+    elif view == refused:
+        violations.add("view", why)
+
+
 def enqueue_request(
     message: pb.EnqueueSyncRequest,
     *,
@@ -264,10 +272,12 @@ def enqueue_batch(
         v.add("items", "must hold at least one request")
     elif len(message.items) > MAX_BATCH:
         v.add("items", f"holds {len(message.items)} requests; at most {MAX_BATCH} are allowed")
-    if message.view not in JOB_VIEWS:
-        v.add("view", f"is not a JobView: {message.view}")
-    elif message.view == pb.JOB_VIEW_WORKER:
-        v.add("view", "JOB_VIEW_WORKER is for leased jobs; use JOB_VIEW_ID or JOB_VIEW_FULL")
+    _job_view(
+        v,
+        message.view,
+        refused=pb.JOB_VIEW_WORKER,
+        why="JOB_VIEW_WORKER is for leased jobs; use JOB_VIEW_ID or JOB_VIEW_FULL",
+    )
     v.check()
     requests = []
     for index, item in enumerate(message.items):
@@ -314,13 +324,12 @@ def pick_request(message: pb.PickJobsRequest, *, default_lease: timedelta) -> di
     lease = _lease(v, message, "lease_duration", default_lease)
     worker_id = _worker_id(v, "worker_id", message.worker_id)
     run_id = _uuid(v, "worker_run_id", message.worker_run_id, required=False)
-    if message.view not in JOB_VIEWS:
-        v.add("view", f"is not a JobView: {message.view}")
-    elif message.view == pb.JOB_VIEW_ID:
-        v.add(
-            "view",
-            "JOB_VIEW_ID leaves out the lease token a worker reports with; use JOB_VIEW_WORKER",
-        )
+    _job_view(
+        v,
+        message.view,
+        refused=pb.JOB_VIEW_ID,
+        why="JOB_VIEW_ID leaves out the lease token a worker reports with; use JOB_VIEW_WORKER",
+    )
     v.check()
     return {
         "max_jobs": max_jobs,
