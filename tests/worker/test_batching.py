@@ -1,172 +1,22 @@
 """The worker's batching: one PickJobs for all free slots, results through ReportResults.
 
 A real QueueService on PostgreSQL, a worker run in-process whose QueueService channel counts
-every call it makes (a client interceptor), and a scripted SyncService on a loopback port that
-answers SyncAccount with a success, at once or when the test lets it.
+every call it makes, and a scripted SyncService (tests/worker/rig.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
-import grpc
-import pytest
 import sqlalchemy as sa
 
-from clients import Credentials, QueueClient, SyncClient
-from clients.worker import Worker, WorkerConfig
 from clients.worker.circuit_breaker import BreakerState
-from clients.worker.runner import RunSummary
-from gmbsync.sync.v1 import sync_service_pb2 as sync_pb
-from gmbsync.sync.v1 import sync_service_pb2_grpc as sync_grpc
 from queue_service.tables import sync_queue
-from tests.conftest import TEST_TRIGGER_SECRET
-from tests.queue.conftest import RunningQueue, queue_settings, start_queue, stop_queue
-from tests.queue.helpers import job_row
-
-WAIT = 30.0
-
-
-@dataclass
-class InstantSync(sync_grpc.SyncServiceServicer):
-    """Answers every SyncAccount with a success; while `gate` is clear, holds the answers of
-    every call but the first `ungated` ones."""
-
-    calls: list[str] = field(default_factory=list)
-    gate: asyncio.Event = field(default_factory=asyncio.Event)
-    ungated: int = 0
-
-    def __post_init__(self) -> None:
-        self.gate.set()
-
-    async def SyncAccount(self, request, context):
-        self.calls.append(request.job_id)
-        if len(self.calls) > self.ungated:
-            await asyncio.wait_for(self.gate.wait(), WAIT)
-        return sync_pb.SyncAccountResponse(
-            account_id=request.account_id, sync_type=request.sync_type, locations_synced=1
-        )
-
-
-class CountingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Counts the calls of a channel by method; `lose_answers` drops the answers of that many
-    ReportResults calls after QueueService has carried them out (an answer lost on the way)."""
-
-    def __init__(self) -> None:
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.lose_answers = 0
-
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
-        method = client_call_details.method
-        name = (method.decode() if isinstance(method, bytes) else method).rsplit("/", 1)[-1]
-        self.calls[name] += 1
-        call = await continuation(client_call_details, request)
-        if name == "ReportResults" and self.lose_answers > 0:
-            await call  # carried out by QueueService...
-            self.lose_answers -= 1
-            raise grpc.aio.AioRpcError(  # ...but the answer never arrives
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details="connection reset before the answer arrived",
-            )
-        return call
-
-
-@dataclass
-class Rig:
-    queue: RunningQueue
-    sync: InstantSync
-    sync_addr: str
-    counter: CountingInterceptor = field(default_factory=CountingInterceptor)
-
-    def worker(self, **overrides: Any) -> Worker:
-        values: dict[str, Any] = {
-            "trigger_secret": TEST_TRIGGER_SECRET,
-            "queue_addr": self.queue.address,
-            "sync_addr": self.sync_addr,
-            "worker_id": f"batch-worker-{uuid.uuid4().hex[:6]}",
-            "concurrency": 8,
-            "job_timeout": timedelta(seconds=20),
-            "lease_duration": timedelta(seconds=30),
-            "poll_wait": timedelta(milliseconds=200),
-            "shutdown_grace": timedelta(seconds=20),
-        }
-        values.update(overrides)
-        credentials = Credentials.trigger_secret(TEST_TRIGGER_SECRET)
-        channel = grpc.aio.insecure_channel(self.queue.address, interceptors=[self.counter])
-        return Worker(
-            WorkerConfig(**values),
-            queue=QueueClient(channel, credentials, owns_channel=True),
-            sync=SyncClient.connect(values["sync_addr"], credentials),
-        )
-
-    async def enqueue(self, count: int, **fields: Any) -> list[str]:
-        return [
-            (await self.queue.enqueue(await self.queue.add_account(), **fields)).id
-            for _ in range(count)
-        ]
-
-    async def job(self, job_id: str) -> dict[str, Any]:
-        return await job_row(self.queue.app.engine, job_id)
-
-
-@pytest.fixture
-async def rig(pg_url: str, auth_settings) -> AsyncIterator[Rig]:
-    queue = await start_queue(queue_settings(pg_url, auth_settings))
-    sync = InstantSync()
-    server = grpc.aio.server()
-    sync_grpc.add_SyncServiceServicer_to_server(sync, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    running = Rig(queue=queue, sync=sync, sync_addr=f"127.0.0.1:{port}")
-    try:
-        yield running
-    finally:
-        await server.stop(0)
-        await stop_queue(running.queue)
-
-
-async def until(probe: Callable[[], Any], what: str, timeout: float = WAIT) -> None:
-    """Polls a condition of in-process state (bounded; fails naming what never happened)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not probe():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def run_until(worker: Worker, done: Callable[[], bool], what: str) -> RunSummary:
-    """Runs a continuous worker until `done`, then stops it as SIGTERM does; its summary."""
-    task = asyncio.create_task(worker.run())
-    try:
-        await until(lambda: done() or task.done(), what)
-    finally:
-        if not task.done():
-            worker.request_stop("test finished")
-    summary = await asyncio.wait_for(task, WAIT)
-    await worker.sync.close()
-    return summary
-
-
-def run_counts(summary: RunSummary) -> tuple[int, int, int, int, int]:
-    run = summary.run
-    assert run is not None, summary.error
-    return (
-        run.jobs_picked,
-        run.jobs_processed,
-        run.jobs_succeeded,
-        run.jobs_failed,
-        run.jobs_released,
-    )
+from tests.queue.conftest import start_queue
+from tests.worker.rig import WAIT, Rig, run_counts, run_until, until
 
 
 async def test_a_worker_drains_many_jobs_in_far_fewer_calls_than_jobs(rig: Rig) -> None:
