@@ -42,6 +42,9 @@ class WorkerConfig:
     worker_id: str = field(default_factory=default_worker_id)
     # Jobs run at once by one worker process.
     concurrency: int = 4
+    # Jobs leased ahead of a free slot, so that a slot that frees starts its next job at once
+    # rather than after a PickJobs round trip: for many short jobs. Not used with --once.
+    prefetch: int = 0
     # Deadline of one SyncAccount call.
     job_timeout: timedelta = timedelta(seconds=45)
     # --once: the whole run, picking to reporting, ends within this.
@@ -100,6 +103,8 @@ _SETTINGS: dict[str, _Setting] = {
                           help="name in job rows and logs (default host-pid)"),
     "concurrency": _Setting("--concurrency", "WORKER_CONCURRENCY", "int", 4, 1, 256,
                             help="jobs run at once"),
+    "prefetch": _Setting("--prefetch", "WORKER_PREFETCH", "int", 0, 0, 256,
+                         help="jobs leased ahead of a free slot (0: none)"),
     "job_timeout": _Setting("--job-timeout", "JOB_TIMEOUT", "duration", timedelta(seconds=45),
                             timedelta(seconds=1), timedelta(hours=1),
                             help="deadline of one SyncAccount call", legacy_ms_env="JOB_TIMEOUT_MS"),

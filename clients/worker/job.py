@@ -252,6 +252,11 @@ class JobExecution:
         self._sync_task: asyncio.Task[Any] | None = None
         self.reported = False
 
+    def keep_lease(self) -> None:
+        """Starts the heartbeats of the job's lease (at its pick, before it may wait for a slot);
+        `run` starts them if this was not called."""
+        self._keeper.start()
+
     async def run(self, hand_back: str | None = None) -> Outcome:
         """Runs the job and reports it; with `hand_back`, only gives it back unrun for that
         reason. Cancelled (shutdown), it hands the job back before it ends."""

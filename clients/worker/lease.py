@@ -50,6 +50,9 @@ class LeaseKeeper:
         self._extending: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Queues the first heartbeat; a keeper already started stays as it is."""
+        if not self.stopped:
+            return
         self.stopped = False
         self._heartbeats.schedule(self)
 

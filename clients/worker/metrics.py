@@ -37,6 +37,10 @@ IN_FLIGHT = Gauge(
     "Jobs this worker holds: running, or waiting for their result to be acknowledged.",
 )
 RUNNING = Gauge("gmbsync_worker_jobs_running", "Jobs this worker is running now.")
+PREFETCHED = Gauge(
+    "gmbsync_worker_jobs_prefetched",
+    "Jobs this worker has leased ahead of a free slot (WORKER_PREFETCH), waiting to start.",
+)
 CONCURRENCY = Gauge("gmbsync_worker_concurrency", "Jobs this worker runs at once at most.")
 BREAKER_STATE = Gauge(
     "gmbsync_worker_circuit_breaker_state",
@@ -57,6 +61,7 @@ def watch(worker: Worker) -> None:
     """Reads `worker`'s in-flight jobs and breaker at every scrape (the newest worker wins)."""
     IN_FLIGHT.set_function(lambda: len(worker._inflight))
     RUNNING.set_function(lambda: worker._running)
+    PREFETCHED.set_function(lambda: len(worker._held))
     CONCURRENCY.set(worker.config.concurrency)
     breaker = worker.breaker
     for state in BreakerState:

@@ -4,15 +4,19 @@
     summary = await worker.run()      # until request_stop(), or one batch with config.once
 
 Continuous mode long-polls PickJobs for all free slots at once whenever slots are free and the
-circuit breaker allows. `--once` (cron or serverless) picks up to MAX_JOBS_PER_RUN jobs without
-waiting, runs them and ends within WORKER_TIMEOUT: it only starts a job whose whole JOB_TIMEOUT
-fits before then. Jobs hand their results to one Reporter (ReportResults for many jobs at once)
-and their leases to one Heartbeats task; a job's slot is free once its result is queued.
+circuit breaker allows. With WORKER_PREFETCH it also leases up to that many jobs ahead of a
+free slot and holds them, so that a slot that frees starts its next job at once instead of
+after a PickJobs round trip; a held job's lease is kept while it waits for a slot of this
+worker. `--once` (cron or serverless) picks up to MAX_JOBS_PER_RUN jobs without waiting, runs
+them and ends within WORKER_TIMEOUT: it only starts a job whose whole JOB_TIMEOUT fits before
+then, and never prefetches. Jobs hand their results to one Reporter (ReportResults for many
+jobs at once) and their leases to one Heartbeats task; a job's slot is free once its result
+is queued.
 
-On request_stop() (SIGTERM/SIGINT) the worker picks nothing more, sends held-back results at
-once, gives in-flight jobs SHUTDOWN_GRACE to finish, hands back what is left (no attempt
-spent), sends every result still waiting, closes its worker run and returns. A second
-request_stop() ends the grace period at once.
+On request_stop() (SIGTERM/SIGINT) the worker picks nothing more, hands back held jobs and
+sends held-back results at once, gives in-flight jobs SHUTDOWN_GRACE to finish, hands back
+what is left (no attempt spent), sends every result still waiting, closes its worker run and
+returns. A second request_stop() ends the grace period at once.
 """
 
 from __future__ import annotations
@@ -126,6 +130,10 @@ class Worker:
         self._picked_at: dict[asyncio.Task[Outcome], float] = {}
         # Of the in-flight jobs, those still running (not yet waiting for their result's ack).
         self._running = 0
+        # Jobs leased ahead of a free slot, oldest first, each with the loop time of its pick.
+        # --once leases only what it will run.
+        self._prefetch = 0 if config.once else config.prefetch
+        self._held: collections.deque[tuple[JobExecution, float]] = collections.deque()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -155,6 +163,7 @@ class Worker:
         self._stop_reason = reason
         self._grace_deadline = loop.time() + self.config.shutdown_grace.total_seconds()
         self._stopping.set()
+        self._start_held()  # held jobs go back at once: none of them has started
         # Results still held back for a fuller batch go out now: nothing more is coming soon.
         self.reporter.hurry()
 
@@ -224,6 +233,7 @@ class Worker:
             "pid": os.getpid(),
             "mode": "once" if config.once else "continuous",
             "concurrency": config.concurrency,
+            "prefetch": self._prefetch,
             "job_timeout_seconds": config.job_timeout.total_seconds(),
             "lease_seconds": config.lease_duration.total_seconds(),
             "circuit_breaker_threshold": config.circuit_breaker_threshold,
@@ -252,7 +262,7 @@ class Worker:
         backoff = Backoff()
         gathered = False
         while not self._stopping.is_set():
-            if not gathered and self._running and self._free_slots() > 0:
+            if not self._prefetch and not gathered and self._running and self._free_slots() > 0:
                 # Slots of jobs started together free within moments of each other: one pick
                 # for all of them, rather than a pick per slot that keeps the jobs out of step.
                 await self._gather_slots(config.report_interval.total_seconds())
@@ -267,7 +277,7 @@ class Worker:
                 if time_left <= config.job_timeout.total_seconds():
                     self._stop_reason = "--once: no time left for another job"
                     return
-            if wanted <= 0:
+            if wanted < self._worth_picking():
                 await self._wait_for_slot()
                 continue
             permits = self.breaker.acquire(min(wanted, _MAX_PICK))
@@ -302,7 +312,8 @@ class Worker:
             for permit in permits[len(jobs) :]:
                 self.breaker.give_back(permit)
             for job, permit in zip(jobs, permits, strict=False):
-                self._start_job(job, permit)
+                self._hold(job, permit)
+            self._start_held()
             if config.once and not jobs:
                 self._stop_reason = "--once: queue drained"
                 return
@@ -350,18 +361,30 @@ class Worker:
     def _free_slots(self) -> int:
         """Jobs to pick now: a slot frees as soon as its job's result is queued for the reporter,
         so the next pick overlaps the report; but at most `concurrency` more jobs may wait for
-        their ack, which bounds what is held if QueueService is slow to answer."""
-        concurrency = self.config.concurrency
-        return min(concurrency - self._running, 2 * concurrency - len(self._inflight))
+        their ack, which bounds what is held if QueueService is slow to answer. Prefetched jobs
+        count as taken slots, up to `concurrency + prefetch` of them."""
+        concurrency, prefetch, held = self.config.concurrency, self._prefetch, len(self._held)
+        return min(
+            concurrency + prefetch - self._running - held,
+            2 * concurrency + prefetch - len(self._inflight) - held,
+        )
+
+    def _worth_picking(self) -> int:
+        """The fewest free slots worth a PickJobs: one, unless jobs are held to run next, when
+        waiting for half the prefetch keeps picks as large as without it."""
+        return max(1, self._prefetch // 2) if self._held else 1
 
     def _slot_done(self) -> None:
         self._running -= 1
+        self._start_held()
         if not self._running:
             self.reporter.nothing_running()
         self._slot_freed.set()
 
-    def _start_job(self, job: Job, permit: Permit) -> None:
+    def _hold(self, job: Job, permit: Permit) -> None:
+        """Takes a picked job; its lease is kept from now, also while it waits for a slot."""
         execution = JobExecution(job, permit, self._deps, on_finished_work=self._slot_done)
+        execution.keep_lease()
         log.info(
             "job %s: picked (account %s, attempt %d/%d)",
             job.id,
@@ -369,12 +392,24 @@ class Worker:
             job.attempts,
             job.max_attempts,
         )
-        # Picked while stopping (a long poll that returned after the signal): hand it back.
-        hand_back = "worker shutting down" if self._stopping.is_set() else None
-        task = asyncio.create_task(execution.run(hand_back), name=f"job-{job.id}")
+        self._held.append((execution, asyncio.get_running_loop().time()))
+
+    def _start_held(self) -> None:
+        """Starts held jobs on free slots; once the worker is stopping, hands them all back unrun
+        (a long poll may also return jobs after the signal)."""
+        held = self._held
+        while held and self._stopping.is_set():
+            self._launch(*held.popleft(), hand_back="worker shutting down")
+        while held and self._running < self.config.concurrency:
+            self._launch(*held.popleft())
+
+    def _launch(
+        self, execution: JobExecution, picked_at: float, hand_back: str | None = None
+    ) -> None:
+        task = asyncio.create_task(execution.run(hand_back), name=f"job-{execution.job.id}")
         self._running += 1
         self._inflight[task] = execution
-        self._picked_at[task] = asyncio.get_running_loop().time()
+        self._picked_at[task] = picked_at
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[Outcome]) -> None:
@@ -396,7 +431,7 @@ class Worker:
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
-        if self._free_slots() > 0:
+        if self._free_slots() >= self._worth_picking():
             return
         stop = asyncio.ensure_future(self._stopping.wait())
         freed = asyncio.ensure_future(self._slot_freed.wait())
