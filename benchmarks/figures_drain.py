@@ -1,5 +1,6 @@
-"""Draining: the worker's own code against an instant SyncService (figure 1), its memory and
-QueueService's over a longer drain (figure 7), and the older picker figures (L1, L2).
+"""Draining: the worker's own code against an instant SyncService (figure 1), with the job
+handler in the worker (1h) and with jobs prefetched too (1p), its memory and QueueService's
+over a longer drain (figure 7), and the older picker figures (L1, L2).
 
 PostgreSQL's limit for figure 1 is the pick and the completion at the worker's batch size (its
 concurrency, 64): one statement picks 64 jobs and one completes them, on 4 connections,
@@ -57,6 +58,24 @@ async def drain_figure(bench: QueueBench) -> None:
             module="benchmarks.instant_worker",
         ),
     )
+    bench.seed.truncate_jobs()
+    bench.seed.pending_jobs(bench.accounts[:jobs])
+    progress(
+        f"1p: draining {jobs:,} jobs as 1h, with WORKER_PREFETCH={sizes.concurrency} "
+        "(jobs leased ahead of a free slot)"
+    )
+    prefetching = await bench.drain_with_worker(
+        "1p",
+        jobs,
+        time_limit=sizes.drain_time_limit,
+        processes={"queue": bench.queue_pid},
+        start_worker=lambda: bench.start_worker(
+            "bench-drain-prefetch",
+            concurrency=sizes.concurrency,
+            module="benchmarks.instant_worker",
+            prefetch=sizes.concurrency,
+        ),
+    )
     limits.append(await bench.raw_drain(jobs, pick=sizes.concurrency))
     limit = max(f.rate for f in limits)
     per_pick = result.jobs / max(result.picks, 1)
@@ -84,7 +103,8 @@ async def drain_figure(bench: QueueBench) -> None:
             note=note,
         )
     )
-    _in_process_row(bench, in_process, limit)
+    _in_process_row(bench, in_process, limit, "1h")
+    _in_process_row(bench, prefetching, limit, "1p")
     bench.figures["1_worker_drain"] = {
         "jobs_enqueued": jobs,
         "jobs_drained": result.jobs,
@@ -102,14 +122,17 @@ async def drain_figure(bench: QueueBench) -> None:
     }
 
 
-def _in_process_row(bench: QueueBench, result: DrainResult, limit: float) -> None:
+def _in_process_row(bench: QueueBench, result: DrainResult, limit: float, figure: str) -> None:
     """Figure 1h: the same drain with the job handler in the worker (`benchmarks.instant_worker`),
-    so that no SyncAccount call is made: the queue's own cost, worker loop included."""
+    so that no SyncAccount call is made: the queue's own cost, worker loop included. Figure 1p:
+    the same with as many jobs prefetched as the worker runs at once (WORKER_PREFETCH)."""
     sizes = bench.sizes
     per_pick = result.jobs / max(result.picks, 1)
+    prefetch = figure == "1p"
     note = (
         f"the worker's own code with SyncService replaced in its process by a handler that "
-        f"returns at once; PostgreSQL alone as for figure 1; {per_pick:.1f} jobs per PickJobs"
+        f"returns at once{f', WORKER_PREFETCH={sizes.concurrency}' if prefetch else ''}; "
+        f"PostgreSQL alone as for figure 1; {per_pick:.1f} jobs per PickJobs"
     )
     if result.time_limited:
         note += (
@@ -120,8 +143,9 @@ def _in_process_row(bench: QueueBench, result: DrainResult, limit: float) -> Non
         note += f"; {result.failed} jobs did not succeed"
     bench.rows.append(
         Row(
-            "1h",
-            f"drain by the worker ({sizes.concurrency} at once), handler in the worker",
+            figure,
+            f"drain by the worker ({sizes.concurrency} at once), handler in the worker"
+            + (f", {sizes.concurrency} prefetched" if prefetch else ""),
             result.rate,
             "jobs/s",
             limit,
@@ -130,7 +154,8 @@ def _in_process_row(bench: QueueBench, result: DrainResult, limit: float) -> Non
             note=note,
         )
     )
-    bench.figures["1h_worker_drain_in_process_handler"] = {
+    key = "1p_worker_drain_prefetching" if prefetch else "1h_worker_drain_in_process_handler"
+    bench.figures[key] = {
         "jobs_drained": result.jobs,
         "seconds": round(result.seconds, 3),
         "jobs_per_s": round(result.rate, 1),
@@ -139,6 +164,7 @@ def _in_process_row(bench: QueueBench, result: DrainResult, limit: float) -> Non
         "picks": result.picks,
         "mean_jobs_per_pick": round(per_pick, 2),
         "cpu_ms_per_job": result.cpu.per_unit_ms(result.jobs),
+        "prefetch": sizes.concurrency if prefetch else 0,
     }
 
 

@@ -68,7 +68,7 @@ PYTHON = sys.executable
 # The connections of the raw drains: enough to keep both of a small machine's cores busy.
 RAW_CONNECTIONS = 4
 FIGURES = ("enqueue", "drain", "legacy", "latency", "idle", "clients", "rss", "system", "pick")
-ROW_ORDER = ("1", "1h", "2", "3", "4a", "4b", "4c", "4d", "5", "6", "7", "L1", "L2")
+ROW_ORDER = ("1", "1h", "1p", "2", "3", "4a", "4b", "4c", "4d", "5", "6", "7", "L1", "L2")
 
 # Whether the worker named by the parameter has picked a job yet (both lookups are cheap: a
 # partial index, a small table).
@@ -300,9 +300,10 @@ class QueueBench:
         concurrency: int | None,
         sync_addr: str | None = None,
         module: str = "clients.worker",
+        prefetch: int | None = None,
     ) -> Child:
         """`python -m clients.worker` (or another `module` that runs the worker) named `name`
-        (its WORKER_ID); its default concurrency when `concurrency` is None."""
+        (its WORKER_ID); its default concurrency and prefetch when they are None."""
         env = {
             **self.env,
             "QUEUE_ADDR": self.queue_addr,
@@ -311,6 +312,8 @@ class QueueBench:
         }
         if concurrency is not None:
             env["WORKER_CONCURRENCY"] = str(concurrency)
+        if prefetch is not None:
+            env["WORKER_PREFETCH"] = str(prefetch)
         return await self.procs.start(name, [PYTHON, "-m", module], env)
 
     def wanted(self, figure: str) -> bool:
