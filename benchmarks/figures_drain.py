@@ -28,53 +28,21 @@ async def drain_figure(bench: QueueBench) -> None:
     jobs = sizes.drain_jobs
     limits = [await bench.raw_drain(jobs, pick=sizes.concurrency)]
     one_by_one = await bench.raw_drain(min(jobs, sizes.raw_one_per_statement_jobs), pick=1)
-    bench.seed.truncate_jobs()
-    bench.seed.pending_jobs(bench.accounts[:jobs])
-    progress(
-        f"1: draining {jobs:,} jobs with the worker (concurrency {sizes.concurrency}, "
-        "instant SyncService)"
-    )
-    result = await bench.drain_with_worker(
-        "1",
-        jobs,
-        time_limit=sizes.drain_time_limit,
-        processes={"queue": bench.queue_pid, "fake_sync": bench.fake_pid},
-        start_worker=lambda: bench.start_worker("bench-drain", concurrency=sizes.concurrency),
-    )
-    bench.seed.truncate_jobs()
-    bench.seed.pending_jobs(bench.accounts[:jobs])
-    progress(
-        f"1h: draining {jobs:,} jobs with the worker (concurrency {sizes.concurrency}, "
-        "a handler in the worker that returns at once)"
-    )
-    in_process = await bench.drain_with_worker(
+    result = await _drain(bench, "1", "instant SyncService", "bench-drain")
+    in_process = await _drain(
+        bench,
         "1h",
-        jobs,
-        time_limit=sizes.drain_time_limit,
-        processes={"queue": bench.queue_pid},
-        start_worker=lambda: bench.start_worker(
-            "bench-drain-instant",
-            concurrency=sizes.concurrency,
-            module="benchmarks.instant_worker",
-        ),
+        "a handler in the worker that returns at once",
+        "bench-drain-instant",
+        module="benchmarks.instant_worker",
     )
-    bench.seed.truncate_jobs()
-    bench.seed.pending_jobs(bench.accounts[:jobs])
-    progress(
-        f"1p: draining {jobs:,} jobs as 1h, with WORKER_PREFETCH={sizes.concurrency} "
-        "(jobs leased ahead of a free slot)"
-    )
-    prefetching = await bench.drain_with_worker(
+    prefetching = await _drain(
+        bench,
         "1p",
-        jobs,
-        time_limit=sizes.drain_time_limit,
-        processes={"queue": bench.queue_pid},
-        start_worker=lambda: bench.start_worker(
-            "bench-drain-prefetch",
-            concurrency=sizes.concurrency,
-            module="benchmarks.instant_worker",
-            prefetch=sizes.concurrency,
-        ),
+        f"as 1h, and WORKER_PREFETCH={sizes.concurrency}: jobs leased ahead of a free slot",
+        "bench-drain-prefetch",
+        module="benchmarks.instant_worker",
+        prefetch=sizes.concurrency,
     )
     limits.append(await bench.raw_drain(jobs, pick=sizes.concurrency))
     limit = max(f.rate for f in limits)
@@ -120,6 +88,38 @@ async def drain_figure(bench: QueueBench) -> None:
         "raw_batch": [f.as_dict() for f in limits],
         "raw_one_job_per_statement": one_by_one.as_dict(),
     }
+
+
+async def _drain(
+    bench: QueueBench,
+    figure: str,
+    how: str,
+    worker_name: str,
+    *,
+    module: str = "clients.worker",
+    prefetch: int | None = None,
+) -> DrainResult:
+    """One drain of figure 1: the same pending jobs, enqueued afresh, drained by a worker run
+    as `module` (`clients.worker` calls the stand-in SyncService, whose CPU counts too)."""
+    sizes = bench.sizes
+    jobs = sizes.drain_jobs
+    bench.seed.truncate_jobs()
+    bench.seed.pending_jobs(bench.accounts[:jobs])
+    progress(
+        f"{figure}: draining {jobs:,} jobs with the worker (concurrency {sizes.concurrency}, {how})"
+    )
+    processes = {"queue": bench.queue_pid}
+    if module == "clients.worker":
+        processes["fake_sync"] = bench.fake_pid
+    return await bench.drain_with_worker(
+        figure,
+        jobs,
+        time_limit=sizes.drain_time_limit,
+        processes=processes,
+        start_worker=lambda: bench.start_worker(
+            worker_name, concurrency=sizes.concurrency, module=module, prefetch=prefetch
+        ),
+    )
 
 
 def _in_process_row(bench: QueueBench, result: DrainResult, limit: float, figure: str) -> None:

@@ -28,6 +28,7 @@ from service_runtime.errors import SERVICE_ERROR_DOMAIN, ErrorReason, ServiceRea
 from tests.conftest import TEST_TRIGGER_SECRET
 from tests.queue.conftest import RunningQueue, queue_settings, start_queue, stop_queue
 from tests.queue.helpers import job_row
+from tests.worker.rig import run_counts
 
 ACTIVATION_URL = (
     "https://console.developers.google.com/apis/api/mybusinessbusinessinformation"
@@ -148,18 +149,6 @@ async def run_once(worker: Worker) -> tuple[RunSummary, datetime, datetime]:
         await worker.queue.close()
         await worker.sync.close()
     return summary, before, datetime.now(UTC)
-
-
-def run_counts(summary: RunSummary) -> tuple[int, int, int, int, int]:
-    run = summary.run
-    assert run is not None, summary.error
-    return (
-        run.jobs_picked,
-        run.jobs_processed,
-        run.jobs_succeeded,
-        run.jobs_failed,
-        run.jobs_released,
-    )
 
 
 def assert_deferred(row: dict[str, Any], delay: float, before: datetime, after: datetime) -> None:
