@@ -257,6 +257,10 @@ class JobExecution:
         `run` starts them if this was not called."""
         self._keeper.start()
 
+    def lease_at_risk(self) -> bool:
+        """Whether the lease is gone, or may run out before the job could run (see LeaseKeeper)."""
+        return self._keeper.at_risk()
+
     async def run(self, hand_back: str | None = None) -> Outcome:
         """Runs the job and reports it; with `hand_back`, only gives it back unrun for that
         reason. Cancelled (shutdown), it hands the job back before it ends."""

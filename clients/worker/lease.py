@@ -25,6 +25,10 @@ from clients.worker.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
+# The share of a lease after which a lease with no confirmed extension counts as at risk:
+# heartbeats come every third of it, so only a stall or failed heartbeats get this far.
+_AT_RISK = 0.9
+
 
 class LeaseKeeper:
     """One job's lease, kept by the worker's Heartbeats until stopped or lost."""
@@ -44,6 +48,9 @@ class LeaseKeeper:
         self.lost = False
         self.stopped = True
         self.extensions = 0
+        # Loop time from which the lease is known to run its whole length: when the keeper
+        # started (the pick), then when each extension that QueueService granted was sent.
+        self.confirmed_at = 0.0
         # Loop time of the next heartbeat, while queued for it.
         self.due = 0.0
         self.queued = False
@@ -54,7 +61,14 @@ class LeaseKeeper:
         if not self.stopped:
             return
         self.stopped = False
+        self.confirmed_at = asyncio.get_running_loop().time()
         self._heartbeats.schedule(self)
+
+    def at_risk(self) -> bool:
+        """Whether the lease is gone or may be about to be: lost, or no extension confirmed for
+        most of a lease (the process was stopped or starved, or QueueService out of reach)."""
+        elapsed = asyncio.get_running_loop().time() - self.confirmed_at
+        return self.lost or elapsed >= _AT_RISK * self._heartbeats.lease_seconds
 
     async def stop(self) -> None:
         if self.stopped:
@@ -85,7 +99,8 @@ class Heartbeats:
     def __init__(self, queue: QueueClient, lease_duration: timedelta) -> None:
         self._queue = queue
         self._duration = lease_duration
-        self.interval = lease_duration.total_seconds() / 3
+        self.lease_seconds = lease_duration.total_seconds()
+        self.interval = self.lease_seconds / 3
         # Every lease waits the same interval, so keepers come due in the order they were
         # queued: a FIFO is a timer queue here. Stopped keepers are dropped when they come up.
         self._due: deque[LeaseKeeper] = deque()
@@ -161,7 +176,9 @@ class Heartbeats:
 
     async def _extend(self, keeper: LeaseKeeper) -> None:
         backoff = Backoff()
+        loop = asyncio.get_running_loop()
         while not keeper.stopped:
+            sent = loop.time()
             try:
                 # A retry inside the client covers a brief outage; its deadline stays well
                 # inside the interval so heartbeats never pile up.
@@ -169,6 +186,7 @@ class Heartbeats:
                     keeper.job_id, keeper.lease_token, self._duration, timeout=self.interval
                 )
                 keeper.extensions += 1
+                keeper.confirmed_at = sent
                 break
             except (LeaseLost, NotFound) as exc:
                 keeper.mark_lost(exc.message)

@@ -401,7 +401,12 @@ class Worker:
         while held and self._stopping.is_set():
             self._launch(*held.popleft(), hand_back="worker shutting down")
         while held and self._running < self.config.concurrency:
-            self._launch(*held.popleft())
+            execution, picked_at = held.popleft()
+            # After a stall (a stopped process, a starved loop) the lease may have run out and
+            # the job gone to another worker: hand it back rather than run it (a hand-back is
+            # refused if the lease is gone, and the job is then no longer this worker's).
+            late = "its lease ran low while it waited" if execution.lease_at_risk() else None
+            self._launch(execution, picked_at, hand_back=late)
 
     def _launch(
         self, execution: JobExecution, picked_at: float, hand_back: str | None = None

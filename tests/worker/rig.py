@@ -37,6 +37,8 @@ class InstantSync(sync_grpc.SyncServiceServicer):
     every call but the first `ungated` ones."""
 
     calls: list[str] = field(default_factory=list)
+    # Each call's job and attempt: one attempt is one lease.
+    attempts: list[tuple[str, int]] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     ungated: int = 0
 
@@ -45,6 +47,7 @@ class InstantSync(sync_grpc.SyncServiceServicer):
 
     async def SyncAccount(self, request, context):
         self.calls.append(request.job_id)
+        self.attempts.append((request.job_id, request.attempt))
         if len(self.calls) > self.ungated:
             await asyncio.wait_for(self.gate.wait(), WAIT)
         return sync_pb.SyncAccountResponse(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import uuid
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from clients.worker.config import ConfigError, load_config
+from queue_service.tables import sync_queue
 from tests.conftest import TEST_TRIGGER_SECRET
 from tests.worker.rig import WAIT, Rig, run_counts, until
 
@@ -88,6 +91,40 @@ async def test_a_held_job_keeps_its_lease_while_it_waits_for_a_slot(rig: Rig) ->
     await worker.sync.close()
     assert sorted(rig.sync.calls) == sorted(jobs)
     assert run_counts(summary) == (2, 2, 2, 0, 0)
+
+
+async def test_a_held_job_whose_lease_ran_out_in_a_stall_is_handed_back_not_run(
+    rig: Rig,
+) -> None:
+    rig.sync.gate.clear()
+    jobs = await rig.enqueue(2)
+    worker = rig.worker(concurrency=1, prefetch=1, lease_duration=timedelta(seconds=6))
+    task = rig.start(worker)
+    await until(lambda: len(rig.sync.calls) == 1, "one sync in flight")
+    await until(lambda: len(worker._held) == 1, "one job held")
+    execution = worker._held[0][0]
+    held = execution.job.id
+    # What a stall longer than the lease leaves (a stopped process, a starved loop): no
+    # extension confirmed for a whole lease, and the lease run out by the database's clock.
+    execution._keeper.confirmed_at -= 6
+    async with rig.queue.app.engine.begin() as conn:
+        await conn.execute(
+            sa.update(sync_queue)
+            .where(sync_queue.c.id == uuid.UUID(held))
+            .values(lease_expires_at=sa.func.now() - timedelta(seconds=1))
+        )
+
+    rig.sync.gate.set()  # the running job ends, and the held one's turn comes
+    await until(lambda: worker.outcomes["lease_lost"] == 1, "the held job's lease given up")
+    worker.request_stop("test finished")
+    summary = await asyncio.wait_for(task, WAIT)
+
+    # Never synced under the lease it no longer held (attempt 1); another pick may take it over
+    # with a lease of its own, as any job whose lease ran out.
+    assert (held, 1) not in rig.sync.attempts
+    assert (jobs[0] if jobs[0] != held else jobs[1], 1) in rig.sync.attempts
+    assert summary.outcomes["succeeded"] >= 1
+    assert summary.outcomes["lease_lost"] == 1
 
 
 async def test_a_stop_hands_back_held_jobs_at_once_with_no_attempt_spent(rig: Rig) -> None:
