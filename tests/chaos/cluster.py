@@ -239,6 +239,9 @@ class Cluster:
                     # Few syncs in flight: on a small shared CI machine more only queue for CPU
                     # inside SyncService and run into their deadlines.
                     "WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+                    # worker-1, which the worker faults kill and freeze, also holds as many
+                    # leased jobs it has not started (WORKER_PREFETCH): they must come back too.
+                    "WORKER_PREFETCH": str(WORKER_CONCURRENCY if n == 1 else 0),
                     "LEASE_DURATION": LEASE,
                     "POLL_WAIT": "1s",
                     "JOB_TIMEOUT": "30s",
