@@ -15,7 +15,9 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
+from clients.worker import Worker
 from clients.worker.config import ConfigError, load_config
+from clients.worker.runner import RunSummary
 from queue_service.tables import sync_queue
 from tests.conftest import TEST_TRIGGER_SECRET
 from tests.worker.rig import WAIT, Rig, run_counts, until
@@ -33,6 +35,18 @@ async def until_rows(rig: Rig, jobs: list[str], expected: dict[str, int], what: 
         if loop.time() > deadline:
             pytest.fail(f"timed out waiting for {what}: statuses {dict(found)}")
         await asyncio.sleep(0.02)
+
+
+async def one_running_one_held(rig: Rig) -> tuple[Worker, asyncio.Task[RunSummary], list[str]]:
+    """A worker of one slot and a prefetch of one, on 6 s leases, with its one sync held at the
+    gate and the second job held for its slot; and the two jobs."""
+    rig.sync.gate.clear()
+    jobs = await rig.enqueue(2)
+    worker = rig.worker(concurrency=1, prefetch=1, lease_duration=timedelta(seconds=6))
+    task = rig.start(worker)
+    await until(lambda: len(rig.sync.calls) == 1, "one sync in flight")
+    await until(lambda: len(worker._held) == 1, "one job held")
+    return worker, task, jobs
 
 
 async def test_a_prefetching_worker_leases_jobs_ahead_of_its_slots_and_runs_each_once(
@@ -65,13 +79,8 @@ async def test_a_prefetching_worker_leases_jobs_ahead_of_its_slots_and_runs_each
 
 
 async def test_a_held_job_keeps_its_lease_while_it_waits_for_a_slot(rig: Rig) -> None:
-    rig.sync.gate.clear()
-    jobs = await rig.enqueue(2)
     # A 6 s lease, extended every 2 s: the held job waits through more than a whole lease.
-    worker = rig.worker(concurrency=1, prefetch=1, lease_duration=timedelta(seconds=6))
-    task = rig.start(worker)
-    await until(lambda: len(rig.sync.calls) == 1, "one sync in flight")
-    await until(lambda: len(worker._held) == 1, "one job held")
+    worker, task, jobs = await one_running_one_held(rig)
     held = worker._held[0][0].job.id
     first = await rig.job(held)
 
@@ -96,12 +105,7 @@ async def test_a_held_job_keeps_its_lease_while_it_waits_for_a_slot(rig: Rig) ->
 async def test_a_held_job_whose_lease_ran_out_in_a_stall_is_handed_back_not_run(
     rig: Rig,
 ) -> None:
-    rig.sync.gate.clear()
-    jobs = await rig.enqueue(2)
-    worker = rig.worker(concurrency=1, prefetch=1, lease_duration=timedelta(seconds=6))
-    task = rig.start(worker)
-    await until(lambda: len(rig.sync.calls) == 1, "one sync in flight")
-    await until(lambda: len(worker._held) == 1, "one job held")
+    worker, task, jobs = await one_running_one_held(rig)
     execution = worker._held[0][0]
     held = execution.job.id
     # What a stall longer than the lease leaves (a stopped process, a starved loop): no
