@@ -251,6 +251,9 @@ class JobExecution:
         self._keeper = deps.heartbeats.keep(job.id, job.lease_token, on_lost=self._on_lease_lost)
         self._sync_task: asyncio.Task[Any] | None = None
         self.reported = False
+        # Loop time of the pick (an execution is made as its job is picked): its duration
+        # metric runs from here, through any wait for a slot.
+        self.picked_at = asyncio.get_running_loop().time()
 
     def keep_lease(self) -> None:
         """Starts the heartbeats of the job's lease (at its pick, before it may wait for a slot);

@@ -126,14 +126,11 @@ class Worker:
             tracing=tracing,
         )
         self._inflight: dict[asyncio.Task[Outcome], JobExecution] = {}
-        # When each in-flight job was picked (loop time), for its duration metric.
-        self._picked_at: dict[asyncio.Task[Outcome], float] = {}
         # Of the in-flight jobs, those still running (not yet waiting for their result's ack).
         self._running = 0
-        # Jobs leased ahead of a free slot, oldest first, each with the loop time of its pick.
-        # --once leases only what it will run.
+        # Jobs leased ahead of a free slot, oldest first. --once leases only what it will run.
         self._prefetch = 0 if config.once else config.prefetch
-        self._held: collections.deque[tuple[JobExecution, float]] = collections.deque()
+        self._held: collections.deque[JobExecution] = collections.deque()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -392,29 +389,26 @@ class Worker:
             job.attempts,
             job.max_attempts,
         )
-        self._held.append((execution, asyncio.get_running_loop().time()))
+        self._held.append(execution)
 
     def _start_held(self) -> None:
         """Starts held jobs on free slots; once the worker is stopping, hands them all back unrun
         (a long poll may also return jobs after the signal)."""
         held = self._held
         while held and self._stopping.is_set():
-            self._launch(*held.popleft(), hand_back="worker shutting down")
+            self._launch(held.popleft(), hand_back="worker shutting down")
         while held and self._running < self.config.concurrency:
-            execution, picked_at = held.popleft()
+            execution = held.popleft()
             # After a stall (a stopped process, a starved loop) the lease may have run out and
             # the job gone to another worker: hand it back rather than run it (a hand-back is
             # refused if the lease is gone, and the job is then no longer this worker's).
             late = "its lease ran low while it waited" if execution.lease_at_risk() else None
-            self._launch(execution, picked_at, hand_back=late)
+            self._launch(execution, hand_back=late)
 
-    def _launch(
-        self, execution: JobExecution, picked_at: float, hand_back: str | None = None
-    ) -> None:
+    def _launch(self, execution: JobExecution, hand_back: str | None = None) -> None:
         task = asyncio.create_task(execution.run(hand_back), name=f"job-{execution.job.id}")
         self._running += 1
         self._inflight[task] = execution
-        self._picked_at[task] = picked_at
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[Outcome]) -> None:
@@ -428,9 +422,7 @@ class Worker:
         else:
             outcome = task.result()
         self._summary.outcomes[outcome] += 1
-        picked_at = self._picked_at.pop(task, None)
-        if picked_at is not None:
-            metrics.job_ended(outcome, asyncio.get_running_loop().time() - picked_at)
+        metrics.job_ended(outcome, asyncio.get_running_loop().time() - execution.picked_at)
         log.info("job %s: %s", execution.job.id, outcome)
         self._slot_freed.set()
 

@@ -81,7 +81,7 @@ async def test_a_prefetching_worker_leases_jobs_ahead_of_its_slots_and_runs_each
 async def test_a_held_job_keeps_its_lease_while_it_waits_for_a_slot(rig: Rig) -> None:
     # A 6 s lease, extended every 2 s: the held job waits through more than a whole lease.
     worker, task, jobs = await one_running_one_held(rig)
-    held = worker._held[0][0].job.id
+    held = worker._held[0].job.id
     first = await rig.job(held)
 
     await asyncio.sleep(8)
@@ -106,7 +106,7 @@ async def test_a_held_job_whose_lease_ran_out_in_a_stall_is_handed_back_not_run(
     rig: Rig,
 ) -> None:
     worker, task, jobs = await one_running_one_held(rig)
-    execution = worker._held[0][0]
+    execution = worker._held[0]
     held = execution.job.id
     # What a stall longer than the lease leaves (a stopped process, a starved loop): no
     # extension confirmed for a whole lease, and the lease run out by the database's clock.
@@ -138,7 +138,7 @@ async def test_a_stop_hands_back_held_jobs_at_once_with_no_attempt_spent(rig: Ri
     task = rig.start(worker)
     await until(lambda: len(rig.sync.calls) == 2, "two syncs in flight")
     await until(lambda: len(worker._held) == 2, "two jobs held")
-    held = [execution.job.id for execution, _ in worker._held]
+    held = [execution.job.id for execution in worker._held]
 
     worker.request_stop("SIGTERM")
     # The held jobs go back while the running ones are still running.
