@@ -72,7 +72,7 @@ async def drain_figure(bench: QueueBench) -> None:
         )
     )
     _in_process_row(bench, in_process, limit, "1h")
-    _in_process_row(bench, prefetching, limit, "1p")
+    _in_process_row(bench, prefetching, limit, "1p", prefetch=sizes.concurrency)
     bench.figures["1_worker_drain"] = {
         "jobs_enqueued": jobs,
         "jobs_drained": result.jobs,
@@ -122,16 +122,17 @@ async def _drain(
     )
 
 
-def _in_process_row(bench: QueueBench, result: DrainResult, limit: float, figure: str) -> None:
+def _in_process_row(
+    bench: QueueBench, result: DrainResult, limit: float, figure: str, *, prefetch: int = 0
+) -> None:
     """Figure 1h: the same drain with the job handler in the worker (`benchmarks.instant_worker`),
     so that no SyncAccount call is made: the queue's own cost, worker loop included. Figure 1p:
-    the same with as many jobs prefetched as the worker runs at once (WORKER_PREFETCH)."""
+    the same with `prefetch` jobs leased ahead of a free slot (WORKER_PREFETCH)."""
     sizes = bench.sizes
     per_pick = result.jobs / max(result.picks, 1)
-    prefetch = figure == "1p"
     note = (
         f"the worker's own code with SyncService replaced in its process by a handler that "
-        f"returns at once{f', WORKER_PREFETCH={sizes.concurrency}' if prefetch else ''}; "
+        f"returns at once{f', WORKER_PREFETCH={prefetch}' if prefetch else ''}; "
         f"PostgreSQL alone as for figure 1; {per_pick:.1f} jobs per PickJobs"
     )
     if result.time_limited:
@@ -145,7 +146,7 @@ def _in_process_row(bench: QueueBench, result: DrainResult, limit: float, figure
         Row(
             figure,
             f"drain by the worker ({sizes.concurrency} at once), handler in the worker"
-            + (f", {sizes.concurrency} prefetched" if prefetch else ""),
+            + (f", {prefetch} prefetched" if prefetch else ""),
             result.rate,
             "jobs/s",
             limit,
@@ -164,7 +165,7 @@ def _in_process_row(bench: QueueBench, result: DrainResult, limit: float, figure
         "picks": result.picks,
         "mean_jobs_per_pick": round(per_pick, 2),
         "cpu_ms_per_job": result.cpu.per_unit_ms(result.jobs),
-        "prefetch": sizes.concurrency if prefetch else 0,
+        "prefetch": prefetch,
     }
 
 
