@@ -13,6 +13,7 @@ from queue_service.models import (
     Diagnostics,
     Job,
     JobStatus,
+    LeasedJob,
     QueuePause,
     QueueStats,
     SyncSchedule,
@@ -145,7 +146,7 @@ def sync_result_to_pb(result: dict[str, Any]) -> pb.SyncResult | None:
     return message if known else None
 
 
-def job_to_worker_pb(job: Job) -> pb.Job:
+def job_to_worker_pb(job: Job | LeasedJob) -> pb.Job:
     """JOB_VIEW_WORKER: only what a worker reads to run a leased job, lease token included.
 
     The full view costs a worker nothing it uses (errors, metadata, result, six timestamps)

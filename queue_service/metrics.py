@@ -26,6 +26,7 @@ from queue_service.models import (
     EnqueueResult,
     Failure,
     Job,
+    LeasedJob,
     QueueGauges,
     RecoveredJobs,
     ResultAck,
@@ -183,12 +184,12 @@ class MeteredJobStore(JobStore):
 
     async def job_pick(self, **kwargs) -> list[Job]:
         jobs = await super().job_pick(**kwargs)
-        if jobs:
-            PICKED.inc(len(jobs))
-            for job in jobs:
-                ready_at = job.scheduled_at or job.created_at
-                if job.started_at is not None:
-                    START_WAIT.observe(max((job.started_at - ready_at).total_seconds(), 0.0))
+        _count_picked(jobs)
+        return jobs
+
+    async def job_pick_leased(self, **kwargs) -> list[LeasedJob]:
+        jobs = await super().job_pick_leased(**kwargs)
+        _count_picked(jobs)
         return jobs
 
     async def job_complete(self, completion: Completion) -> Job:
@@ -232,6 +233,15 @@ class MeteredJobStore(JobStore):
         if recovered.failed:
             REAPED.labels("failed").inc(len(recovered.failed))
         return recovered
+
+
+def _count_picked(jobs: Sequence[Job | LeasedJob]) -> None:
+    if jobs:
+        PICKED.inc(len(jobs))
+        for job in jobs:
+            ready_at = job.scheduled_at or job.created_at
+            if job.started_at is not None:
+                START_WAIT.observe(max((job.started_at - ready_at).total_seconds(), 0.0))
 
 
 def _count_enqueued(results: Sequence[EnqueueResult]) -> None:

@@ -65,6 +65,32 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class LeasedJob:
+    """A picked job as a worker gets it (`JOB_VIEW_WORKER`): what it needs to run the job and
+    keep its lease, and the times the pick's metrics read. `Job` has each of these fields;
+    the rest (errors, metadata, result...) a pick for a worker never reads back."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    account_name: str
+    sync_type: SyncType
+    status: JobStatus
+    priority: int
+    attempts: int
+    max_attempts: int
+    scheduled_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    lease_token: uuid.UUID | None
+    lease_expires_at: datetime | None
+    trace_context: dict[str, str]
+    fair_key: int = 0
+
+
+LEASED_FIELDS = tuple(LeasedJob.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerRun:
     """One row of `sync_worker_runs`."""
 

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TypeVar
 
-from queue_service.models import Job
 from queue_service.notifier import JobSignal
-from queue_service.store import JobStore
+
+T = TypeVar("T")
 
 
 async def pick_with_wait(
-    store: JobStore,
+    pick: Callable[[], Awaitable[Sequence[T]]],
     signal: JobSignal,
     *,
     wait: timedelta,
     fallback_interval: timedelta,
-    **pick: Any,
-) -> list[Job]:
+) -> Sequence[T]:
     """Picks; if nothing is ready, sleeps until a notification or the process's shared fallback
     check wakes it (see `notifier`), repeats until jobs or the end of `wait`.
-    `pick` holds JobStore.job_pick's arguments (requests.pick_request's answer, less the wait).
+    `pick` is one pick (JobStore.job_pick or job_pick_leased with their arguments).
 
     The picker subscribes before its first pick, so a job enqueued between an empty pick and
     the sleep still wakes it at once.
@@ -33,7 +33,7 @@ async def pick_with_wait(
     fallback = fallback_interval.total_seconds()
     with signal.subscribe() as ticket:
         while True:
-            jobs = await store.job_pick(**pick)
+            jobs = await pick()
             if jobs and ticket.by_fallback:
                 signal.pass_on()
             remaining = deadline - loop.time()

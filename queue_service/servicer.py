@@ -333,15 +333,21 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         remaining = context.time_remaining()
         if remaining is not None:
             wait = min(wait, max(timedelta(0), timedelta(seconds=remaining) - PICK_DEADLINE_MARGIN))
+        if worker_view:
+            # Only the worker's fields are read back: see `JobStore.job_pick_leased`.
+            leased = await pick_with_wait(
+                functools.partial(self._store.job_pick_leased, **pick),
+                self._signal,
+                wait=wait,
+                fallback_interval=self._settings.pick_fallback_interval,
+            )
+            return pb.PickJobsResponse(jobs=[convert.job_to_worker_pb(j) for j in leased])
         jobs = await pick_with_wait(
-            self._store,
+            functools.partial(self._store.job_pick, **pick),
             self._signal,
             wait=wait,
             fallback_interval=self._settings.pick_fallback_interval,
-            **pick,
         )
-        if worker_view:
-            return pb.PickJobsResponse(jobs=[convert.job_to_worker_pb(j) for j in jobs])
         return pb.PickJobsResponse(jobs=[convert.job_to_pb(j, with_lease_token=True) for j in jobs])
 
     @translated

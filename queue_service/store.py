@@ -36,6 +36,7 @@ from queue_service.models import (
     FailOutcome,
     Failure,
     Job,
+    LeasedJob,
     QueuePause,
     RecoveredJobs,
     Release,
@@ -139,6 +140,21 @@ class JobStore:
             max_jobs=max_jobs, lease=lease, worker_id=worker_id, worker_run_id=worker_run_id
         )
         return await self.driver.job_pick(params, moment=self.moment())
+
+    @retried_on_disconnect
+    async def job_pick_leased(
+        self,
+        *,
+        max_jobs: int,
+        lease: timedelta,
+        worker_id: str,
+        worker_run_id: uuid.UUID | None = None,
+    ) -> list[LeasedJob]:
+        """`job_pick` for a worker: the same jobs, each as a `LeasedJob` (JOB_VIEW_WORKER)."""
+        params = PickParams(
+            max_jobs=max_jobs, lease=lease, worker_id=worker_id, worker_run_id=worker_run_id
+        )
+        return await self.driver.job_pick_leased(params, moment=self.moment())
 
     @retried_on_disconnect
     async def lease_extend(

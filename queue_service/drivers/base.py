@@ -38,6 +38,7 @@ from queue_service.models import (
     EnqueueResult,
     Failure,
     Job,
+    LeasedJob,
     QueuePause,
     RecoveredJobs,
     Release,
@@ -191,6 +192,10 @@ class QueueDriver(Protocol):
         `jobs_picked` on the run (and a processed, failed job on the run of a lost lease). Rows
         another transaction holds are skipped, never waited for.
         """
+
+    async def job_pick_leased(self, params: PickParams, *, moment: Moment) -> list[LeasedJob]:
+        """`job_pick`, answered with each job's `LeasedJob` fields only (a worker's pick):
+        the same jobs, leased the same way, with nothing read back that a worker never uses."""
 
     async def job_lease_extend(
         self, job_id: uuid.UUID, lease_token: uuid.UUID, lease: timedelta, *, moment: Moment

@@ -34,11 +34,13 @@ from queue_service.errors import (
 )
 from queue_service.lifecycle import RetryPolicy, decide_failure
 from queue_service.models import (
+    LEASED_FIELDS,
     Caller,
     EnqueueRequest,
     EnqueueResult,
     Job,
     JobStatus,
+    LeasedJob,
     QueuePause,
     RecoveredJobs,
     SyncType,
@@ -132,7 +134,33 @@ def job_from_row(row: Any) -> Job:
     )
 
 
-def pick_order(job: Job) -> tuple[int, int, datetime, uuid.UUID]:
+def leased_from_row(row: Any) -> LeasedJob:
+    """A `LeasedJob` from a row (mapping) holding its fields (`LEASED_FIELDS`)."""
+    return LeasedJob(
+        id=row["id"],
+        account_id=row["account_id"],
+        account_name=row["account_name"] or "",
+        sync_type=SyncType(row["sync_type"]),
+        status=JobStatus(row["status"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        scheduled_at=row["scheduled_at"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        trace_context=row["trace_context"] or {},
+        fair_key=row["fair_key"],
+    )
+
+
+def leased_of(job: Job) -> LeasedJob:
+    """The `LeasedJob` view of a full job."""
+    return LeasedJob(**{name: getattr(job, name) for name in LEASED_FIELDS})
+
+
+def pick_order(job: Job | LeasedJob) -> tuple[int, int, datetime, uuid.UUID]:
     """The pick's order as a sort key: priority DESC, fair_key, created_at, id."""
     return (-job.priority, job.fair_key, job.created_at, job.id)
 

@@ -34,6 +34,7 @@ from queue_service.drivers.shared import (
     is_ready,
     job_from_row,
     job_values,
+    leased_of,
     lost_worker_error,
     merge_by_account,
     not_paused,
@@ -51,6 +52,7 @@ from queue_service.models import (
     Failure,
     Job,
     JobStatus,
+    LeasedJob,
     Release,
     ResultAck,
     SyncType,
@@ -395,6 +397,11 @@ class SqliteDriver(SharedDriver):
         # RETURNING gives no order; hand the jobs out in pick order.
         jobs.sort(key=pick_order)
         return jobs
+
+    async def job_pick_leased(self, params: PickParams, *, moment: Moment) -> list[LeasedJob]:
+        """See `QueueDriver.job_pick_leased`: `job_pick`'s jobs, viewed as leased jobs. SQLite
+        reads rows in-process, so there is no wire or decoding to save by reading fewer."""
+        return [leased_of(job) for job in await self.job_pick(params, moment=moment)]
 
     # -- leases and results -------------------------------------------------------------------
 

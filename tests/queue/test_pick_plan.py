@@ -15,15 +15,19 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from queue_service.drivers import Moment, PickParams
-from queue_service.drivers.postgres import PICK_SQL
+from queue_service.drivers.postgres import PICK_LEASED_SQL, PICK_SQL
 from queue_service.tables import sync_queue
 from sync_service.tables import gmb_accounts
 
 FINISHED = 50_000
+# The full pick (PickJobs' default view) and a worker's (JOB_VIEW_WORKER): they differ only
+# in what they return, and each must keep the plan.
+PICKS = pytest.mark.parametrize("pick_sql", [PICK_SQL, PICK_LEASED_SQL], ids=["full", "leased"])
 
 
 async def _seed(engine: AsyncEngine, now: datetime) -> None:
@@ -85,13 +89,13 @@ async def _seed(engine: AsyncEngine, now: datetime) -> None:
         await conn.commit()
 
 
-def _pick(store: Any, now: datetime) -> tuple[str, dict[str, Any]]:
+def _pick(store: Any, now: datetime, sql: str) -> tuple[str, dict[str, Any]]:
     """The pick's SQL, as psycopg sends it (`%(name)s` placeholders), and its parameters."""
     params = store.driver.pick_params(
         PickParams(max_jobs=10, lease=timedelta(seconds=60), worker_id="planner"),
         Moment(now=now),
     )
-    return PICK_SQL, params
+    return sql, params
 
 
 def _assert_reads_the_partial_indexes(plan: list[str]) -> None:
@@ -118,11 +122,12 @@ def _literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-async def test_the_pick_reads_the_partial_index_of_pending_jobs(pg_queue):
+@PICKS
+async def test_the_pick_reads_the_partial_index_of_pending_jobs(pg_queue, pick_sql):
     engine = pg_queue.app.engine
     now = datetime.now(UTC)
     await _seed(engine, now)
-    sql, params = _pick(pg_queue.app.store, now)
+    sql, params = _pick(pg_queue.app.store, now, pick_sql)
 
     async with engine.connect() as conn:
         plan = (await conn.exec_driver_sql(f"EXPLAIN {sql}", params)).scalars().all()
@@ -131,11 +136,12 @@ async def test_the_pick_reads_the_partial_index_of_pending_jobs(pg_queue):
     _assert_reads_the_partial_indexes(plan)
 
 
-async def test_the_generic_plan_of_the_prepared_pick_reads_the_partial_indexes(pg_queue):
+@PICKS
+async def test_the_generic_plan_of_the_prepared_pick_reads_the_partial_indexes(pg_queue, pick_sql):
     engine = pg_queue.app.engine
     now = datetime.now(UTC)
     await _seed(engine, now)
-    sql, params = _pick(pg_queue.app.store, now)
+    sql, params = _pick(pg_queue.app.store, now, pick_sql)
     names: list[str] = []
 
     def positional(match: re.Match[str]) -> str:

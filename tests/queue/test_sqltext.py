@@ -10,7 +10,15 @@ from queue_service.drivers.sqltext import compact
 
 # psycopg caches the conversion of queries up to this length (`MAX_CACHED_STATEMENT_LENGTH`).
 PSYCOPG_CACHED_LENGTH = 4096
-HOT = ("INSERT_SQL", "PICK_SQL", "REPORT_SQL", "REPORT_ACK_SQL", "RELEASE_SQL", "EXTEND_SQL")
+HOT = (
+    "INSERT_SQL",
+    "PICK_SQL",
+    "PICK_LEASED_SQL",
+    "REPORT_SQL",
+    "REPORT_ACK_SQL",
+    "RELEASE_SQL",
+    "EXTEND_SQL",
+)
 
 
 def test_comments_and_layout_go_and_quotes_stay_as_written():

@@ -8,7 +8,7 @@ import pytest
 
 from queue_service.drivers import Moment, PickParams
 from queue_service.errors import LeaseExpired
-from queue_service.models import JobStatus
+from queue_service.models import JobStatus, LeasedJob
 from tests.queue.driver.conftest import LEASE, T0, DriverUnderTest, moment
 
 
@@ -157,3 +157,73 @@ async def test_without_an_injected_clock_leases_follow_the_databases_clock(db: D
         PickParams(max_jobs=5, lease=LEASE, worker_id="w3"), moment=now
     )
     assert taken.id == old.id and taken.attempts == 2
+
+
+async def _pick_leased(
+    db: DriverUnderTest, at: datetime, *, worker_id: str = "w1", run_id=None
+) -> list[LeasedJob]:
+    return await db.driver.job_pick_leased(
+        PickParams(max_jobs=10, lease=LEASE, worker_id=worker_id, worker_run_id=run_id),
+        moment=Moment(now=at, lease_now=at),
+    )
+
+
+async def test_a_workers_pick_leases_as_the_full_pick_does_and_answers_the_leased_fields(
+    db: DriverUnderTest,
+):
+    run = await db.driver.worker_run_insert("w1", {}, moment=moment(T0))
+    late = await db.insert(
+        await db.add_account(), priority=0, scheduled_at=T0 + timedelta(seconds=1)
+    )
+    urgent = await db.insert(
+        await db.add_account(),
+        priority=5,
+        at=T0 + timedelta(seconds=2),
+        trace_context={"traceparent": "00-abc-def-01"},
+        metadata={"requested_by": "ops"},
+        max_attempts=7,
+    )
+    now = T0 + timedelta(seconds=10)
+
+    picked = await _pick_leased(db, now, worker_id="worker-7", run_id=run.id)
+
+    assert [j.id for j in picked] == [urgent.id, late.id]
+    for job, enqueued in zip(picked, (urgent, late), strict=True):
+        stored = await db.row(job.id)
+        assert isinstance(job, LeasedJob)
+        assert job.status is JobStatus.PROCESSING and job.attempts == 1
+        assert job.lease_token is not None and job.lease_token == stored["lease_token"]
+        assert (job.started_at, job.lease_expires_at) == (now, now + LEASE)
+        assert stored["worker_id"] == "worker-7" and stored["worker_run_id"] == run.id
+        assert job.account_name == "Acme" and job.account_id == enqueued.account_id
+        assert (job.sync_type, job.priority, job.max_attempts) == (
+            enqueued.sync_type,
+            enqueued.priority,
+            enqueued.max_attempts,
+        )
+        assert (job.created_at, job.scheduled_at) == (enqueued.created_at, enqueued.scheduled_at)
+        assert job.trace_context == enqueued.trace_context
+        assert job.fair_key == stored["fair_key"]
+    assert await db.run_counts(run.id) == {"jobs_picked": 2}
+
+
+async def test_a_workers_pick_takes_over_a_lease_that_ran_out_and_records_the_lost_attempt(
+    db: DriverUnderTest,
+):
+    lost_run = await db.driver.worker_run_insert("slow", {}, moment=moment(T0))
+    first = await db.leased(run_id=lost_run.id, max_attempts=3)
+    after = T0 + LEASE + timedelta(seconds=1)
+
+    [again] = await _pick_leased(db, after, worker_id="w2")
+
+    assert again.id == first.id and again.attempts == 2
+    assert again.lease_token != first.lease_token
+    assert again.lease_expires_at == after + LEASE
+    stored = await db.row(first.id)
+    assert stored["worker_id"] == "w2" and stored["last_error"].startswith("worker lost")
+    assert len(stored["errors"]) == 1
+    assert await db.run_counts(lost_run.id) == {
+        "jobs_picked": 1,
+        "jobs_processed": 1,
+        "jobs_failed": 1,
+    }
