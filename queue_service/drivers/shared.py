@@ -134,24 +134,22 @@ def job_from_row(row: Any) -> Job:
     )
 
 
+# The fields of a `LeasedJob` that come from the row as stored; the rest are converted.
+_LEASED_AS_STORED = tuple(
+    name
+    for name in LEASED_FIELDS
+    if name not in {"account_name", "sync_type", "status", "trace_context"}
+)
+
+
 def leased_from_row(row: Any) -> LeasedJob:
     """A `LeasedJob` from a row (mapping) holding its fields (`LEASED_FIELDS`)."""
     return LeasedJob(
-        id=row["id"],
-        account_id=row["account_id"],
+        **{name: row[name] for name in _LEASED_AS_STORED},
         account_name=row["account_name"] or "",
         sync_type=SyncType(row["sync_type"]),
         status=JobStatus(row["status"]),
-        priority=row["priority"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        scheduled_at=row["scheduled_at"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        lease_token=row["lease_token"],
-        lease_expires_at=row["lease_expires_at"],
         trace_context=row["trace_context"] or {},
-        fair_key=row["fair_key"],
     )
 
 
