@@ -152,6 +152,9 @@ def _has_nul(value: Any) -> bool:
 def _struct(
     violations: Violations, field: str, value: struct_pb2.Struct, limit: int = MAX_METADATA_BYTES
 ) -> dict[str, Any]:
+    if not value.fields:
+        # Unset or empty, as most enqueues send it: nothing to walk, nothing to refuse.
+        return {}
     try:
         data = from_struct(value)
     except ValueError:
