@@ -12,6 +12,7 @@ from queue_service.models import (
     AlertSeverity,
     Diagnostics,
     Job,
+    JobRef,
     JobStatus,
     LeasedJob,
     QueuePause,
@@ -168,7 +169,7 @@ def job_to_worker_pb(job: Job | LeasedJob) -> pb.Job:
     return message
 
 
-def job_to_id_pb(job: Job) -> pb.Job:
+def job_to_id_pb(job: Job | JobRef) -> pb.Job:
     """JOB_VIEW_ID: what a caller that enqueued the job follows it by (EnqueueSyncBatch)."""
     return pb.Job(
         id=str(job.id), account_id=str(job.account_id), status=JOB_STATUS_TO_PB[job.status]

@@ -26,6 +26,7 @@ from queue_service.models import (
     EnqueueResult,
     Failure,
     Job,
+    JobRef,
     LeasedJob,
     QueueGauges,
     RecoveredJobs,
@@ -172,12 +173,19 @@ class MeteredJobStore(JobStore):
 
     async def job_enqueue_many(
         self, requests: Sequence[EnqueueRequest], caller: Caller
-    ) -> list[EnqueueResult]:
+    ) -> list[EnqueueResult[Job]]:
         results = await super().job_enqueue_many(requests, caller)
         _count_enqueued(results)
         return results
 
-    async def job_enqueue(self, request: EnqueueRequest, caller: Caller) -> EnqueueResult:
+    async def job_enqueue_many_refs(
+        self, requests: Sequence[EnqueueRequest], caller: Caller
+    ) -> list[EnqueueResult[JobRef]]:
+        results = await super().job_enqueue_many_refs(requests, caller)
+        _count_enqueued(results)
+        return results
+
+    async def job_enqueue(self, request: EnqueueRequest, caller: Caller) -> EnqueueResult[Job]:
         result = await super().job_enqueue(request, caller)
         _count_enqueued([result])
         return result
@@ -244,7 +252,9 @@ def _count_picked(jobs: Sequence[Job | LeasedJob]) -> None:
                 START_WAIT.observe(max((job.started_at - ready_at).total_seconds(), 0.0))
 
 
-def _count_enqueued(results: Sequence[EnqueueResult]) -> None:
+def _count_enqueued(
+    results: Sequence[EnqueueResult[Job]] | Sequence[EnqueueResult[JobRef]],
+) -> None:
     duplicates = sum(1 for r in results if r.duplicate)
     DUPLICATES_RPC.value += duplicates
     ENQUEUED_RPC.value += len(results) - duplicates

@@ -6,7 +6,7 @@ import enum
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 
 class JobStatus(enum.StrEnum):
@@ -136,8 +136,21 @@ class EnqueueRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class EnqueueResult:
-    job: Job
+class JobRef:
+    """A job as `JOB_VIEW_ID` shows it: what a caller that enqueued it follows it by."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    status: JobStatus
+
+
+# What an enqueue answers each request with: the full job, or (JOB_VIEW_ID) its reference.
+J = TypeVar("J", Job, JobRef)
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult(Generic[J]):
+    job: J
     duplicate: bool
 
 

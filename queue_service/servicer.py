@@ -145,10 +145,13 @@ def _job_version(job: Job) -> tuple[object, ...]:
     return (job.status, job.attempts, job.updated_at, len(job.errors), job.scheduled_at)
 
 
-def _enqueue_message(duplicate: bool) -> str:
-    if duplicate:
-        return "Sync job already queued for this account"
-    return "Sync job enqueued successfully"
+def _enqueue_reply(job: pb.Job, duplicate: bool) -> pb.EnqueueSyncResponse:
+    message = (
+        "Sync job already queued for this account"
+        if duplicate
+        else "Sync job enqueued successfully"
+    )
+    return pb.EnqueueSyncResponse(job=job, duplicate=duplicate, message=message)
 
 
 # A long poll answers this long before the caller's deadline, so that its answer (maybe jobs
@@ -234,11 +237,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         assert parsed is not None
         await self._admit_enqueues(context, 1, "EnqueueSync")
         result = await self._store.job_enqueue(parsed, _caller())
-        return pb.EnqueueSyncResponse(
-            job=convert.job_to_pb(result.job),
-            duplicate=result.duplicate,
-            message=_enqueue_message(result.duplicate),
-        )
+        return _enqueue_reply(convert.job_to_pb(result.job), result.duplicate)
 
     @translated
     async def EnqueueSyncBatch(self, request, context):
@@ -250,23 +249,19 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         )
         await self._admit_enqueues(context, len(parsed), "EnqueueSyncBatch")
         try:
-            results = await self._store.job_enqueue_many(parsed, _caller())
+            if request.view == pb.JOB_VIEW_ID:
+                # Only each job's reference is read back: see `JobStore.job_enqueue_many_refs`.
+                refs = await self._store.job_enqueue_many_refs(parsed, _caller())
+                replies = [_enqueue_reply(convert.job_to_id_pb(r.job), r.duplicate) for r in refs]
+            else:
+                jobs = await self._store.job_enqueue_many(parsed, _caller())
+                replies = [_enqueue_reply(convert.job_to_pb(r.job), r.duplicate) for r in jobs]
         except (AccountNotFound, AccountInactive) as exc:
             # Say which item: the batch is all-or-nothing, so the caller must fix that one.
             index = next((i for i, r in enumerate(parsed) if str(r.account_id) in str(exc)), None)
             prefix = f"items[{index}]: " if index is not None else ""
             raise type(exc)(prefix + str(exc)) from None
-        to_pb = convert.job_to_id_pb if request.view == pb.JOB_VIEW_ID else convert.job_to_pb
-        return pb.EnqueueSyncBatchResponse(
-            results=[
-                pb.EnqueueSyncResponse(
-                    job=to_pb(r.job),
-                    duplicate=r.duplicate,
-                    message=_enqueue_message(r.duplicate),
-                )
-                for r in results
-            ]
-        )
+        return pb.EnqueueSyncBatchResponse(results=replies)
 
     @translated
     async def GetJob(self, request, context):

@@ -36,6 +36,7 @@ from queue_service.models import (
     FailOutcome,
     Failure,
     Job,
+    JobRef,
     LeasedJob,
     QueuePause,
     RecoveredJobs,
@@ -103,7 +104,7 @@ class JobStore:
     # -- users --------------------------------------------------------------------------------
 
     @retried_on_disconnect
-    async def job_enqueue(self, request: EnqueueRequest, caller: Caller) -> EnqueueResult:
+    async def job_enqueue(self, request: EnqueueRequest, caller: Caller) -> EnqueueResult[Job]:
         """Enqueues one sync, or returns (and maybe upgrades) the account's active job."""
         [result] = await self.driver.job_insert_many([request], caller=caller, moment=self.moment())
         return result
@@ -111,9 +112,16 @@ class JobStore:
     @retried_on_disconnect
     async def job_enqueue_many(
         self, requests: Sequence[EnqueueRequest], caller: Caller
-    ) -> list[EnqueueResult]:
+    ) -> list[EnqueueResult[Job]]:
         """Enqueues many syncs at once; any error writes none of them."""
         return await self.driver.job_insert_many(requests, caller=caller, moment=self.moment())
+
+    @retried_on_disconnect
+    async def job_enqueue_many_refs(
+        self, requests: Sequence[EnqueueRequest], caller: Caller
+    ) -> list[EnqueueResult[JobRef]]:
+        """`job_enqueue_many`, each job answered by its reference (JOB_VIEW_ID)."""
+        return await self.driver.job_insert_many_refs(requests, caller=caller, moment=self.moment())
 
     async def job_cancel(self, job_id: uuid.UUID, caller: Caller) -> Job:
         """Cancels a pending job."""

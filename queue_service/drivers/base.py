@@ -38,6 +38,7 @@ from queue_service.models import (
     EnqueueResult,
     Failure,
     Job,
+    JobRef,
     LeasedJob,
     QueuePause,
     RecoveredJobs,
@@ -163,7 +164,7 @@ class QueueDriver(Protocol):
         caller: Caller,
         moment: Moment,
         conn: AsyncConnection | None = None,
-    ) -> list[EnqueueResult]:
+    ) -> list[EnqueueResult[Job]]:
         """Enqueues syncs, one result per request in order, all or nothing.
 
         Every account must exist, be visible to `caller` (else AccountNotFound, exactly as if
@@ -179,6 +180,13 @@ class QueueDriver(Protocol):
         there; a user's jobs in one call take consecutive steps. A job upgraded to a higher
         priority takes its key there the same way.
         """
+
+    async def job_insert_many_refs(
+        self, requests: Sequence[EnqueueRequest], *, caller: Caller, moment: Moment
+    ) -> list[EnqueueResult[JobRef]]:
+        """`job_insert_many` in its own transaction, each job answered by its `JobRef` only
+        (EnqueueSyncBatch with JOB_VIEW_ID): the same jobs inserted, upgraded and announced,
+        with nothing else read back."""
 
     async def job_pick(self, params: PickParams, *, moment: Moment) -> list[Job]:
         """Leases up to `max_jobs` jobs, in pick order (`priority DESC, fair_key, created_at,

@@ -38,7 +38,9 @@ from queue_service.models import (
     Caller,
     EnqueueRequest,
     EnqueueResult,
+    J,
     Job,
+    JobRef,
     JobStatus,
     LeasedJob,
     QueuePause,
@@ -151,6 +153,16 @@ def leased_from_row(row: Any) -> LeasedJob:
         status=JobStatus(row["status"]),
         trace_context=row["trace_context"] or {},
     )
+
+
+def ref_from_row(row: Any) -> JobRef:
+    """A `JobRef` from a row (mapping) holding `id`, `account_id` and `status`."""
+    return JobRef(id=row["id"], account_id=row["account_id"], status=JobStatus(row["status"]))
+
+
+def ref_of(job: Job) -> JobRef:
+    """The `JobRef` of a full job."""
+    return JobRef(id=job.id, account_id=job.account_id, status=job.status)
 
 
 def leased_of(job: Job) -> LeasedJob:
@@ -271,11 +283,11 @@ def merge_by_account(requests: Sequence[EnqueueRequest]) -> dict[uuid.UUID, Enqu
 
 
 def enqueue_results(
-    requests: Sequence[EnqueueRequest], inserted: dict[uuid.UUID, Job], active: dict[uuid.UUID, Job]
-) -> list[EnqueueResult]:
+    requests: Sequence[EnqueueRequest], inserted: dict[uuid.UUID, J], active: dict[uuid.UUID, J]
+) -> list[EnqueueResult[J]]:
     """One result per request: the first request of an account whose job was `inserted` made
     it; every other request is a duplicate of its account's job (inserted or `active`)."""
-    results: list[EnqueueResult] = []
+    results: list[EnqueueResult[J]] = []
     answered: set[uuid.UUID] = set()
     for request in requests:
         account = request.account_id

@@ -40,6 +40,7 @@ from queue_service.drivers.shared import (
     not_paused,
     pick_order,
     q,
+    ref_of,
     status,
 )
 from queue_service.errors import AccountInactive, AccountNotFound, QueueError
@@ -51,6 +52,7 @@ from queue_service.models import (
     EnqueueResult,
     Failure,
     Job,
+    JobRef,
     JobStatus,
     LeasedJob,
     Release,
@@ -130,7 +132,7 @@ class SqliteDriver(SharedDriver):
         caller: Caller,
         moment: Moment,
         conn: AsyncConnection | None = None,
-    ) -> list[EnqueueResult]:
+    ) -> list[EnqueueResult[Job]]:
         """See `QueueDriver.job_insert_many`: one multi-row INSERT for the accounts without an
         active job, then an upgrade (or a read) for each account that has one."""
         if not requests:
@@ -296,6 +298,14 @@ class SqliteDriver(SharedDriver):
                 .one()
             )
         return job_from_row(row), made_due
+
+    async def job_insert_many_refs(
+        self, requests: Sequence[EnqueueRequest], *, caller: Caller, moment: Moment
+    ) -> list[EnqueueResult[JobRef]]:
+        """See `QueueDriver.job_insert_many_refs`: `job_insert_many`'s results, each job by
+        its reference (SQLite reads rows in-process: nothing to save by reading fewer)."""
+        results = await self.job_insert_many(requests, caller=caller, moment=moment)
+        return [EnqueueResult(ref_of(r.job), r.duplicate) for r in results]
 
     # -- pick ---------------------------------------------------------------------------------
 

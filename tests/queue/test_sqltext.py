@@ -12,6 +12,7 @@ from queue_service.drivers.sqltext import compact
 PSYCOPG_CACHED_LENGTH = 4096
 HOT = (
     "INSERT_SQL",
+    "INSERT_REF_SQL",
     "PICK_SQL",
     "PICK_LEASED_SQL",
     "REPORT_SQL",

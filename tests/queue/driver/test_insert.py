@@ -9,12 +9,29 @@ import pytest
 
 from queue_service.drivers import Moment
 from queue_service.errors import AccountInactive, AccountNotFound
-from queue_service.models import Caller, EnqueueRequest, JobStatus, SyncType
+from queue_service.models import Caller, EnqueueRequest, EnqueueResult, JobRef, JobStatus, SyncType
 from tests.queue.driver.conftest import T0, DriverUnderTest
+
+# The enqueue answering full jobs, and answering references (EnqueueSyncBatch, JOB_VIEW_ID):
+# the same jobs inserted, upgraded, refused and announced either way.
+BOTH_ANSWERS = pytest.mark.parametrize("refs", [False, True], ids=["jobs", "refs"])
 
 
 def request(account_id: uuid.UUID, sync_type: SyncType = SyncType.FULL, **fields) -> EnqueueRequest:
     return EnqueueRequest(account_id=account_id, sync_type=sync_type, **fields)
+
+
+async def insert_many(
+    db: DriverUnderTest,
+    requests: list[EnqueueRequest],
+    *,
+    refs: bool,
+    caller: Caller | None = None,
+) -> list[EnqueueResult]:
+    caller, moment = caller or Caller.everyone(), Moment(now=T0)
+    if refs:
+        return await db.driver.job_insert_many_refs(requests, caller=caller, moment=moment)
+    return await db.driver.job_insert_many(requests, caller=caller, moment=moment)
 
 
 async def test_a_new_job_is_pending_with_every_requested_field(db: DriverUnderTest):
@@ -109,20 +126,21 @@ async def test_a_finished_job_does_not_block_a_new_one(db: DriverUnderTest):
     assert new.id != old.id and new.status is JobStatus.PENDING
 
 
+@BOTH_ANSWERS
 async def test_a_batch_answers_in_order_and_repeated_accounts_act_as_consecutive_calls(
-    db: DriverUnderTest,
+    db: DriverUnderTest, refs: bool
 ):
     a, b = await db.add_account(), await db.add_account()
 
-    results = await db.driver.job_insert_many(
+    results = await insert_many(
+        db,
         [
             request(a, SyncType.INCREMENTAL, priority=1),
             request(b, SyncType.INCREMENTAL),
             request(a, SyncType.FULL, priority=3),
             request(a, SyncType.INCREMENTAL, priority=2),
         ],
-        caller=Caller.everyone(),
-        moment=Moment(now=T0),
+        refs=refs,
     )
 
     assert [r.duplicate for r in results] == [False, False, True, True]
@@ -134,16 +152,17 @@ async def test_a_batch_answers_in_order_and_repeated_accounts_act_as_consecutive
     assert await db.count_jobs() == 2
 
 
+@BOTH_ANSWERS
 async def test_a_batch_upgrades_an_existing_pending_job_once_with_every_request(
-    db: DriverUnderTest,
+    db: DriverUnderTest, refs: bool
 ):
     a = await db.add_account()
     existing = await db.insert(a, sync_type=SyncType.INCREMENTAL, priority=0)
 
-    results = await db.driver.job_insert_many(
+    results = await insert_many(
+        db,
         [request(a, SyncType.INCREMENTAL, priority=4), request(a, SyncType.FULL, priority=2)],
-        caller=Caller.everyone(),
-        moment=Moment(now=T0),
+        refs=refs,
     )
 
     assert [(r.duplicate, r.job.id) for r in results] == [(True, existing.id)] * 2
@@ -151,9 +170,10 @@ async def test_a_batch_upgrades_an_existing_pending_job_once_with_every_request(
     assert (stored["sync_type"], stored["priority"]) == ("full", 4)
 
 
+@BOTH_ANSWERS
 @pytest.mark.parametrize("problem", ["missing", "someone else's", "inactive"])
 async def test_one_bad_account_refuses_the_whole_batch_and_writes_nothing(
-    db: DriverUnderTest, problem: str
+    db: DriverUnderTest, problem: str, refs: bool
 ):
     owner = uuid.uuid4()
     good = await db.add_account(user_id=owner)
@@ -167,10 +187,11 @@ async def test_one_bad_account_refuses_the_whole_batch_and_writes_nothing(
         bad, error = await db.add_account(user_id=owner, active=False), AccountInactive
 
     with pytest.raises(error, match=str(bad)):
-        await db.driver.job_insert_many(
+        await insert_many(
+            db,
             [request(good), request(existing, SyncType.FULL, priority=9), request(bad)],
+            refs=refs,
             caller=Caller.user(owner),
-            moment=Moment(now=T0),
         )
 
     assert await db.count_jobs() == 1
@@ -280,13 +301,36 @@ async def test_a_batch_moves_a_pending_job_to_the_earliest_schedule_it_asks_for(
     assert (await db.row(results[1].job.id))["scheduled_at"] is None
 
 
-async def test_a_pending_job_moved_to_now_is_announced(db: DriverUnderTest, heard):  # type: ignore[no-untyped-def]
+@BOTH_ANSWERS
+async def test_a_pending_job_moved_to_now_is_announced(db: DriverUnderTest, heard, refs: bool):  # type: ignore[no-untyped-def]
     account = await db.add_account()
     await db.insert(account, scheduled_at=T0 + HOUR)
     await heard.settled()
 
-    await db.driver.job_insert_many(
-        [request(account)], caller=Caller.everyone(), moment=Moment(now=T0)
-    )
+    await insert_many(db, [request(account)], refs=refs)
 
     assert await heard.settled() == [1]
+
+
+async def test_references_name_each_job_as_stored(db: DriverUnderTest):
+    new, queued, running = [await db.add_account() for _ in range(3)]
+    leased = await db.leased(running)
+    pending = await db.insert(queued)
+
+    results = await db.driver.job_insert_many_refs(
+        [request(new), request(queued), request(running)],
+        caller=Caller.everyone(),
+        moment=Moment(now=T0 + timedelta(seconds=1)),
+    )
+
+    assert all(isinstance(r.job, JobRef) for r in results)
+    assert [r.duplicate for r in results] == [False, True, True]
+    assert [r.job.account_id for r in results] == [new, queued, running]
+    assert [r.job.id for r in results][1:] == [pending.id, leased.id]
+    assert [r.job.status for r in results] == [
+        JobStatus.PENDING,
+        JobStatus.PENDING,
+        JobStatus.PROCESSING,
+    ]
+    stored = await db.row(results[0].job.id)
+    assert stored["account_id"] == new and stored["status"] == "pending"
