@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service_runtime.database import is_disconnect_error
 
 Row = dict[str, Any]
+
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 async def fetch_rows(conn: AsyncConnection, sql: str, params: Mapping[str, Any]) -> list[Row]:
@@ -36,7 +39,12 @@ async def fetch_rows(conn: AsyncConnection, sql: str, params: Mapping[str, Any])
     try:
         async with driver_conn.cursor(row_factory=dict_row) as cursor:
             await cursor.execute(sql, params)
-            return await cursor.fetchall() if cursor.description is not None else []
+            # Asked of the result's status, not of `cursor.description`, which builds a column
+            # object per column on every call: 28 of them for an enqueue.
+            result = cursor.pgresult
+            if result is None or result.status != TUPLES_OK:
+                return []
+            return await cursor.fetchall()
     except psycopg.Error as exc:
         disconnect = driver_conn.closed or driver_conn.broken or is_disconnect_error(exc)
         if disconnect:
