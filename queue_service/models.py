@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -87,7 +87,7 @@ class LeasedJob:
     fair_key: int = 0
 
 
-LEASED_FIELDS = tuple(LeasedJob.__dataclass_fields__)
+LEASED_FIELDS = tuple(f.name for f in fields(LeasedJob))
 
 
 @dataclass(frozen=True, slots=True)

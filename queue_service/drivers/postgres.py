@@ -1,7 +1,8 @@
 """The queue on PostgreSQL: each change on the hot path is one statement.
 
-The hot statements (`INSERT_SQL`, `PICK_SQL`, `EXTEND_SQL`, `REPORT_SQL`, `RELEASE_SQL`) are
-written out here as SQL and run through psycopg as they are:
+The hot statements (`INSERT_SQL`, `PICK_SQL`, `EXTEND_SQL`, `REPORT_SQL`, `RELEASE_SQL`, and
+`INSERT_REF_SQL` and `PICK_LEASED_SQL`, the same two answering less) are written out here as
+SQL and run through psycopg as they are:
 - every status is a literal in the text, never a parameter, so the generic plan psycopg's
   prepared statements settle on still reads the partial indexes of pending and processing jobs
   (`ix_sync_queue_pick`, `ix_sync_queue_lease_expiry`);
