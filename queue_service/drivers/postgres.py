@@ -163,7 +163,7 @@ def _pick_sql(returning: str, answer: str) -> str:
     """The pick (see `PostgresDriver.job_pick`): `changed` returns `returning` (with
     `worker_run_id`, which the run counts need), and the statement answers `answer` of each
     leased row, with its account's name."""
-    return f"""
+    return compact(f"""
 WITH expired AS (
     SELECT id, attempts, max_attempts, worker_run_id
     FROM sync_queue
@@ -240,7 +240,7 @@ per_run AS (
     }
 SELECT {answer}, {_account_name("c")} AS account_name
 FROM changed c
-"""  # noqa: S608
+""")  # noqa: S608
 
 
 PICK_SQL = _pick_sql(JOB_FIELDS, "c.*")
@@ -287,7 +287,7 @@ def _report_sql(*, with_jobs: bool) -> str:
         " jobs_failed = r.jobs_failed + p.failed"
     )
     # Built once at import from this module's constants: no input ever reaches the text.
-    return f"""
+    return compact(f"""
 WITH completion AS (
     SELECT *
     FROM unnest(%(c_ids)b::uuid[], %(c_tokens)b::uuid[], %(c_results)b::text[]::jsonb[])
@@ -346,7 +346,7 @@ per_run AS (
 ),
 {count_runs}
 {answer}
-"""  # noqa: S608
+""")  # noqa: S608
 
 
 REPORT_SQL = _report_sql(with_jobs=True)
@@ -419,7 +419,7 @@ allowed AS (
 def _insert_sql(answer: str) -> str:
     """The enqueue (see `PostgresDriver.job_insert_many`), answering `answer` of each request's
     job (`job`: inserted, upgraded or found active, with `created`; `acc`: its account)."""
-    return f"""
+    return compact(f"""
 WITH request AS (
     SELECT *
     FROM unnest(
@@ -518,7 +518,7 @@ SELECT acc.visible, acc.is_active, {answer},
 FROM account acc
 LEFT JOIN job ON job.account_id = acc.account_id
 ORDER BY acc.n
-"""  # noqa: S608
+""")  # noqa: S608
 
 
 INSERT_SQL = _insert_sql(f"job.*, {_account_name('acc')} AS account_name")
@@ -527,29 +527,9 @@ INSERT_SQL = _insert_sql(f"job.*, {_account_name('acc')} AS account_name")
 INSERT_REF_SQL = _insert_sql("job.id, job.account_id, job.status, job.created")
 
 
-# Sent compact: short enough for psycopg's query cache (see `sqltext`).
-(
-    PICK_SQL,
-    PICK_LEASED_SQL,
-    EXTEND_SQL,
-    REPORT_SQL,
-    REPORT_ACK_SQL,
-    RELEASE_SQL,
-    INSERT_SQL,
-    INSERT_REF_SQL,
-) = (
-    compact(sql)
-    for sql in (
-        PICK_SQL,
-        PICK_LEASED_SQL,
-        EXTEND_SQL,
-        REPORT_SQL,
-        REPORT_ACK_SQL,
-        RELEASE_SQL,
-        INSERT_SQL,
-        INSERT_REF_SQL,
-    )
-)
+# Sent compact: short enough for psycopg's query cache (see `sqltext`); the statements built
+# by `_pick_sql`, `_report_sql` and `_insert_sql` come compact from them.
+EXTEND_SQL, RELEASE_SQL = compact(EXTEND_SQL), compact(RELEASE_SQL)
 
 
 # The queue table's change counter and last ANALYZE, by autovacuum or anyone.
