@@ -6,7 +6,6 @@ heartbeat comes every 1.7 s.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -22,6 +21,7 @@ from queue_service.tables import sync_queue
 from tests.conftest import TEST_TRIGGER_SECRET
 from tests.queue.conftest import RunningQueue, queue_settings, start_queue, stop_queue
 from tests.queue.helpers import job_row
+from tests.worker.rig import until
 
 LEASE = timedelta(seconds=5)
 
@@ -55,15 +55,6 @@ def _seconds(span: timedelta) -> duration_pb2.Duration:
     return duration
 
 
-async def _until(probe, what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not probe():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def test_a_running_job_is_extended_and_an_ended_one_is_not(
     queue: RunningQueue, heartbeats: Heartbeats
 ) -> None:
@@ -75,7 +66,7 @@ async def test_a_running_job_is_extended_and_an_ended_one_is_not(
     gone.start()
     await gone.stop()  # the job reported its result at once
 
-    await _until(lambda: kept.extensions >= 2, "two heartbeats")
+    await until(lambda: kept.extensions >= 2, "two heartbeats", timeout=20.0)
 
     # Two heartbeats took the lease past the one PickJobs granted.
     extended = (await job_row(queue.app.engine, running.id))["lease_expires_at"]
@@ -100,7 +91,7 @@ async def test_a_heartbeat_that_finds_the_lease_taken_marks_it_lost_once(
             .values(lease_token=uuid.uuid4())
         )
 
-    await _until(lambda: keeper.lost, "the lost lease to be noticed")
+    await until(lambda: keeper.lost, "the lost lease to be noticed", timeout=20.0)
 
     assert noticed == [job.id]
     assert keeper.extensions == 0
