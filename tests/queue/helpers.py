@@ -92,6 +92,17 @@ async def worker_run_row(engine: Any, run_id: str | uuid.UUID) -> dict[str, Any]
     return dict(row)
 
 
+def run_counts_of(run: Any) -> tuple[int, int, int, int, int]:
+    """A WorkerRun message's counts: picked, processed, succeeded, failed, released."""
+    return (
+        run.jobs_picked,
+        run.jobs_processed,
+        run.jobs_succeeded,
+        run.jobs_failed,
+        run.jobs_released,
+    )
+
+
 async def eventually(
     condition: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, interval: float = 0.1
 ) -> None:

@@ -11,6 +11,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from tests.conftest import WORKER_METADATA
+from tests.queue.helpers import run_counts_of
 
 MINUTE = timedelta(minutes=1)
 
@@ -433,13 +434,7 @@ async def test_worker_run_counts_are_kept_by_the_server(queue):
         )
     ).run
 
-    assert (
-        finished.jobs_picked,
-        finished.jobs_processed,
-        finished.jobs_succeeded,
-        finished.jobs_failed,
-        finished.jobs_released,
-    ) == (4, 3, 1, 2, 1)
+    assert run_counts_of(finished) == (4, 3, 1, 2, 1)
     assert finished.status == pb.WORKER_RUN_STATUS_COMPLETED
     assert finished.HasField("finished_at")
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
 from tests.conftest import WORKER_METADATA
-from tests.queue.helpers import invalid_fields, job_row
+from tests.queue.helpers import invalid_fields, job_row, run_counts_of
 
 OK = grpc.StatusCode.OK.value[0]
 WORKER_FIELDS = {
@@ -48,13 +48,7 @@ async def _finish_run(queue, run_id: str) -> tuple[int, ...]:
             metadata=WORKER_METADATA,
         )
     ).run
-    return (
-        run.jobs_picked,
-        run.jobs_processed,
-        run.jobs_succeeded,
-        run.jobs_failed,
-        run.jobs_released,
-    )
+    return run_counts_of(run)
 
 
 async def test_the_worker_view_of_pick_jobs_carries_only_what_a_worker_reads(queue):

@@ -26,7 +26,7 @@ from gmbsync.sync.v1 import sync_service_pb2 as sync_pb
 from gmbsync.sync.v1 import sync_service_pb2_grpc as sync_grpc
 from tests.conftest import TEST_TRIGGER_SECRET
 from tests.queue.conftest import RunningQueue
-from tests.queue.helpers import job_row
+from tests.queue.helpers import job_row, run_counts_of
 
 WAIT = 30.0
 
@@ -160,12 +160,5 @@ async def run_until(worker: Worker, done: Callable[[], bool], what: str) -> RunS
 
 
 def run_counts(summary: RunSummary) -> tuple[int, int, int, int, int]:
-    run = summary.run
-    assert run is not None, summary.error
-    return (
-        run.jobs_picked,
-        run.jobs_processed,
-        run.jobs_succeeded,
-        run.jobs_failed,
-        run.jobs_released,
-    )
+    assert summary.run is not None, summary.error
+    return run_counts_of(summary.run)
