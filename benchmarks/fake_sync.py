@@ -15,6 +15,7 @@ import signal
 
 import grpc
 
+from service_runtime.collector import collector_mode, settle_collector
 from service_runtime.eventloop import loop_factory
 from service_runtime.eventloop import run as run_on_loop
 
@@ -48,7 +49,8 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fake_sync", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    # The stand-in runs on the loop SyncService itself runs on.
+    # The stand-in runs on the loop SyncService itself runs on, with its collector settings.
+    settle_collector(collector_mode())
     run_on_loop(serve(parser.parse_args().port), loop_factory())
 
 

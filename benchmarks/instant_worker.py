@@ -18,6 +18,7 @@ from typing import Any
 from clients.worker.config import load_config
 from clients.worker.runner import Worker
 from gmbsync.sync.v1 import sync_service_pb2 as sync_pb
+from service_runtime.collector import collector_mode, settle_collector
 from service_runtime.eventloop import loop_factory
 from service_runtime.eventloop import run as run_on_loop
 from service_runtime.serving import configure_logging
@@ -50,6 +51,7 @@ async def _run() -> int:
 
 def main() -> int:
     configure_logging(load_config([]).log_level)
+    settle_collector(collector_mode())
     return run_on_loop(_run(), loop_factory())
 
 

@@ -11,6 +11,7 @@ import sys
 from queue_service.app import QueueApp
 from queue_service.settings import QueueSettings
 from service_runtime.cli import (
+    COLLECTOR_VARIABLE,
     DATABASE_VARIABLE,
     EVENT_LOOP_VARIABLE,
     TRACING_VARIABLES,
@@ -29,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
             DATABASE_VARIABLE,
             *variables_read(QueueSettings.from_env),
             EVENT_LOOP_VARIABLE,
+            COLLECTOR_VARIABLE,
             *TRACING_VARIABLES,
         ],
     )

@@ -19,9 +19,10 @@ from typing import Any
 from service_runtime.config import Env
 
 # Read outside a settings class (service_runtime.database, service_runtime.telemetry,
-# service_runtime.eventloop).
+# service_runtime.eventloop, service_runtime.collector).
 DATABASE_VARIABLE = ("DATABASE_URL", "SQLite file under ./var/")
 EVENT_LOOP_VARIABLE = ("EVENT_LOOP", "uvloop (asyncio where uvloop is not installed)")
+COLLECTOR_VARIABLE = ("PYTHON_GC", "tuned")
 TRACING_VARIABLES = (
     ("OTEL_TRACES_EXPORTER", "none (otlp if an endpoint is set)"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", ""),

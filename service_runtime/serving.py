@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
+from service_runtime.collector import collector_mode, settle_collector
 from service_runtime.config import ConfigError
 from service_runtime.database import database_trouble
 from service_runtime.errors import SERVICE_ERROR_DOMAIN, rich_status
@@ -431,9 +432,11 @@ def service_main(
             return supervise(program, copies, kill_after=drain + _SUPERVISOR_KILL_MARGIN)
         configure_tracing(tracing_name)
         event_loop = loop_factory()
+        collector = collector_mode()
     except ConfigError as exc:
         print(f"{program}: configuration error: {exc}", file=sys.stderr)
         return 2
+    settle_collector(collector)
     try:
         run_on_loop(make_app(settings).run_until_signal(), event_loop)
     except ListenError as exc:

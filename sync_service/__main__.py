@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from service_runtime.cli import (
+    COLLECTOR_VARIABLE,
     DATABASE_VARIABLE,
     EVENT_LOOP_VARIABLE,
     TRACING_VARIABLES,
@@ -31,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
             DATABASE_VARIABLE,
             *variables_read(SyncSettings.from_env),
             EVENT_LOOP_VARIABLE,
+            COLLECTOR_VARIABLE,
             *TRACING_VARIABLES,
         ],
     )

@@ -15,6 +15,7 @@ import sys
 from clients.errors import ClientError
 from clients.worker.config import WorkerConfig, load_config
 from clients.worker.runner import Worker
+from service_runtime.collector import collector_mode, settle_collector
 from service_runtime.config import ConfigError, parse_metrics_addr
 from service_runtime.eventloop import loop_factory
 from service_runtime.eventloop import run as run_on_loop
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(config.log_level)
         configure_tracing("gmbsync-worker")
         event_loop = loop_factory()
+        collector = collector_mode()
     except (ConfigError, ValueError) as exc:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"worker: cannot serve metrics on {config.metrics_addr}: {exc}", file=sys.stderr)
         return 2
+    settle_collector(collector)
     try:
         return run_on_loop(_serve(config), event_loop)
     finally:

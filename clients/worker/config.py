@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from service_runtime.cli import (
+    COLLECTOR_VARIABLE,
     EVENT_LOOP_VARIABLE,
     TRACING_VARIABLES,
     environment_epilog,
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                 *((s.env, format_default(s.default)) for s in _SETTINGS.values()),
                 *((name, "") for name in CLIENT_TLS_VARIABLES),
                 EVENT_LOOP_VARIABLE,
+                COLLECTOR_VARIABLE,
                 *TRACING_VARIABLES,
             ]
         ),

@@ -58,10 +58,11 @@ FREE_TEXT = {
     "GRPC_TLS_SERVER_NAME",
 }
 # Read outside the settings classes for every program: OpenTelemetry's own variables
-# (service_runtime.telemetry), the log format (service_runtime.logs) and the event loop
-# (service_runtime.eventloop).
+# (service_runtime.telemetry), the log format (service_runtime.logs), the event loop
+# (service_runtime.eventloop) and the garbage collector (service_runtime.collector).
 TRACING_BAD_VALUES = {
     "EVENT_LOOP": "twisted",
+    "PYTHON_GC": "off",
     "LOG_FORMAT": "xml",
     "OTEL_TRACES_EXPORTER": "carrier-pigeon",
     "OTEL_TRACES_SAMPLER": "sometimes",
