@@ -18,24 +18,34 @@ gateways (typically 350 s or more) can cut them, and `pool_use_lifo` keeps reusi
 recent connections so that a quiet service holds few of them.
 
 `read_engine(engine)` is the same pool for calls that only read: no BEGIN/ROLLBACK around them.
+`connect_with(engine, isolation_level=...)` sets a connection's options for one checkout. A call
+cancelled at any await (a caller's deadline) leaves no connection checked out and none with
+settings that a writer would inherit (tests/cancellation.py sweeps them).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, ExceptionContext, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service_runtime import fastjson
 from service_runtime.config import ConfigError, Env
 from service_runtime.errors import ServiceReason
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SQLITE_PATH = Path("var") / "gmbsync.db"
 DEFAULT_DATABASE_URL = f"sqlite:///./{DEFAULT_SQLITE_PATH.as_posix()}"
@@ -137,6 +147,18 @@ def configure_sqlite(engine: Engine) -> None:
         # the write lock, which BEGIN IMMEDIATE would make them do.
         if not connection.get_execution_options().get(READS_ONLY_OPTION):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "invalidate")
+    def _on_invalidate(dbapi_connection, _record, _error):
+        # SQLAlchemy invalidates a connection whose statement was cut off (a cancelled call)
+        # and closes it; but SQLite closes a connection whose statement is unfinished only
+        # once that statement is freed, by the garbage collector, and until then its
+        # transaction holds the write lock: every writer waited for the busy timeout and
+        # failed. Rolling back first ends the transaction at once.
+        try:
+            dbapi_connection.rollback()
+        except Exception:  # a connection being discarded may be past rolling back
+            log.debug("rolling back an invalidated SQLite connection failed", exc_info=True)
 
 
 def is_disconnect_error(error: BaseException) -> bool:
@@ -313,7 +335,12 @@ def database_trouble(error: BaseException) -> DatabaseTrouble | None:
     )
 
 
-def read_engine(engine: AsyncEngine) -> AsyncEngine:
+def read_engine(engine: AsyncEngine) -> ReadEngine:
+    """`engine`'s pool, for calls that only read (see `ReadEngine`)."""
+    return ReadEngine(engine)
+
+
+class ReadEngine:
     """`engine`'s pool, for calls that only read: each statement commits on its own.
 
     PostgreSQL: AUTOCOMMIT, so no BEGIN before and no ROLLBACK after a read; at READ COMMITTED
@@ -322,6 +349,49 @@ def read_engine(engine: AsyncEngine) -> AsyncEngine:
     may then see different commits. Never write through it: each write would commit at once.
     Connections go back to the pool with their usual transactional settings.
     """
-    if engine.dialect.name == "sqlite":
-        return engine.execution_options(**{READS_ONLY_OPTION: True})
-    return engine.execution_options(isolation_level="AUTOCOMMIT", **{READS_ONLY_OPTION: True})
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._options: dict[str, Any] = {READS_ONLY_OPTION: True}
+        if engine.dialect.name != "sqlite":
+            self._options["isolation_level"] = "AUTOCOMMIT"
+
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return connect_with(self.engine, **self._options)
+
+
+@asynccontextmanager
+async def connect_with(engine: AsyncEngine, **options: Any) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection with execution `options` (an isolation level...) for this checkout
+    only; it goes back to the pool with the pool's own settings.
+
+    The options are set on a connection already ours. Set through an engine's options,
+    SQLAlchemy applies them while it builds the connection: a cancellation landing there
+    (psycopg may yield to the loop while it switches) left the checked-out connection with no
+    owner to return it.
+    """
+    async with engine.connect() as conn:
+        try:
+            await conn.execution_options(**options)
+        except BaseException:
+            # Cut off while switching, the driver's setting is unknown and SQLAlchemy does not
+            # know to reset it: such a connection must never reach a writer. It is closed, not
+            # pooled; the pool opens a fresh one when it needs one.
+            await _to_completion(conn.invalidate())
+            raise
+        yield conn
+
+
+async def _to_completion(step: Awaitable[None]) -> None:
+    """Runs `step` to its end even if the caller is cancelled again meanwhile; the
+    cancellation is raised after it."""
+    task = asyncio.ensure_future(step)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as error:
+            cancelled = error
+    task.result()
+    if cancelled is not None:
+        raise cancelled

@@ -36,6 +36,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service_runtime.database import connect_with
 from sync_service import metrics
 from sync_service.settings import GoogleSettings
 
@@ -291,9 +292,8 @@ class PostgresQuota(_Limiter):
     async def reserve(self, api: GoogleApiName, *, max_wait: float | None = None) -> Reservation:
         shape = self.shapes[api]
         params = self._params(api)
-        async with self.engine.connect() as conn:
-            # One statement is atomic by itself: autocommit spares BEGIN and COMMIT.
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        # One statement is atomic by itself: autocommit spares BEGIN and COMMIT.
+        async with connect_with(self.engine, isolation_level="AUTOCOMMIT") as conn:
             if max_wait is None or max_wait >= 0:
                 row = (await conn.execute(_TAKE, {**params, "max_wait": max_wait})).first()
                 if row is not None:

@@ -47,6 +47,7 @@ from queue_service.models import (
     WorkerRun,
     WorkerRunStatus,
 )
+from service_runtime.database import ReadEngine
 
 # Called with how many jobs became ready, or None for "look, there may be some".
 JobsAvailable = Callable[[int | None], None]
@@ -127,8 +128,8 @@ class QueueDriver(Protocol):
         """ "postgresql" or "sqlite"."""
 
     engine: AsyncEngine
-    # `engine`'s pool for calls that only read (`service_runtime.database.read_engine`).
-    reads: AsyncEngine
+    # `engine`'s pool for calls that only read.
+    reads: ReadEngine
 
     # -- connections, clock, notifications, leadership -----------------------------------------
 

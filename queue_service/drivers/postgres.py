@@ -82,6 +82,7 @@ from queue_service.models import (
 )
 from queue_service.tables import PENDING_IN_PICK_ORDER, WHOLE_QUEUE
 from service_runtime import fastjson
+from service_runtime.database import connect_with
 from service_runtime.sqltypes import UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -629,8 +630,7 @@ class PostgresDriver(SharedDriver):
         """A REPEATABLE READ transaction: every read sees the snapshot of the first. It ends
         with COMMIT, which for reads is what ROLLBACK is, except that psycopg keeps the
         connection's prepared statements through a COMMIT and drops them all on a ROLLBACK."""
-        async with self.engine.connect() as conn:
-            await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with connect_with(self.engine, isolation_level="REPEATABLE READ") as conn:
             yield conn
             await conn.commit()
 
@@ -638,8 +638,7 @@ class PostgresDriver(SharedDriver):
     async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
         """A connection for a change that is one statement: one statement is atomic by itself,
         and BEGIN and COMMIT would cost two round trips."""
-        async with self.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with connect_with(self.engine, isolation_level="AUTOCOMMIT") as conn:
             yield conn
 
     async def _announce(self, conn: AsyncConnection, count: int) -> None:

@@ -19,10 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_runtime.database import (
     PoolSettings,
+    connect_with,
     create_engine_async,
     is_disconnect_error,
     read_engine,
 )
+from tests.cancellation import cancel_at_each_step, let_psycopg_yield_every_time
 
 
 @asynccontextmanager
@@ -198,3 +200,37 @@ async def test_a_burst_waits_for_pooled_connections_instead_of_opening_sessions(
         pids = await asyncio.gather(*(busy_backend() for _ in range(8)))
 
         assert len(set(pids)) <= 2
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+async def test_a_read_cancelled_at_any_step_gives_its_connection_back_fit_for_writers(
+    database, pg_url, sqlite_url, monkeypatch
+):
+    # On PostgreSQL a read switches its connection to autocommit right after checking it out.
+    # Cancelled there, the connection had no owner: the pool lost it until the garbage
+    # collector dropped it.
+    let_psycopg_yield_every_time(monkeypatch)
+    url = pg_url if database == "postgresql" else sqlite_url
+    async with engine_for(url, pool_size=1) as engine:
+
+        async def read() -> None:
+            async with read_engine(engine).connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+
+        await read()  # the pool holds its one connection: the sweep never waits for a connect
+        await cancel_at_each_step(engine, read)
+
+
+@pytest.mark.parametrize("isolation_level", ["AUTOCOMMIT", "REPEATABLE READ", "SERIALIZABLE"])
+async def test_a_connection_with_options_cancelled_at_any_step_goes_back_as_the_pool_had_it(
+    isolation_level, pg_url, monkeypatch
+):
+    let_psycopg_yield_every_time(monkeypatch)
+    async with engine_for(pg_url, pool_size=1) as engine:
+
+        async def read() -> None:
+            async with connect_with(engine, isolation_level=isolation_level) as conn:
+                await conn.execute(sa.text("SELECT 1"))
+
+        await read()
+        await cancel_at_each_step(engine, read)

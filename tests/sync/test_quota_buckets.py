@@ -31,6 +31,7 @@ from sync_service.quota import (
 )
 from sync_service.settings import GoogleSettings, SyncSettings
 from sync_service.tables import google_quota_buckets
+from tests.cancellation import cancel_at_each_step, let_psycopg_yield_every_time
 
 REVIEWS = GoogleApiName.REVIEWS
 INFO = GoogleApiName.BUSINESS_INFORMATION
@@ -381,3 +382,16 @@ async def test_a_database_that_is_down_fails_the_acquire_instead_of_waving_reque
         assert limiter.stats()[REVIEWS].acquired == 0
     finally:
         await engine.dispose()
+
+
+async def test_a_take_cancelled_at_any_await_gives_its_connection_back_fit_for_writers(
+    pg_backend: Backend, monkeypatch: pytest.MonkeyPatch
+):
+    # A sync's deadline cancels a take at whatever await it has reached; the take runs in
+    # autocommit, which the pool's writers must never inherit.
+    let_psycopg_yield_every_time(monkeypatch)
+    limiter = pg_backend.limiter(google(100_000, 60.0, 1.0))
+    assert isinstance(limiter, PostgresQuota)
+    await limiter.reserve(REVIEWS)
+
+    await cancel_at_each_step(limiter.engine, lambda: limiter.reserve(REVIEWS))
