@@ -634,12 +634,10 @@ class PostgresDriver(SharedDriver):
             yield conn
             await conn.commit()
 
-    @contextlib.asynccontextmanager
-    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+    def _autocommit(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """A connection for a change that is one statement: one statement is atomic by itself,
         and BEGIN and COMMIT would cost two round trips."""
-        async with connect_with(self.engine, isolation_level="AUTOCOMMIT") as conn:
-            yield conn
+        return connect_with(self.engine, isolation_level="AUTOCOMMIT")
 
     async def _announce(self, conn: AsyncConnection, count: int) -> None:
         """One NOTIFY with the count, sent when `conn`'s transaction commits. This process
