@@ -16,6 +16,7 @@ import psycopg
 import psycopg.waiting
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 # Enough turns of the loop to pass every await of a call on a local database.
 STEPS = 30
@@ -39,6 +40,7 @@ async def cancel_at_each_step(engine: AsyncEngine, call: Callable[[], Awaitable[
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        assert isinstance(engine.pool, QueuePool)
         assert engine.pool.checkedout() == 0, f"a connection left out, cancelled after {steps}"
         # The pool is LIFO: this is the connection the cancelled call gave back.
         async with engine.begin() as conn:
