@@ -3,7 +3,8 @@
 A gRPC deadline, a sync's deadline or a failed sibling task cancels a call at whatever await it
 has reached. Whatever connection the call had checked out must then be back in the pool, and
 as the pool's writers expect it: not in autocommit, not at another isolation level, or their
-transactions would commit statement by statement or fail where they should not.
+transactions would commit statement by statement or fail where they should not. On SQLite the
+writer's BEGIN IMMEDIATE also proves that no discarded connection still holds the write lock.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-# Enough turns of the loop to pass every await of a call on a local database.
+# The turns of the loop a call is cancelled after, one per run: on a local database a call's
+# checkout, the switch of its settings and its statements fall within them.
 STEPS = 30
 
 
