@@ -8,6 +8,7 @@ connection whose reads share one snapshot (`QueueDriver.snapshot`).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,6 +48,9 @@ DURATION_SAMPLE = 10_000
 # Worker-run figures come from at most this many of the most recently started runs.
 WORKER_RUN_SAMPLE = 10_000
 
+# Ids per statement of `jobs_by_id`: well within SQLite's limit of bound parameters.
+JOBS_BY_ID_CHUNK = 500
+
 q = sync_queue
 runs = sync_worker_runs
 pauses = sync_queue_pauses
@@ -66,6 +70,20 @@ class QueueReader:
         """One job; JobNotFound when missing or not the caller's."""
         async with self._engine.connect() as conn:
             return await job_get_visible(conn, job_id, caller)
+
+    @retried_on_disconnect
+    async def jobs_by_id(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Job]:
+        """The jobs of `job_ids` that exist, by id, whoever's they are: for callers that
+        checked who may see each one before (a job never changes hands)."""
+        found: dict[uuid.UUID, Job] = {}
+        async with self._engine.connect() as conn:
+            for start in range(0, len(job_ids), JOBS_BY_ID_CHUNK):
+                chunk = job_ids[start : start + JOBS_BY_ID_CHUNK]
+                result = await conn.execute(sa.select(*JOB_COLUMNS).where(q.c.id.in_(chunk)))
+                for row in result.mappings():
+                    job = job_from_row(row)
+                    found[job.id] = job
+        return found
 
     @retried_on_disconnect
     async def job_list(

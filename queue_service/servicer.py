@@ -7,8 +7,6 @@ auth interceptor before a handler runs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 import uuid
@@ -48,6 +46,7 @@ from queue_service.picking import pick_with_wait
 from queue_service.rate_limit import UserRateLimiter
 from queue_service.settings import QueueSettings
 from queue_service.store import JobStore
+from queue_service.watches import WatchesClosed, WatchReads
 from service_runtime import errors
 from service_runtime.auth import OPERATOR, USER, WORKER, Role, current_principal
 from service_runtime.telemetry import current_trace_context
@@ -190,12 +189,14 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             incremental_interval=settings.schedule_incremental_interval,
             full_interval=settings.schedule_full_interval,
         )
-        # Set at shutdown: open WatchJob streams end at once instead of holding the drain.
-        self._closing = asyncio.Event()
+        self._watch_reads = WatchReads(
+            store.reader.jobs_by_id, settings.watch_poll_interval.total_seconds()
+        )
 
     def close_watches(self) -> None:
-        """Ends every WatchJob stream (UNAVAILABLE: the client watches again elsewhere)."""
-        self._closing.set()
+        """Ends every WatchJob stream (UNAVAILABLE: the client watches again elsewhere), at
+        once instead of holding the shutdown's drain."""
+        self._watch_reads.close()
 
     # -- users --------------------------------------------------------------------------------
 
@@ -494,14 +495,13 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
             await errors.abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), violations=exc.violations
             )
-        caller = _caller()
-        interval = self._settings.watch_poll_interval.total_seconds()
+        try:
+            # The first read, with the caller's rights: the later ones need not ask again.
+            job: Job | None = await self._store.reader.job_get(job_id, _caller())
+        except QueueError as exc:
+            await errors.abort(context, status_of(exc), str(exc))
         seen: tuple[object, ...] | None = None
-        while True:
-            try:
-                job = await self._store.reader.job_get(job_id, caller)
-            except QueueError as exc:
-                await errors.abort(context, status_of(exc), str(exc))
+        while job is not None:
             finished = job.status in FINISHED_STATUSES
             version = _job_version(job)
             if version != seen:
@@ -509,17 +509,16 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
                 yield pb.WatchJobResponse(job=convert.job_to_pb(job), finished=finished)
             if finished:
                 return
-            # Completions are not signalled across replicas (only ready jobs are), so the
-            # watch reads the job again every interval: one primary-key read per watcher.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), interval)
-            if self._closing.is_set():
+            try:
+                job = await self._watch_reads.next_read(job_id)
+            except WatchesClosed:
                 await errors.abort(
                     context,
                     grpc.StatusCode.UNAVAILABLE,
                     "the server is shutting down; watch the job again",
                     retry_delay_seconds=1,
                 )
+        await errors.abort(context, grpc.StatusCode.NOT_FOUND, f"job {job_id} not found")
 
     @translated
     async def PauseQueue(self, request, context):

@@ -68,7 +68,7 @@ class QueueSettings:
     # The Google quota SyncService works within: GBP_QUOTA_PER_MINUTE per GBP_QUOTA_WINDOW.
     gbp_quota_per_window: int = 300
     gbp_quota_window: timedelta = timedelta(minutes=1)
-    # How often a WatchJob stream reads its job again to see whether it changed.
+    # How often the open WatchJob streams read their jobs again (one statement a tick).
     watch_poll_interval: timedelta = timedelta(seconds=1)
     # The per-user enqueue rate limit (queue_service/rate_limit.py): syncs a second, 0 for none.
     enqueue_rate_per_user: float = 5.0

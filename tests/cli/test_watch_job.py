@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import grpc
 import pytest
+from sqlalchemy import event
 
 from clients import Credentials, QueueClient, RetryPolicy
 from clients import errors as client_errors
@@ -247,3 +249,43 @@ async def test_wait_for_job_watches_again_when_a_stream_ends_early():
             await client.wait_for_job("j", timeout=30)
     finally:
         await client.close()
+
+
+async def test_open_watches_share_one_read_a_tick(any_db_url, auth_settings):
+    # Every open watch used to read its own job each interval: 40 watches were 40 reads a
+    # tick. The process's watches now share one statement a tick, whatever their number.
+    interval = timedelta(milliseconds=50)
+    running = await start_queue(
+        queue_settings(any_db_url, auth_settings, watch_poll_interval=interval)
+    )
+    reads_of_jobs: list[str] = []
+
+    def count(_conn, _cursor, statement, _params, _context, _many):
+        if statement.lstrip().upper().startswith("SELECT") and "sync_queue" in statement:
+            reads_of_jobs.append(statement)
+
+    event.listen(running.app.engine.sync_engine, "before_cursor_execute", count)
+    streams = []
+    try:
+        jobs = [await running.enqueue(await running.add_account()) for _ in range(40)]
+        for job in jobs:
+            stream = running.stub.WatchJob(
+                pb.WatchJobRequest(job_id=job.id), metadata=WORKER_METADATA
+            )
+            assert (await next_message(stream)).job.status == pb.JOB_STATUS_PENDING
+            streams.append(stream)
+
+        reads_of_jobs.clear()
+        await asyncio.sleep(20 * interval.total_seconds())
+        ticks = len(reads_of_jobs)
+
+        assert 0 < ticks <= 30, f"{ticks} reads of jobs in 20 intervals by 40 watches"
+        # Each watch still sees its job change.
+        [leased] = await running.pick()
+        watched = streams[[j.id for j in jobs].index(leased.id)]
+        assert (await next_message(watched)).job.status == pb.JOB_STATUS_PROCESSING
+    finally:
+        event.remove(running.app.engine.sync_engine, "before_cursor_execute", count)
+        for stream in streams:
+            stream.cancel()
+        await stop_queue(running)

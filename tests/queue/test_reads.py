@@ -3,10 +3,13 @@ before them and no ROLLBACK after, two round trips fewer per call."""
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 from sqlalchemy import event
 
 from gmbsync.queue.v1 import queue_service_pb2 as pb
+from queue_service.readmodel import JOBS_BY_ID_CHUNK
 from tests.conftest import WORKER_METADATA
 
 
@@ -29,3 +32,17 @@ async def test_get_job_and_list_jobs_read_in_autocommit(pg_queue):
     assert statuses
     # IDLE after the statement: it ran in no transaction (INTRANS: one was opened for it).
     assert set(statuses) == {psycopg.pq.TransactionStatus.IDLE}
+
+
+async def test_jobs_by_id_reads_any_number_of_ids_and_leaves_out_the_missing(queue):
+    # The reads of open watches: more ids than one statement takes (JOBS_BY_ID_CHUNK).
+    jobs = [await queue.enqueue(await queue.add_account()) for _ in range(3)]
+    wanted = [uuid.UUID(j.id) for j in jobs]
+    missing = [uuid.uuid4() for _ in range(2 * JOBS_BY_ID_CHUNK)]
+
+    found = await queue.app.store.reader.jobs_by_id([*missing[:700], *wanted, *missing[700:]])
+
+    assert sorted(found) == sorted(wanted)
+    assert {str(job.id): job.account_id for job in found.values()} == {
+        j.id: uuid.UUID(j.account_id) for j in jobs
+    }
