@@ -1,5 +1,6 @@
 """Reads of one statement (GetJob, ListJobs) run outside a transaction on PostgreSQL: no BEGIN
-before them and no ROLLBACK after, two round trips fewer per call."""
+before them and no ROLLBACK after, two round trips fewer per call. The open watches' read of
+many jobs by id."""
 
 from __future__ import annotations
 
